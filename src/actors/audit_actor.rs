@@ -1,0 +1,297 @@
+//! `AuditActor`: turns events into the HMAC-chained `vram-audit-v1` log, in batches.
+//!
+//! Other actors `cast` events here and never wait. Events are buffered and written as one batch
+//! when `batch_size` have accumulated or `flush_interval` has passed, whichever is first; a
+//! `Flush` writes the buffer and fsyncs before it answers, and stopping the actor writes
+//! `AuditLogClosed` and syncs.
+//!
+//! Nothing is lost silently. While the sink fails, events stay in a bounded buffer and are
+//! retried on every tick; events beyond the bound are counted, and the first successful write
+//! after that carries an `AuditEventsDropped { count, reason }` record. The shared `healthy` flag
+//! lets `seal` refuse work (`fail_closed_audit`) while the sink is down.
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+
+use crate::audit::events::AuditEvent;
+use crate::audit::format::format_ts;
+use crate::audit::writer::{AuditLogError, AuditLogWriter, MemoryChain};
+use crate::config::AuditSinkConfig;
+use crate::error::VramError;
+use crate::messages::audit::{AuditMsg, AuditStats};
+use crate::seal::keys::{AuditKey, WorkerToken};
+
+/// The actor.
+pub struct AuditActor;
+
+/// What the `AuditActor` needs to start.
+pub struct AuditArgs {
+    pub sink: AuditSinkConfig,
+    pub token: WorkerToken,
+    pub worker_id: String,
+    pub batch_size: usize,
+    pub flush_interval: Duration,
+    pub buffer_limit: usize,
+    pub healthy: Arc<AtomicBool>,
+}
+
+enum Sink {
+    Memory(MemoryChain),
+    File(AuditLogWriter),
+}
+
+impl Sink {
+    fn append(&mut self, records: &[(String, String)]) -> Result<u64, AuditLogError> {
+        match self {
+            Self::Memory(m) => m.append_batch(records),
+            Self::File(w) => w.append_batch(records),
+        }
+    }
+
+    fn sync(&mut self) -> Result<(), AuditLogError> {
+        match self {
+            Self::Memory(_) => Ok(()),
+            Self::File(w) => w.sync(),
+        }
+    }
+}
+
+/// The actor's state.
+pub struct AuditState {
+    sink: Sink,
+    buffer: VecDeque<(DateTime<Utc>, AuditEvent)>,
+    pending_dropped: u64,
+    drop_reason: String,
+    stats: AuditStats,
+    timer_armed: bool,
+    batch_size: usize,
+    flush_interval: Duration,
+    buffer_limit: usize,
+    healthy: Arc<AtomicBool>,
+    injected_failure: bool,
+    last_error: Option<String>,
+}
+
+impl AuditState {
+    fn emit(&mut self, ts: DateTime<Utc>, event: AuditEvent) {
+        if self.buffer.len() >= self.buffer_limit {
+            self.pending_dropped = self.pending_dropped.saturating_add(1);
+            self.stats.dropped = self.stats.dropped.saturating_add(1);
+            if self.drop_reason.is_empty() {
+                self.drop_reason = match &self.last_error {
+                    Some(e) => format!("audit buffer full while the sink was failing: {e}"),
+                    None => "audit buffer full".into(),
+                };
+            }
+            tracing::warn!(dropped = self.stats.dropped, "audit event dropped: buffer full");
+            return;
+        }
+        self.buffer.push_back((ts, event));
+    }
+
+    /// Writes the buffer (and a drop report if one is owed) as one batch.
+    fn write_batch(&mut self) -> Result<(), VramError> {
+        if self.buffer.is_empty() && self.pending_dropped == 0 {
+            return Ok(());
+        }
+        let mut records: Vec<(String, String)> = self
+            .buffer
+            .iter()
+            .map(|(ts, e)| (format_ts(*ts), e.to_json()))
+            .collect();
+        if self.pending_dropped > 0 {
+            records.push((
+                format_ts(Utc::now()),
+                AuditEvent::AuditEventsDropped {
+                    count: self.pending_dropped,
+                    reason: self.drop_reason.clone(),
+                }
+                .to_json(),
+            ));
+        }
+        let result = if self.injected_failure {
+            Err("injected sink failure".to_string())
+        } else {
+            self.sink.append(&records).map_err(|e| e.to_string())
+        };
+        match result {
+            Ok(_) => {
+                self.stats.written = self.stats.written.saturating_add(records.len() as u64);
+                self.buffer.clear();
+                self.pending_dropped = 0;
+                self.drop_reason.clear();
+                self.last_error = None;
+                self.set_healthy(true);
+                Ok(())
+            }
+            Err(e) => {
+                if self.last_error.is_none() {
+                    tracing::error!(error = %e, "audit sink write failed; buffering events");
+                }
+                self.last_error = Some(e.clone());
+                self.set_healthy(false);
+                Err(VramError::AuditUnavailable(e))
+            }
+        }
+    }
+
+    fn sync(&mut self) -> Result<(), VramError> {
+        if self.injected_failure {
+            return Err(VramError::AuditUnavailable("injected sink failure".into()));
+        }
+        self.sink.sync().map_err(|e| {
+            self.set_healthy(false);
+            VramError::AuditUnavailable(e.to_string())
+        })
+    }
+
+    fn set_healthy(&mut self, ok: bool) {
+        self.stats.sink_down = !ok;
+        self.healthy.store(ok, Ordering::Release);
+    }
+
+    fn stats(&self) -> AuditStats {
+        AuditStats {
+            buffered: self.buffer.len() as u64,
+            ..self.stats
+        }
+    }
+
+    fn arm_timer(&mut self, myself: &ActorRef<AuditMsg>) {
+        if !self.timer_armed {
+            self.timer_armed = true;
+            myself.send_after(self.flush_interval, || AuditMsg::Tick);
+        }
+    }
+}
+
+fn open_sink(
+    sink: &AuditSinkConfig,
+    token: &WorkerToken,
+    worker_id: &str,
+) -> Result<(Sink, AuditEvent), AuditLogError> {
+    let key = AuditKey::derive(token);
+    match sink {
+        AuditSinkConfig::Memory => Ok((
+            Sink::Memory(MemoryChain::new(key, worker_id)?),
+            AuditEvent::AuditLogOpened {
+                resumed_from_seq: 0,
+                torn_tail_bytes: None,
+            },
+        )),
+        AuditSinkConfig::File(path) => {
+            let path: PathBuf = path.clone();
+            let (writer, report) = AuditLogWriter::open(&path, key, worker_id)?;
+            Ok((Sink::File(writer), report.opened_event()))
+        }
+    }
+}
+
+impl Actor for AuditActor {
+    type Msg = AuditMsg;
+    type State = AuditState;
+    type Arguments = AuditArgs;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        args: AuditArgs,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        let (sink, opened) = open_sink(&args.sink, &args.token, &args.worker_id)?;
+        let mut state = AuditState {
+            sink,
+            buffer: VecDeque::new(),
+            pending_dropped: 0,
+            drop_reason: String::new(),
+            stats: AuditStats::default(),
+            timer_armed: false,
+            batch_size: args.batch_size.max(1),
+            flush_interval: args.flush_interval,
+            buffer_limit: args.buffer_limit.max(1),
+            healthy: args.healthy,
+            injected_failure: false,
+            last_error: None,
+        };
+        state.emit(Utc::now(), opened);
+        state.write_batch()?;
+        state.sync()?;
+        Ok(state)
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        message: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            AuditMsg::Emit(ts, event) => {
+                state.emit(ts, event);
+                if state.buffer.len() >= state.batch_size {
+                    if state.write_batch().is_err() {
+                        state.arm_timer(&myself);
+                    }
+                } else {
+                    state.arm_timer(&myself);
+                }
+            }
+            AuditMsg::Tick => {
+                state.timer_armed = false;
+                if state.write_batch().is_err() || !state.buffer.is_empty() {
+                    state.arm_timer(&myself);
+                }
+            }
+            AuditMsg::Flush(reply) => {
+                let r = state.write_batch().and_then(|()| state.sync());
+                if r.is_err() {
+                    state.arm_timer(&myself);
+                }
+                let _ = reply.send(r.map(|()| state.stats()));
+            }
+            AuditMsg::Lines(reply) => {
+                let lines = match &state.sink {
+                    Sink::Memory(m) => m.lines().to_vec(),
+                    Sink::File(_) => Vec::new(),
+                };
+                let _ = reply.send(lines);
+            }
+            AuditMsg::Stats(reply) => {
+                let _ = reply.send(state.stats());
+            }
+            AuditMsg::SinkFault(on) => {
+                state.injected_failure = on;
+                if !on {
+                    let _ = state.write_batch();
+                } else {
+                    state.set_healthy(false);
+                    state.last_error = Some("injected sink failure".into());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        let records = state.stats.written.saturating_add(state.buffer.len() as u64);
+        state.emit(
+            Utc::now(),
+            AuditEvent::AuditLogClosed {
+                records_written: records,
+            },
+        );
+        if let Err(e) = state.write_batch().and_then(|()| state.sync()) {
+            tracing::error!(error = %e, lost = state.buffer.len(), "audit log could not be closed cleanly");
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,40 @@
+//! The actors: one `GpuActor` per device, the `SealKeeper`, the `AuditActor`, and the
+//! `Supervisor` that starts them linked and stops them in order.
+//!
+//! State lives inside actors and changes only in mailbox order; nothing here shares a lock with
+//! another actor. Handles talk to actors through [`ask`], which turns every way a call can fail
+//! (actor gone, reply dropped, timeout) into a precise [`VramError`].
+
+pub mod audit_actor;
+pub mod directory;
+pub mod gpu_actor;
+pub mod seal_keeper;
+pub mod shard_table;
+pub mod supervisor;
+
+use std::time::Duration;
+
+use ractor::rpc::CallResult;
+use ractor::{ActorRef, Message, RpcReplyPort};
+
+use crate::error::VramError;
+
+/// Calls `actor` and waits at most `timeout` for the reply. `gone` is the error to report when
+/// the actor is not there to answer (stopped, crashed, or dropped the reply while stopping).
+pub(crate) async fn ask<M, T>(
+    actor: &ActorRef<M>,
+    build: impl FnOnce(RpcReplyPort<T>) -> M,
+    timeout: Duration,
+    what: &str,
+    gone: impl FnOnce() -> VramError,
+) -> Result<T, VramError>
+where
+    M: Message,
+    T: Send + 'static,
+{
+    match actor.call(build, Some(timeout)).await {
+        Ok(CallResult::Success(v)) => Ok(v),
+        Ok(CallResult::Timeout) => Err(VramError::Timeout(what.to_string())),
+        Ok(CallResult::SenderError) | Err(_) => Err(gone()),
+    }
+}

@@ -1,0 +1,105 @@
+//! `ShardTable`: the shards resident on one device, owned by that device's `GpuActor`.
+//!
+//! It is the single source of truth for capacity accounting: `used_bytes` is the sum of the
+//! sizes of the entries, changed only by [`ShardTable::insert`] and [`ShardTable::remove`], so
+//! it returns exactly to its starting value when every shard is gone.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use ractor::RpcReplyPort;
+
+use crate::error::VramError;
+use crate::gpu::AllocationId;
+use crate::messages::gpu::ShardRef;
+use crate::seal::claims::ShardInfo;
+use crate::seal::merkle::MerkleTree;
+use crate::shard::ChunkSpan;
+
+/// A reply owed to a `release` that had to wait for in-flight verifications.
+pub type PendingRelease = Option<RpcReplyPort<Result<u64, VramError>>>;
+
+/// One resident shard.
+pub struct ShardEntry {
+    /// The signed description.
+    pub info: ShardInfo,
+    /// The handle that sealed it.
+    pub handle_id: u64,
+    /// Its device memory.
+    pub allocation: AllocationId,
+    /// Leaf hashes and root, as sealed.
+    pub tree: Arc<MerkleTree>,
+    /// Set when a verification failed: the chunks found bad. A quarantined shard is never
+    /// executed or attested again; it can only be released.
+    pub quarantine: Option<Vec<ChunkSpan>>,
+    /// Verifications currently hashing this shard off the actor.
+    pub in_flight: u32,
+    /// Releases waiting for those verifications to finish.
+    pub pending_release: Vec<PendingRelease>,
+}
+
+/// The shards on one device.
+#[derive(Default)]
+pub struct ShardTable {
+    entries: BTreeMap<String, ShardEntry>,
+    used_bytes: u64,
+}
+
+impl ShardTable {
+    /// Bytes held by resident shards.
+    pub fn used_bytes(&self) -> u64 {
+        self.used_bytes
+    }
+
+    /// Number of resident shards.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether a shard with this id is resident.
+    pub fn contains(&self, shard_id: &str) -> bool {
+        self.entries.contains_key(shard_id)
+    }
+
+    /// Adds a shard and counts its bytes.
+    pub fn insert(&mut self, entry: ShardEntry) {
+        self.used_bytes = self.used_bytes.saturating_add(entry.info.vram_bytes);
+        if let Some(old) = self.entries.insert(entry.info.shard_id.clone(), entry) {
+            // Callers check `contains` first; keep the books right even if one did not.
+            self.used_bytes = self.used_bytes.saturating_sub(old.info.vram_bytes);
+        }
+    }
+
+    /// Removes a shard and uncounts its bytes.
+    pub fn remove(&mut self, shard_id: &str) -> Option<ShardEntry> {
+        let e = self.entries.remove(shard_id)?;
+        self.used_bytes = self.used_bytes.saturating_sub(e.info.vram_bytes);
+        Some(e)
+    }
+
+    /// The shard this handle sealed, or `UnknownShard`.
+    pub fn get(&self, r: &ShardRef) -> Result<&ShardEntry, VramError> {
+        self.entries
+            .get(&r.shard_id)
+            .filter(|e| e.handle_id == r.handle_id)
+            .ok_or_else(|| VramError::UnknownShard(r.shard_id.clone()))
+    }
+
+    /// Mutable access to the shard this handle sealed, or `UnknownShard`.
+    pub fn get_mut(&mut self, r: &ShardRef) -> Result<&mut ShardEntry, VramError> {
+        self.entries
+            .get_mut(&r.shard_id)
+            .filter(|e| e.handle_id == r.handle_id)
+            .ok_or_else(|| VramError::UnknownShard(r.shard_id.clone()))
+    }
+
+    /// The shard with this id, whoever sealed it.
+    pub fn by_id(&self, shard_id: &str) -> Option<&ShardEntry> {
+        self.entries.get(shard_id)
+    }
+
+    /// Shard ids in order.
+    pub fn ids(&self) -> Vec<String> {
+        self.entries.keys().cloned().collect()
+    }
+}

@@ -1,0 +1,267 @@
+//! `Supervisor`: starts the actors linked, restarts a crashed device actor, and runs shutdown.
+//!
+//! Start order is audit → seal keeper → devices, so every device event has somewhere to go and
+//! every seal can be signed. Shutdown runs the other way: devices drain their mailboxes and free
+//! their memory (auditing each release), then the seal keeper stops (its key is zeroized), then
+//! the audit actor writes `AuditLogClosed` and syncs.
+//!
+//! Crash policy:
+//! * a `GpuActor` that panics or fails loses its state — its backend context and therefore all
+//!   of its device memory are dropped with it, so no accounting leaks and no shard can claim to
+//!   be resident. The supervisor audits `DeviceStopped`, clears the device's directory slot (so
+//!   calls fail fast), and starts a fresh actor on a fresh backend context, up to
+//!   [`MAX_DEVICE_RESTARTS`] times per device. Old handles get `UnknownShard`.
+//! * a `SealKeeper` or `AuditActor` failure stops the whole system (fail-closed): without the
+//!   key nothing can be sealed or verified, and without the audit actor nothing could be
+//!   proven afterwards.
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use chrono::Utc;
+use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
+
+use crate::actors::audit_actor::{AuditActor, AuditArgs};
+use crate::actors::directory::DirectoryWriter;
+use crate::actors::gpu_actor::{GpuActor, GpuArgs};
+use crate::actors::seal_keeper::SealKeeper;
+use crate::audit::events::AuditEvent;
+use crate::config::AuditSinkConfig;
+use crate::gpu::DeviceBackend;
+use crate::messages::audit::AuditMsg;
+use crate::messages::gpu::GpuMsg;
+use crate::messages::seal_keeper::SealKeeperMsg;
+use crate::messages::supervisor::SupervisorMsg;
+use crate::seal::keys::WorkerToken;
+
+/// How many times one device's actor is restarted before the device is left stopped.
+pub const MAX_DEVICE_RESTARTS: u32 = 8;
+
+/// Makes a fresh backend context for a device (at start and after a crash).
+pub type BackendFactory = Box<dyn Fn(u32) -> Result<Box<dyn DeviceBackend>, String> + Send + Sync>;
+
+/// The actor.
+pub struct Supervisor;
+
+/// Settings every device actor is started with.
+pub struct DeviceSettings {
+    pub worker_id: String,
+    pub chunk_size: u64,
+    pub headroom_bytes: u64,
+    pub staging_bytes: usize,
+    pub call_timeout: Duration,
+    pub scrub_interval: Option<Duration>,
+}
+
+/// What the supervisor needs to start the system.
+pub struct SupervisorArgs {
+    pub device_count: u32,
+    pub factory: BackendFactory,
+    pub settings: DeviceSettings,
+    pub token: WorkerToken,
+    pub audit_sink: AuditSinkConfig,
+    pub audit_batch_size: usize,
+    pub audit_flush_interval: Duration,
+    pub audit_buffer_limit: usize,
+    pub audit_healthy: Arc<AtomicBool>,
+    pub directory: DirectoryWriter,
+}
+
+/// The supervisor's state.
+pub struct SupervisorState {
+    audit: ActorRef<AuditMsg>,
+    seal_keeper: ActorRef<SealKeeperMsg>,
+    gpus: Vec<Option<ActorRef<GpuMsg>>>,
+    restarts: Vec<u32>,
+    factory: BackendFactory,
+    settings: DeviceSettings,
+    directory: DirectoryWriter,
+    shutting_down: bool,
+}
+
+impl SupervisorState {
+    async fn spawn_device(
+        &self,
+        myself: &ActorRef<SupervisorMsg>,
+        device: u32,
+    ) -> Result<ActorRef<GpuMsg>, ActorProcessingErr> {
+        let backend = (self.factory)(device)?;
+        let s = &self.settings;
+        let (gpu, _) = Actor::spawn_linked(
+            None,
+            GpuActor,
+            GpuArgs {
+                device,
+                backend,
+                worker_id: s.worker_id.clone(),
+                chunk_size: s.chunk_size,
+                headroom_bytes: s.headroom_bytes,
+                staging_bytes: s.staging_bytes,
+                call_timeout: s.call_timeout,
+                scrub_interval: s.scrub_interval,
+                seal_keeper: self.seal_keeper.clone(),
+                audit: self.audit.clone(),
+            },
+            myself.get_cell(),
+        )
+        .await?;
+        self.directory.set(device, Some(gpu.clone()));
+        Ok(gpu)
+    }
+
+    fn device_of(&self, cell: &ractor::ActorCell) -> Option<u32> {
+        let id = cell.get_id();
+        self.gpus
+            .iter()
+            .position(|g| g.as_ref().is_some_and(|g| g.get_id() == id))
+            .and_then(|i| u32::try_from(i).ok())
+    }
+
+    fn audit(&self, event: AuditEvent) {
+        let _ = self.audit.cast(AuditMsg::Emit(Utc::now(), event));
+    }
+
+    async fn stop_all(&mut self) {
+        self.shutting_down = true;
+        let timeout = Some(self.settings.call_timeout);
+        for (i, gpu) in self.gpus.iter_mut().enumerate() {
+            self.directory.set(u32::try_from(i).unwrap_or(u32::MAX), None);
+            if let Some(g) = gpu.take() {
+                let _ = g.drain_and_wait(timeout).await;
+            }
+        }
+        let _ = self.seal_keeper.drain_and_wait(timeout).await;
+        let _ = self.audit.drain_and_wait(timeout).await;
+    }
+}
+
+impl Actor for Supervisor {
+    type Msg = SupervisorMsg;
+    type State = SupervisorState;
+    type Arguments = SupervisorArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        args: SupervisorArgs,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        let (audit, _) = Actor::spawn_linked(
+            None,
+            AuditActor,
+            AuditArgs {
+                sink: args.audit_sink,
+                token: args.token.duplicate(),
+                worker_id: args.settings.worker_id.clone(),
+                batch_size: args.audit_batch_size,
+                flush_interval: args.audit_flush_interval,
+                buffer_limit: args.audit_buffer_limit,
+                healthy: args.audit_healthy,
+            },
+            myself.get_cell(),
+        )
+        .await?;
+        let (seal_keeper, _) =
+            Actor::spawn_linked(None, SealKeeper, args.token, myself.get_cell()).await?;
+        let n = usize::try_from(args.device_count).unwrap_or(0);
+        let mut state = SupervisorState {
+            audit,
+            seal_keeper,
+            gpus: vec![None; n],
+            restarts: vec![0; n],
+            factory: args.factory,
+            settings: args.settings,
+            directory: args.directory,
+            shutting_down: false,
+        };
+        for device in 0..args.device_count {
+            match state.spawn_device(&myself, device).await {
+                Ok(gpu) => {
+                    if let Some(slot) = usize::try_from(device).ok().and_then(|i| state.gpus.get_mut(i)) {
+                        *slot = Some(gpu);
+                    }
+                }
+                Err(e) => {
+                    state.stop_all().await;
+                    return Err(e);
+                }
+            }
+        }
+        Ok(state)
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        message: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            SupervisorMsg::Children(reply) => {
+                let _ = reply.send((state.seal_keeper.clone(), state.audit.clone()));
+            }
+            SupervisorMsg::Shutdown(reply) => {
+                state.stop_all().await;
+                let _ = reply.send(());
+                myself.stop(Some("shutdown".into()));
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        event: SupervisionEvent,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        if state.shutting_down {
+            return Ok(());
+        }
+        let (cell, why) = match &event {
+            SupervisionEvent::ActorFailed(cell, err) => (cell.clone(), format!("failed: {err}")),
+            SupervisionEvent::ActorTerminated(cell, _, reason) => (
+                cell.clone(),
+                format!("stopped: {}", reason.as_deref().unwrap_or("no reason given")),
+            ),
+            _ => return Ok(()),
+        };
+        if let Some(device) = state.device_of(&cell) {
+            state.directory.set(device, None);
+            if let Some(slot) = usize::try_from(device).ok().and_then(|i| state.gpus.get_mut(i)) {
+                *slot = None;
+            }
+            let idx = usize::try_from(device).unwrap_or(usize::MAX);
+            let count = state.restarts.get(idx).copied().unwrap_or(u32::MAX);
+            let restart = count < MAX_DEVICE_RESTARTS;
+            tracing::error!(gpu_device = device, reason = %why, restart, "device actor ended");
+            state.audit(AuditEvent::DeviceStopped {
+                gpu_device: device,
+                reason: format!(
+                    "device actor {why}; its shards were freed with its context{}",
+                    if restart { "; a fresh actor takes over" } else { "; restart limit reached" }
+                ),
+            });
+            if restart {
+                if let Some(c) = state.restarts.get_mut(idx) {
+                    *c = c.saturating_add(1);
+                }
+                match state.spawn_device(&myself, device).await {
+                    Ok(gpu) => {
+                        if let Some(slot) = state.gpus.get_mut(idx) {
+                            *slot = Some(gpu);
+                        }
+                    }
+                    Err(e) => tracing::error!(gpu_device = device, error = %e, "device actor restart failed"),
+                }
+            }
+            return Ok(());
+        }
+        if cell.get_id() == state.seal_keeper.get_id() || cell.get_id() == state.audit.get_id() {
+            tracing::error!(reason = %why, "seal keeper or audit actor ended; stopping the system (fail-closed)");
+            state.stop_all().await;
+            myself.stop(Some("a core actor failed".into()));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,16 @@
+//! The `vram-audit-v1` audit trail.
+//!
+//! * [`events`] — what is recorded, and the sanitiser every string passes through;
+//! * [`format`] — one record's line encoding and the HMAC chain;
+//! * [`writer`] — the crash-safe, append-only file writer (and the in-memory chain);
+//! * [`verify`] — the offline verifier that names the first bad line.
+//!
+//! The `AuditActor` (in `src/actors/`) batches events into a writer; anyone holding the worker
+//! token can check a log offline with [`verify_log`].
+
+pub mod events;
+pub mod format;
+pub mod verify;
+pub mod writer;
+
+pub use verify::{AuditProblem, AuditReport, ProblemKind, verify_lines, verify_log};

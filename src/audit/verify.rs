@@ -1,0 +1,679 @@
+//! Offline verification of a `vram-audit-v1` log: walks the HMAC chain from the first line and
+//! reports how many records verify, what they are, and the first line where the log stops being
+//! trustworthy.
+//!
+//! Rules:
+//! * every line must be a well-formed record ([`super::format::parse_record`]), carry the next
+//!   sequence number, and carry the MAC that chains it to the line before;
+//! * bytes after the last `\n` that do not form a complete record are a *torn tail* (a crash
+//!   during a write), reported as [`ProblemKind::TornTail`], distinct from tampering; a final
+//!   line without `\n` that is a complete, valid record is accepted;
+//! * an empty file is intact with 0 records;
+//! * checking stops at the first problem; the counts cover only the verified prefix.
+//!
+//! The chain cannot show that records were cut off the *end* of a log; compare
+//! [`AuditReport::last_seq`] with an external record (a monitoring system, the last
+//! `AuditLogClosed`) for that.
+//!
+//! The same walker is used by the writer to vouch for an existing log before appending to it.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, Read};
+use std::path::Path;
+
+use serde::Serialize;
+
+use crate::audit::format::{ChainBreak, ChainState, MAX_LINE_BYTES, parse_record};
+use crate::seal::keys::{AuditKey, WorkerToken};
+
+/// What a verification found.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct AuditReport {
+    /// Records that verified (the prefix before the first problem).
+    pub records: u64,
+    /// Sequence number of the last verified record (0 if none).
+    pub last_seq: u64,
+    /// Verified records per event `type`.
+    pub counts_by_type: BTreeMap<String, u64>,
+    /// The first line that did not verify, if any.
+    pub first_problem: Option<AuditProblem>,
+    /// Verified `AuditLogOpened` records after the first record, i.e. how many times the log
+    /// was reopened and its chain continued.
+    pub resumptions: u64,
+}
+
+impl AuditReport {
+    /// True when every line verified (a torn tail counts as a problem: the file is not clean).
+    pub fn is_intact(&self) -> bool {
+        self.first_problem.is_none()
+    }
+}
+
+/// The first line that did not verify.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AuditProblem {
+    /// 1-based line number in the file.
+    pub line: u64,
+    /// What is wrong with it.
+    #[serde(flatten)]
+    pub kind: ProblemKind,
+}
+
+impl fmt::Display for AuditProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "line {}: {}", self.line, self.kind)
+    }
+}
+
+/// What is wrong with a line. Serialized as `{"kind": "<snake_case>", "detail": …}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", content = "detail", rename_all = "snake_case")]
+pub enum ProblemKind {
+    /// The record is well-formed and in sequence, but its MAC does not chain: the record or one
+    /// before it was altered, or it was written with a different audit key.
+    MacMismatch,
+    /// The record's sequence number is not the next one: a record was deleted, inserted or
+    /// reordered (or a seq was edited).
+    SeqGap {
+        /// The sequence number expected at this line.
+        expected: u64,
+        /// The sequence number the line carries.
+        found: u64,
+    },
+    /// A complete line (ending in `\n`) that is not a well-formed record.
+    Malformed(String),
+    /// The file's final bytes, after the last `\n`, are not a complete record: a write was cut
+    /// short by a crash. Not evidence of tampering on its own.
+    TornTail {
+        /// How many bytes follow the last `\n`.
+        bytes: u64,
+    },
+}
+
+impl fmt::Display for ProblemKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::MacMismatch => f.write_str(
+                "MAC mismatch: this record or an earlier one was altered, \
+                 or the log was written with a different worker token",
+            ),
+            Self::SeqGap { expected, found } => write!(
+                f,
+                "out of sequence: expected seq {expected}, found {found} \
+                 (a record was deleted, inserted or reordered)"
+            ),
+            Self::Malformed(reason) => write!(f, "malformed record: {reason}"),
+            Self::TornTail { bytes } => write!(
+                f,
+                "torn tail: the last {bytes} bytes are an incomplete record \
+                 (a write cut short by a crash)"
+            ),
+        }
+    }
+}
+
+/// Verifies the log at `path` with the audit key derived from `token`.
+///
+/// Only I/O failures (the file cannot be opened or read) are errors; everything about the
+/// content is in the report.
+pub fn verify_log(path: &Path, token: &WorkerToken) -> io::Result<AuditReport> {
+    let key = AuditKey::derive(token);
+    let file = File::open(path)?;
+    Ok(scan(BufReader::new(file), &key)?.report)
+}
+
+/// Verifies lines already split off (each without its `\n`). `complete_final_line` says whether
+/// the last line was followed by `\n`; if not and it is not a complete record, it is reported as
+/// [`ProblemKind::TornTail`]. An empty unterminated final line is ignored (nothing after the
+/// last `\n`).
+pub fn verify_lines<'a>(
+    lines: impl IntoIterator<Item = &'a str>,
+    key: &AuditKey,
+    complete_final_line: bool,
+) -> AuditReport {
+    let mut walker = Walker::new(key);
+    let mut iter = lines.into_iter().peekable();
+    while let Some(line) = iter.next() {
+        let terminated = complete_final_line || iter.peek().is_some();
+        if !walker.feed(line.as_bytes(), terminated) {
+            break;
+        }
+    }
+    walker.report
+}
+
+/// The result of walking a whole file.
+pub(crate) struct Scan {
+    /// What was found.
+    pub report: AuditReport,
+    /// The chain state after the last verified record.
+    pub chain: ChainState,
+    /// Bytes from the start of the file through the last verified record (and its `\n`).
+    pub verified_len: u64,
+    /// The last verified record was not followed by `\n`.
+    pub final_line_unterminated: bool,
+}
+
+/// Walks a whole log from a reader, without buffering more than one line (at most
+/// [`MAX_LINE_BYTES`] + 1 bytes).
+pub(crate) fn scan<R: BufRead>(mut reader: R, key: &AuditKey) -> io::Result<Scan> {
+    let mut walker = Walker::new(key);
+    let mut verified_len: u64 = 0;
+    let mut final_line_unterminated = false;
+    let mut buf: Vec<u8> = Vec::new();
+    let limit = u64::try_from(MAX_LINE_BYTES)
+        .unwrap_or(u64::MAX)
+        .saturating_add(1);
+    loop {
+        buf.clear();
+        let n = (&mut reader).take(limit).read_until(b'\n', &mut buf)?;
+        if n == 0 {
+            break;
+        }
+        let (line, terminated) = match buf.split_last() {
+            Some((b'\n', rest)) => (rest, true),
+            _ => (buf.as_slice(), false),
+        };
+        // An over-long chunk without `\n` is not necessarily the end of the file; `feed` rejects
+        // it as malformed because of its length, whatever `terminated` says.
+        if !walker.feed(line, terminated) {
+            break;
+        }
+        verified_len = verified_len.saturating_add(u64::try_from(n).unwrap_or(u64::MAX));
+        final_line_unterminated = !terminated;
+    }
+    Ok(Scan {
+        report: walker.report,
+        chain: walker.chain,
+        verified_len,
+        final_line_unterminated,
+    })
+}
+
+/// Checks lines one at a time against the chain and accumulates the report.
+struct Walker<'k> {
+    key: &'k AuditKey,
+    chain: ChainState,
+    report: AuditReport,
+    line_no: u64,
+}
+
+impl<'k> Walker<'k> {
+    fn new(key: &'k AuditKey) -> Self {
+        Self {
+            key,
+            chain: ChainState::genesis(),
+            report: AuditReport::default(),
+            line_no: 0,
+        }
+    }
+
+    /// Checks one line (without `\n`). Returns false once a problem has been found.
+    fn feed(&mut self, line: &[u8], terminated: bool) -> bool {
+        if self.report.first_problem.is_some() {
+            return false;
+        }
+        if !terminated && line.is_empty() {
+            // Nothing after the last '\n'.
+            return true;
+        }
+        self.line_no = self.line_no.saturating_add(1);
+        let parsed = if line.len() > MAX_LINE_BYTES {
+            Err(format!("line is longer than {MAX_LINE_BYTES} bytes"))
+        } else {
+            std::str::from_utf8(line)
+                .map_err(|_| String::from("line is not valid UTF-8"))
+                .and_then(|s| parse_record(s).map_err(|e| e.0))
+        };
+        let record = match parsed {
+            Ok(r) => r,
+            Err(reason) => {
+                let kind = if terminated || line.len() > MAX_LINE_BYTES {
+                    ProblemKind::Malformed(reason)
+                } else {
+                    ProblemKind::TornTail {
+                        bytes: u64::try_from(line.len()).unwrap_or(u64::MAX),
+                    }
+                };
+                return self.fail(kind);
+            }
+        };
+        if let Err(brk) = self.chain.accept(self.key, &record) {
+            let kind = match brk {
+                ChainBreak::SeqGap { expected, found } => ProblemKind::SeqGap { expected, found },
+                ChainBreak::MacMismatch => ProblemKind::MacMismatch,
+            };
+            return self.fail(kind);
+        }
+        let r = &mut self.report;
+        r.records = r.records.saturating_add(1);
+        r.last_seq = record.seq;
+        if record.event_type == "AuditLogOpened" && record.seq > 1 {
+            r.resumptions = r.resumptions.saturating_add(1);
+        }
+        let count = r.counts_by_type.entry(record.event_type).or_insert(0);
+        *count = count.saturating_add(1);
+        true
+    }
+
+    fn fail(&mut self, kind: ProblemKind) -> bool {
+        self.report.first_problem = Some(AuditProblem {
+            line: self.line_no,
+            kind,
+        });
+        false
+    }
+}
+
+#[cfg(test)]
+#[allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects
+)]
+mod tests {
+    use super::*;
+    use crate::audit::format::encode_record;
+
+    const TOKEN: &[u8] = b"verify-test-token-0123456789abcdef";
+    const EV: &[&str] = &[
+        r#"{"type":"AuditLogOpened","resumed_from_seq":0}"#,
+        r#"{"type":"VramAllocated","shard_id":"shard-a","requested_bytes":10,"allocated_bytes":10,"available_bytes":90,"used_bytes":10,"gpu_device":0}"#,
+        r#"{"type":"VramSealed","shard_id":"shard-a","gpu_device":0,"vram_bytes":10,"digest":"d","merkle_root":"m","model_ref":"r"}"#,
+        r#"{"type":"SealVerified","shard_id":"shard-a","gpu_device":0,"mode":"full","chunks_checked":1}"#,
+        r#"{"type":"VramDeallocated","shard_id":"shard-a","freed_bytes":10,"remaining_used":0,"gpu_device":0}"#,
+        r#"{"type":"AuditLogClosed","records_written":6}"#,
+    ];
+
+    fn key() -> AuditKey {
+        AuditKey::derive(&WorkerToken::new(TOKEN.to_vec()).unwrap())
+    }
+
+    fn log_lines(key: &AuditKey) -> Vec<String> {
+        let mut chain = ChainState::genesis();
+        EV.iter()
+            .enumerate()
+            .map(|(i, e)| {
+                let ts = format!("2026-11-29T09:00:0{i}.000000000Z");
+                encode_record(key, &mut chain, &ts, "worker-1", e)
+            })
+            .collect()
+    }
+
+    fn check(lines: &[String], complete: bool) -> AuditReport {
+        verify_lines(lines.iter().map(String::as_str), &key(), complete)
+    }
+
+    fn problem(r: &AuditReport) -> (u64, ProblemKind) {
+        let p = r.first_problem.clone().expect("expected a problem");
+        (p.line, p.kind)
+    }
+
+    #[test]
+    fn intact_log_counts() {
+        let lines = log_lines(&key());
+        let r = check(&lines, true);
+        assert!(r.is_intact(), "{:?}", r.first_problem);
+        assert_eq!(r.records, 6);
+        assert_eq!(r.last_seq, 6);
+        assert_eq!(r.counts_by_type["VramSealed"], 1);
+        assert_eq!(r.counts_by_type.len(), 6);
+        assert_eq!(r.resumptions, 0);
+    }
+
+    #[test]
+    fn vectors_verify() {
+        let v: serde_json::Value = serde_json::from_str(include_str!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/vectors/vectors-v1.json"
+        )))
+        .unwrap();
+        let token = v["worker_token"].as_str().unwrap();
+        let key = AuditKey::derive(&WorkerToken::new(token.as_bytes().to_vec()).unwrap());
+        let lines: Vec<&str> = v["audit_log_lines"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l.as_str().unwrap())
+            .collect();
+        let r = verify_lines(lines.iter().copied(), &key, true);
+        assert!(r.is_intact(), "{:?}", r.first_problem);
+        assert_eq!((r.records, r.last_seq), (3, 3));
+        assert_eq!(r.counts_by_type["SealVerificationFailed"], 1);
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("vectors.log");
+        std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+        let r2 = verify_log(&path, &WorkerToken::new(token.as_bytes().to_vec()).unwrap()).unwrap();
+        assert_eq!(r, r2);
+        // A different token: the first record already fails.
+        let other = WorkerToken::new(TOKEN.to_vec()).unwrap();
+        let r3 = verify_log(&path, &other).unwrap();
+        assert_eq!(problem(&r3), (1, ProblemKind::MacMismatch));
+        assert_eq!(r3.records, 0);
+    }
+
+    #[test]
+    fn empty_is_intact() {
+        let r = verify_lines(std::iter::empty(), &key(), true);
+        assert!(r.is_intact());
+        assert_eq!((r.records, r.last_seq), (0, 0));
+        let r = verify_lines([""], &key(), false);
+        assert!(r.is_intact());
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("empty.log");
+        std::fs::write(&path, "").unwrap();
+        let r = verify_log(&path, &WorkerToken::new(TOKEN.to_vec()).unwrap()).unwrap();
+        assert!(r.is_intact());
+        assert_eq!(r.records, 0);
+    }
+
+    #[test]
+    fn edited_byte_is_mac_mismatch() {
+        let mut lines = log_lines(&key());
+        lines[2] = lines[2].replace("shard-a", "shard-b");
+        let r = check(&lines, true);
+        assert_eq!(problem(&r), (3, ProblemKind::MacMismatch));
+        assert_eq!(r.records, 2);
+        assert_eq!(r.last_seq, 2);
+        assert_eq!(r.counts_by_type.values().sum::<u64>(), 2);
+    }
+
+    #[test]
+    fn edited_seq_is_seq_gap() {
+        let mut lines = log_lines(&key());
+        lines[3] = lines[3].replacen("\"seq\":4", "\"seq\":5", 1);
+        let r = check(&lines, true);
+        assert_eq!(
+            problem(&r),
+            (
+                4,
+                ProblemKind::SeqGap {
+                    expected: 4,
+                    found: 5
+                }
+            )
+        );
+    }
+
+    #[test]
+    fn deleted_line() {
+        let mut lines = log_lines(&key());
+        lines.remove(2);
+        let r = check(&lines, true);
+        assert_eq!(
+            problem(&r),
+            (
+                3,
+                ProblemKind::SeqGap {
+                    expected: 3,
+                    found: 4
+                }
+            )
+        );
+        assert_eq!(r.records, 2);
+    }
+
+    #[test]
+    fn deleted_first_line() {
+        let mut lines = log_lines(&key());
+        lines.remove(0);
+        let r = check(&lines, true);
+        assert_eq!(
+            problem(&r),
+            (
+                1,
+                ProblemKind::SeqGap {
+                    expected: 1,
+                    found: 2
+                }
+            )
+        );
+    }
+
+    #[test]
+    fn inserted_copy() {
+        let mut lines = log_lines(&key());
+        let copy = lines[1].clone();
+        lines.insert(4, copy);
+        let r = check(&lines, true);
+        assert_eq!(
+            problem(&r),
+            (
+                5,
+                ProblemKind::SeqGap {
+                    expected: 5,
+                    found: 2
+                }
+            )
+        );
+        assert_eq!(r.records, 4);
+    }
+
+    #[test]
+    fn duplicated_line_in_place() {
+        let mut lines = log_lines(&key());
+        let copy = lines[2].clone();
+        lines.insert(3, copy);
+        let r = check(&lines, true);
+        assert_eq!(
+            problem(&r),
+            (
+                4,
+                ProblemKind::SeqGap {
+                    expected: 4,
+                    found: 3
+                }
+            )
+        );
+    }
+
+    #[test]
+    fn swapped_lines() {
+        let mut lines = log_lines(&key());
+        lines.swap(2, 3);
+        let r = check(&lines, true);
+        assert_eq!(
+            problem(&r),
+            (
+                3,
+                ProblemKind::SeqGap {
+                    expected: 3,
+                    found: 4
+                }
+            )
+        );
+    }
+
+    #[test]
+    fn renumbered_after_delete_is_mac_mismatch() {
+        let k = key();
+        let mut lines = log_lines(&k);
+        lines.remove(2);
+        for (i, l) in lines.iter_mut().enumerate().skip(2) {
+            *l = l.replacen(
+                &format!("\"seq\":{}", i + 2),
+                &format!("\"seq\":{}", i + 1),
+                1,
+            );
+        }
+        let r = check(&lines, true);
+        assert_eq!(problem(&r), (3, ProblemKind::MacMismatch));
+    }
+
+    #[test]
+    fn forged_line_with_wrong_key() {
+        let k = key();
+        let mut lines = log_lines(&k);
+        // The forger knows the format and the last MAC but not the key.
+        let last = parse_record(lines.last().unwrap()).unwrap();
+        let mut chain = ChainState {
+            next_seq: 7,
+            prev_mac: last.mac,
+        };
+        let wrong =
+            AuditKey::derive(&WorkerToken::new(b"some-other-token-xxxxxxxx".to_vec()).unwrap());
+        lines.push(encode_record(
+            &wrong,
+            &mut chain,
+            "2026-11-29T09:00:09.000000000Z",
+            "worker-1",
+            r#"{"type":"DeviceReset","gpu_device":0}"#,
+        ));
+        let r = check(&lines, true);
+        assert_eq!(problem(&r), (7, ProblemKind::MacMismatch));
+        assert_eq!(r.records, 6);
+        // Unterminated, the forged (complete) line is still a MAC mismatch, not a torn tail.
+        let r = check(&lines, false);
+        assert_eq!(problem(&r), (7, ProblemKind::MacMismatch));
+    }
+
+    #[test]
+    fn torn_tail_vs_malformed() {
+        let lines = log_lines(&key());
+        let mut torn = lines.clone();
+        let cut = torn[5].len() / 2;
+        torn[5].truncate(cut);
+        let r = check(&torn, false);
+        assert_eq!(
+            problem(&r),
+            (6, ProblemKind::TornTail { bytes: cut as u64 })
+        );
+        assert_eq!(r.records, 5);
+        // The same partial line followed by '\n' is malformed, not torn.
+        let r = check(&torn, true);
+        assert!(matches!(problem(&r), (6, ProblemKind::Malformed(_))));
+        // A complete final record without '\n' is fine.
+        let r = check(&lines, false);
+        assert!(r.is_intact());
+        assert_eq!(r.records, 6);
+    }
+
+    #[test]
+    fn torn_tail_in_file() {
+        let lines = log_lines(&key());
+        let text = lines.join("\n") + "\n";
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.log");
+        let token = WorkerToken::new(TOKEN.to_vec()).unwrap();
+        // Cut at every byte of the last line: never a MAC mismatch.
+        let last_start = text.len() - lines[5].len() - 1;
+        for cut in last_start + 1..text.len() - 1 {
+            std::fs::write(&path, &text.as_bytes()[..cut]).unwrap();
+            let r = verify_log(&path, &token).unwrap();
+            assert_eq!(
+                problem(&r),
+                (
+                    6,
+                    ProblemKind::TornTail {
+                        bytes: (cut - last_start) as u64
+                    }
+                ),
+                "cut at {cut}"
+            );
+            assert_eq!(r.records, 5);
+        }
+        // Cut just before the final '\n': complete record, intact.
+        std::fs::write(&path, &text.as_bytes()[..text.len() - 1]).unwrap();
+        assert!(verify_log(&path, &token).unwrap().is_intact());
+        // Zero-filled tail (size updated, data lost in a crash).
+        let mut zeros = text.clone().into_bytes();
+        zeros.extend_from_slice(&[0u8; 100]);
+        std::fs::write(&path, &zeros).unwrap();
+        let r = verify_log(&path, &token).unwrap();
+        assert_eq!(problem(&r), (7, ProblemKind::TornTail { bytes: 100 }));
+    }
+
+    #[test]
+    fn empty_and_binary_lines_are_malformed() {
+        let mut lines = log_lines(&key());
+        lines.insert(1, String::new());
+        let r = check(&lines, true);
+        assert!(matches!(problem(&r), (2, ProblemKind::Malformed(_))));
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("b.log");
+        let mut bytes = log_lines(&key()).join("\n").into_bytes();
+        bytes.extend_from_slice(b"\n\xff\xfe\n");
+        std::fs::write(&path, &bytes).unwrap();
+        let r = verify_log(&path, &WorkerToken::new(TOKEN.to_vec()).unwrap()).unwrap();
+        assert!(matches!(problem(&r), (7, ProblemKind::Malformed(_))));
+    }
+
+    #[test]
+    fn overlong_line_is_malformed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.log");
+        let mut bytes = log_lines(&key()).join("\n").into_bytes();
+        bytes.push(b'\n');
+        bytes.extend(std::iter::repeat_n(b'x', MAX_LINE_BYTES + 10));
+        std::fs::write(&path, &bytes).unwrap();
+        let r = verify_log(&path, &WorkerToken::new(TOKEN.to_vec()).unwrap()).unwrap();
+        assert!(
+            matches!(problem(&r), (7, ProblemKind::Malformed(_))),
+            "{r:?}"
+        );
+        assert_eq!(r.records, 6);
+    }
+
+    #[test]
+    fn report_serializes() {
+        let mut lines = log_lines(&key());
+        lines.swap(1, 2);
+        let r = check(&lines, true);
+        let j = serde_json::to_value(&r).unwrap();
+        assert_eq!(j["records"], 1);
+        assert_eq!(j["first_problem"]["line"], 2);
+        assert_eq!(j["first_problem"]["kind"], "seq_gap");
+        assert_eq!(j["first_problem"]["detail"]["expected"], 2);
+        let m = serde_json::to_value(AuditProblem {
+            line: 4,
+            kind: ProblemKind::MacMismatch,
+        })
+        .unwrap();
+        assert_eq!(m, serde_json::json!({"line": 4, "kind": "mac_mismatch"}));
+        let p = r.first_problem.unwrap();
+        assert_eq!(
+            p.to_string(),
+            "line 2: out of sequence: expected seq 2, found 3 (a record was deleted, inserted or reordered)"
+        );
+    }
+
+    #[test]
+    fn resumptions_counted() {
+        let k = key();
+        let mut chain = ChainState::genesis();
+        let ts = "2026-11-29T09:00:00.000000000Z";
+        let mut lines = vec![
+            encode_record(
+                &k,
+                &mut chain,
+                ts,
+                "w",
+                r#"{"type":"AuditLogOpened","resumed_from_seq":0}"#,
+            ),
+            encode_record(
+                &k,
+                &mut chain,
+                ts,
+                "w",
+                r#"{"type":"DeviceReset","gpu_device":0}"#,
+            ),
+        ];
+        lines.push(encode_record(
+            &k,
+            &mut chain,
+            ts,
+            "w",
+            r#"{"type":"AuditLogOpened","resumed_from_seq":2,"torn_tail_bytes":17}"#,
+        ));
+        let r = check(&lines, true);
+        assert!(r.is_intact());
+        assert_eq!(r.resumptions, 1);
+        assert_eq!(r.counts_by_type["AuditLogOpened"], 2);
+    }
+}

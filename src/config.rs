@@ -1,0 +1,309 @@
+//! Start-up configuration: which devices, which worker, which token, which audit sink.
+//!
+//! `Config` is a builder. Setters never fail; a bad value is remembered and reported by
+//! `VramResidency::start` as `InvalidInput`, so a misconfigured worker refuses to start instead
+//! of running with a default the operator did not choose.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::error::VramError;
+use crate::seal::keys::WorkerToken;
+use crate::shard::VerifyMode;
+use crate::validation;
+
+/// Which devices to run on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BackendChoice {
+    /// `count` simulated devices of `capacity` bytes each.
+    Simulated { count: u32, capacity: u64 },
+    /// CUDA devices.
+    Cuda,
+}
+
+/// Where audit events go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuditSinkConfig {
+    /// Kept in memory (read back with `VramResidency::audit_lines`).
+    Memory,
+    /// Appended to a `vram-audit-v1` file.
+    File(PathBuf),
+}
+
+enum TokenSource {
+    None,
+    Inline(WorkerToken),
+    File(PathBuf),
+}
+
+/// Configuration for [`crate::VramResidency::start`].
+pub struct Config {
+    pub(crate) backend: BackendChoice,
+    pub(crate) backend_reason: String,
+    pub(crate) worker_id: String,
+    token: TokenSource,
+    pub(crate) chunk_size: u64,
+    pub(crate) audit: AuditSinkConfig,
+    pub(crate) max_model_size: u64,
+    pub(crate) headroom_bytes: u64,
+    pub(crate) execute_verify: VerifyMode,
+    pub(crate) call_timeout: Duration,
+    pub(crate) fail_closed_audit: bool,
+    pub(crate) audit_batch_size: usize,
+    pub(crate) audit_flush_interval: Duration,
+    pub(crate) audit_buffer_limit: usize,
+    pub(crate) staging_bytes: usize,
+    pub(crate) scrub_interval: Option<Duration>,
+    errors: Vec<VramError>,
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let token = match &self.token {
+            TokenSource::None => "none".to_string(),
+            TokenSource::Inline(_) => "<redacted>".to_string(),
+            TokenSource::File(p) => format!("file {}", p.display()),
+        };
+        f.debug_struct("Config")
+            .field("backend", &self.backend)
+            .field("worker_id", &self.worker_id)
+            .field("worker_token", &token)
+            .field("chunk_size", &self.chunk_size)
+            .field("audit", &self.audit)
+            .field("max_model_size", &self.max_model_size)
+            .field("headroom_bytes", &self.headroom_bytes)
+            .field("execute_verify", &self.execute_verify)
+            .field("fail_closed_audit", &self.fail_closed_audit)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Config {
+    fn with_backend(backend: BackendChoice, reason: String) -> Self {
+        Self {
+            backend,
+            backend_reason: reason,
+            worker_id: "worker-1".into(),
+            token: TokenSource::None,
+            chunk_size: 1 << 20,
+            audit: AuditSinkConfig::Memory,
+            max_model_size: validation::DEFAULT_MAX_MODEL_SIZE,
+            headroom_bytes: 0,
+            execute_verify: VerifyMode::Full,
+            call_timeout: Duration::from_secs(300),
+            fail_closed_audit: false,
+            audit_batch_size: 256,
+            audit_flush_interval: Duration::from_millis(50),
+            audit_buffer_limit: 65_536,
+            staging_bytes: 8 << 20,
+            scrub_interval: None,
+            errors: Vec::new(),
+        }
+    }
+
+    /// `count` simulated devices of `capacity_bytes` each.
+    pub fn simulated(count: u32, capacity_bytes: u64) -> Self {
+        let mut c = Self::with_backend(
+            BackendChoice::Simulated {
+                count,
+                capacity: capacity_bytes,
+            },
+            "simulated devices requested".into(),
+        );
+        if count == 0 {
+            c.errors
+                .push(VramError::invalid("simulated device count must be at least 1"));
+        }
+        if capacity_bytes == 0 {
+            c.errors
+                .push(VramError::invalid("simulated device capacity must be at least 1 byte"));
+        }
+        c
+    }
+
+    /// CUDA devices when a driver and a device are present, simulated ones (2 × 1 GiB)
+    /// otherwise. [`Config::backend_description`] says which was chosen and why.
+    pub fn auto() -> Self {
+        let mut c = Self::simulated(2, 1 << 30);
+        c.backend_reason =
+            "no CUDA backend in this build (the cudarc backend is not implemented yet); using 2 simulated devices of 1 GiB".into();
+        c
+    }
+
+    /// CUDA devices only; `start` fails if none can be used.
+    pub fn cuda() -> Self {
+        Self::with_backend(BackendChoice::Cuda, "CUDA requested".into())
+    }
+
+    /// Which backend was chosen, and why.
+    pub fn backend_description(&self) -> String {
+        match &self.backend {
+            BackendChoice::Simulated { count, capacity } => format!(
+                "simulated: {count} device(s) of {capacity} bytes ({})",
+                self.backend_reason
+            ),
+            BackendChoice::Cuda => format!("cuda ({})", self.backend_reason),
+        }
+    }
+
+    /// The worker id (1..=256 of `[A-Za-z0-9_-]`).
+    pub fn worker_id(mut self, id: impl Into<String>) -> Self {
+        let id = id.into();
+        if let Err(e) = validation::validate_identifier("worker_id", &id) {
+            self.errors.push(e);
+        }
+        self.worker_id = id;
+        self
+    }
+
+    /// The worker token (at least 16 bytes). Keys are derived from it; it is never printed.
+    pub fn worker_token(mut self, token: impl AsRef<[u8]>) -> Self {
+        match WorkerToken::new(token.as_ref().to_vec()) {
+            Ok(t) => self.token = TokenSource::Inline(t),
+            Err(e) => self.errors.push(e),
+        }
+        self
+    }
+
+    /// Read the worker token from a file at start-up. The file must not be readable by group or
+    /// others (mode 0600 or stricter); one trailing newline is ignored.
+    pub fn worker_token_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.token = TokenSource::File(path.into());
+        self
+    }
+
+    /// Merkle leaf size: a power of two in 4 KiB ..= 64 MiB (default 1 MiB).
+    pub fn chunk_size(mut self, bytes: u64) -> Self {
+        if let Err(e) = validation::validate_chunk_size(bytes) {
+            self.errors.push(e);
+        }
+        self.chunk_size = bytes;
+        self
+    }
+
+    /// Append audit records to this `vram-audit-v1` file (created 0600 if absent; an existing
+    /// log is verified and continued).
+    pub fn audit_log(mut self, path: impl Into<PathBuf>) -> Self {
+        self.audit = AuditSinkConfig::File(path.into());
+        self
+    }
+
+    /// Largest accepted shard (default 100 GiB).
+    pub fn max_model_size(mut self, bytes: u64) -> Self {
+        if bytes == 0 {
+            self.errors.push(VramError::invalid("max_model_size must be at least 1"));
+        }
+        self.max_model_size = bytes;
+        self
+    }
+
+    /// Bytes to keep free on every device (default 0).
+    pub fn headroom_bytes(mut self, bytes: u64) -> Self {
+        self.headroom_bytes = bytes;
+        self
+    }
+
+    /// How `execute` verifies before running (default `Full`).
+    pub fn execute_verify(mut self, mode: VerifyMode) -> Self {
+        self.execute_verify = mode;
+        self
+    }
+
+    /// Upper bound on how long one call waits for an actor (default 300 s).
+    pub fn call_timeout(mut self, timeout: Duration) -> Self {
+        self.call_timeout = timeout;
+        self
+    }
+
+    /// Refuse new seals with `AuditUnavailable` while the audit sink is failing.
+    pub fn fail_closed_audit(mut self, on: bool) -> Self {
+        self.fail_closed_audit = on;
+        self
+    }
+
+    /// Audit batching: write after `events` events or `interval`, whichever comes first.
+    pub fn audit_batching(mut self, events: usize, interval: Duration) -> Self {
+        if events == 0 {
+            self.errors.push(VramError::invalid("audit batch size must be at least 1"));
+        }
+        self.audit_batch_size = events;
+        self.audit_flush_interval = interval;
+        self
+    }
+
+    /// Most events held while the sink is failing before further ones are counted as dropped.
+    pub fn audit_buffer_limit(mut self, events: usize) -> Self {
+        if events == 0 {
+            self.errors.push(VramError::invalid("audit buffer limit must be at least 1"));
+        }
+        self.audit_buffer_limit = events;
+        self
+    }
+
+    /// Staging buffer for streaming seals (default 8 MiB; rounded to a multiple of the chunk
+    /// size).
+    pub fn staging_bytes(mut self, bytes: usize) -> Self {
+        if bytes == 0 {
+            self.errors.push(VramError::invalid("staging buffer must be at least 1 byte"));
+        }
+        self.staging_bytes = bytes;
+        self
+    }
+
+    /// Re-verify every resident shard in full in the background, one shard per `interval`.
+    pub fn scrub_interval(mut self, interval: Duration) -> Self {
+        self.scrub_interval = Some(interval);
+        self
+    }
+
+    /// Checks everything and produces the worker token.
+    pub(crate) fn take_token(&mut self) -> Result<WorkerToken, VramError> {
+        if let Some(e) = self.errors.first() {
+            return Err(e.clone());
+        }
+        match std::mem::replace(&mut self.token, TokenSource::None) {
+            TokenSource::None => Err(VramError::invalid(
+                "a worker token is required: use Config::worker_token or worker_token_file",
+            )),
+            TokenSource::Inline(t) => Ok(t),
+            TokenSource::File(p) => read_token_file(&p),
+        }
+    }
+}
+
+/// Reads a token file, refusing one that group or others can read.
+pub fn read_token_file(path: &Path) -> Result<WorkerToken, VramError> {
+    let meta = std::fs::metadata(path).map_err(|e| {
+        VramError::invalid(format!("cannot read token file {}: {e}", path.display()))
+    })?;
+    if !meta.is_file() {
+        return Err(VramError::invalid(format!(
+            "token file {} is not a regular file",
+            path.display()
+        )));
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            return Err(VramError::invalid(format!(
+                "token file {} is readable by group or others (mode {mode:04o}); run chmod 600 on it",
+                path.display()
+            )));
+        }
+    }
+    let mut bytes = std::fs::read(path).map_err(|e| {
+        VramError::invalid(format!("cannot read token file {}: {e}", path.display()))
+    })?;
+    if bytes.last() == Some(&b'\n') {
+        bytes.pop();
+        if bytes.last() == Some(&b'\r') {
+            bytes.pop();
+        }
+    }
+    let token = WorkerToken::new(bytes.clone());
+    zeroize::Zeroize::zeroize(&mut bytes);
+    token
+}

@@ -1,0 +1,354 @@
+//! The simulated device: device memory kept in host memory, with a hard capacity and faults.
+//!
+//! It is a real backend, not a mock: allocations really take memory and count against a fixed
+//! capacity, writes and reads really copy, a flipped bit really changes what verification reads,
+//! a lost device really refuses everything after. It lets the whole actor system — seal, verify,
+//! fail-closed, release, supervision — run and be tested on machines without a GPU.
+//!
+//! Each allocation is an `Arc<SimBuffer>`; readers hold a clone, so a verification that is still
+//! hashing keeps the bytes alive even if the owner frees them (the `GpuActor` additionally defers
+//! frees until in-flight verifications finish, which is what a real device needs).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock, RwLockReadGuard};
+use std::time::Duration;
+
+use rayon::prelude::*;
+
+use super::{
+    AllocationId, BackendError, BackendFault, BackendKind, DeviceBackend, DeviceIdentity,
+    DevicePtr, DeviceReader,
+};
+use crate::seal::merkle::{Hash, chunk_range, leaf_hash};
+
+/// Base of the simulated device address space (never printed; exists so `execute` closures get
+/// a stable, per-allocation address like they would on CUDA).
+const SIM_ADDRESS_BASE: u64 = 0x7f00_0000_0000;
+
+/// Faults shared between the device and the readers it handed out.
+#[derive(Default)]
+struct SharedFaults {
+    lost: AtomicBool,
+    millis_per_read: AtomicU64,
+}
+
+impl SharedFaults {
+    fn check(&self) -> Result<(), BackendError> {
+        if self.lost.load(Ordering::Acquire) {
+            return Err(BackendError::DeviceLost);
+        }
+        let ms = self.millis_per_read.load(Ordering::Relaxed);
+        if ms > 0 {
+            std::thread::sleep(Duration::from_millis(ms));
+        }
+        Ok(())
+    }
+}
+
+struct SimBuffer {
+    bytes: RwLock<Vec<u8>>,
+    faults: Arc<SharedFaults>,
+}
+
+impl SimBuffer {
+    fn read_guard(&self) -> RwLockReadGuard<'_, Vec<u8>> {
+        // A poisoned lock only means a writer panicked mid-copy; the bytes are still the bytes
+        // (and verification will say whether they are the right ones).
+        self.bytes.read().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// One simulated device.
+pub struct SimDevice {
+    index: u32,
+    capacity: u64,
+    used: u64,
+    next_id: u64,
+    next_addr: u64,
+    allocations: HashMap<AllocationId, (u64, Arc<SimBuffer>)>,
+    fail_next_alloc: bool,
+    faults: Arc<SharedFaults>,
+}
+
+impl SimDevice {
+    /// A device with `capacity` bytes of memory.
+    pub fn new(index: u32, capacity: u64) -> Self {
+        Self {
+            index,
+            capacity,
+            used: 0,
+            next_id: 1,
+            next_addr: SIM_ADDRESS_BASE,
+            allocations: HashMap::new(),
+            fail_next_alloc: false,
+            faults: Arc::new(SharedFaults::default()),
+        }
+    }
+
+    fn live(&self) -> Result<(), BackendError> {
+        if self.faults.lost.load(Ordering::Acquire) {
+            Err(BackendError::DeviceLost)
+        } else {
+            Ok(())
+        }
+    }
+
+    fn buffer(&self, id: AllocationId) -> Result<&(u64, Arc<SimBuffer>), BackendError> {
+        self.allocations.get(&id).ok_or(BackendError::UnknownAllocation)
+    }
+}
+
+fn range(offset: u64, len: usize, size: usize) -> Result<std::ops::Range<usize>, BackendError> {
+    let err = || BackendError::OutOfRange {
+        offset,
+        len: len as u64,
+        size: size as u64,
+    };
+    let start = usize::try_from(offset).map_err(|_| err())?;
+    let end = start.checked_add(len).ok_or_else(err)?;
+    if end > size {
+        return Err(err());
+    }
+    Ok(start..end)
+}
+
+impl DeviceBackend for SimDevice {
+    fn identity(&self) -> DeviceIdentity {
+        DeviceIdentity {
+            index: self.index,
+            name: format!("simulated device {}", self.index),
+            backend: BackendKind::Simulated,
+            total_bytes: self.capacity,
+            integrated: false,
+        }
+    }
+
+    fn free_bytes(&self) -> Result<u64, BackendError> {
+        self.live()?;
+        Ok(self.capacity.saturating_sub(self.used))
+    }
+
+    fn allocate(&mut self, len: u64) -> Result<AllocationId, BackendError> {
+        self.live()?;
+        if std::mem::take(&mut self.fail_next_alloc) {
+            return Err(BackendError::AllocationFailed(
+                "injected allocation failure".into(),
+            ));
+        }
+        let available = self.capacity.saturating_sub(self.used);
+        if len > available {
+            return Err(BackendError::OutOfMemory {
+                needed: len,
+                available,
+            });
+        }
+        let n = usize::try_from(len)
+            .map_err(|_| BackendError::AllocationFailed("size exceeds host address space".into()))?;
+        let mut bytes = Vec::new();
+        bytes
+            .try_reserve_exact(n)
+            .map_err(|_| BackendError::AllocationFailed("host memory exhausted".into()))?;
+        bytes.resize(n, 0);
+        let id = AllocationId(self.next_id);
+        self.next_id = self.next_id.saturating_add(1);
+        // Keep simulated addresses 256-byte aligned like cuMemAlloc's.
+        self.next_addr = self
+            .next_addr
+            .saturating_add(len.div_ceil(256).saturating_mul(256))
+            .saturating_add(256);
+        self.used = self.used.saturating_add(len);
+        let buf = Arc::new(SimBuffer {
+            bytes: RwLock::new(bytes),
+            faults: Arc::clone(&self.faults),
+        });
+        self.allocations.insert(id, (self.next_addr, buf));
+        Ok(id)
+    }
+
+    fn write(&mut self, id: AllocationId, offset: u64, data: &[u8]) -> Result<(), BackendError> {
+        self.live()?;
+        let (_, buf) = self.buffer(id)?;
+        let mut bytes = buf.bytes.write().unwrap_or_else(|p| p.into_inner());
+        let r = range(offset, data.len(), bytes.len())?;
+        bytes
+            .get_mut(r)
+            .ok_or(BackendError::UnknownAllocation)?
+            .copy_from_slice(data);
+        Ok(())
+    }
+
+    fn reader(&self, id: AllocationId) -> Result<Arc<dyn DeviceReader>, BackendError> {
+        self.live()?;
+        let (_, buf) = self.buffer(id)?;
+        Ok(Arc::new(SimReader {
+            buf: Arc::clone(buf),
+        }))
+    }
+
+    fn device_ptr(&self, id: AllocationId) -> Result<DevicePtr, BackendError> {
+        self.live()?;
+        Ok(DevicePtr::new(self.buffer(id)?.0))
+    }
+
+    fn free(&mut self, id: AllocationId) -> Result<u64, BackendError> {
+        // Freeing works even on a lost device: the memory is gone either way, and the
+        // accounting must return to its starting value.
+        let (_, buf) = self
+            .allocations
+            .remove(&id)
+            .ok_or(BackendError::UnknownAllocation)?;
+        let len = buf.read_guard().len() as u64;
+        self.used = self.used.saturating_sub(len);
+        Ok(len)
+    }
+
+    fn inject_fault(&mut self, fault: BackendFault) -> Result<(), BackendError> {
+        match fault {
+            BackendFault::FlipBits {
+                allocation,
+                offset,
+                mask,
+            } => {
+                self.live()?;
+                let (_, buf) = self.buffer(allocation)?;
+                let mut bytes = buf.bytes.write().unwrap_or_else(|p| p.into_inner());
+                let size = bytes.len();
+                let r = range(offset, 1, size)?;
+                if let Some(b) = bytes.get_mut(r.start) {
+                    *b ^= mask;
+                }
+                Ok(())
+            }
+            BackendFault::FailNextAlloc => {
+                self.fail_next_alloc = true;
+                Ok(())
+            }
+            BackendFault::LoseDevice => {
+                self.faults.lost.store(true, Ordering::Release);
+                Ok(())
+            }
+            BackendFault::SlowDevice { millis_per_read } => {
+                self.faults
+                    .millis_per_read
+                    .store(millis_per_read, Ordering::Relaxed);
+                Ok(())
+            }
+        }
+    }
+}
+
+/// A read-only view of one simulated allocation. Hashes in place (no copy back), the way a
+/// device-side hashing kernel would on CUDA.
+struct SimReader {
+    buf: Arc<SimBuffer>,
+}
+
+impl DeviceReader for SimReader {
+    fn len(&self) -> u64 {
+        self.buf.read_guard().len() as u64
+    }
+
+    fn read(&self, offset: u64, out: &mut [u8]) -> Result<(), BackendError> {
+        self.buf.faults.check()?;
+        let bytes = self.buf.read_guard();
+        let r = range(offset, out.len(), bytes.len())?;
+        out.copy_from_slice(bytes.get(r).ok_or(BackendError::UnknownAllocation)?);
+        Ok(())
+    }
+
+    fn leaf_hashes(&self, chunk_size: u64, indices: &[u64]) -> Result<Vec<Hash>, BackendError> {
+        self.buf.faults.check()?;
+        let bytes = self.buf.read_guard();
+        let size = bytes.len() as u64;
+        indices
+            .par_iter()
+            .map(|&i| {
+                let (off, n) = chunk_range(i, chunk_size, size).ok_or(BackendError::OutOfRange {
+                    offset: i.saturating_mul(chunk_size),
+                    len: chunk_size,
+                    size,
+                })?;
+                let r = range(off, usize::try_from(n).unwrap_or(usize::MAX), bytes.len())?;
+                Ok(leaf_hash(bytes.get(r).ok_or(BackendError::UnknownAllocation)?))
+            })
+            .collect()
+    }
+
+    fn all_leaf_hashes(&self, chunk_size: u64) -> Result<Vec<Hash>, BackendError> {
+        self.buf.faults.check()?;
+        let bytes = self.buf.read_guard();
+        let chunk = usize::try_from(chunk_size)
+            .map_err(|_| BackendError::Unsupported("chunk too large".into()))?;
+        if chunk == 0 {
+            return Ok(Vec::new());
+        }
+        Ok(bytes.par_chunks(chunk).map(leaf_hash).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::seal::merkle::leaf_hashes_sequential;
+
+    #[test]
+    fn capacity_is_enforced_and_returned() {
+        let mut d = SimDevice::new(0, 10_000);
+        let a = d.allocate(6_000).unwrap();
+        assert_eq!(d.free_bytes().unwrap(), 4_000);
+        assert_eq!(
+            d.allocate(5_000),
+            Err(BackendError::OutOfMemory {
+                needed: 5_000,
+                available: 4_000
+            })
+        );
+        assert_eq!(d.free(a).unwrap(), 6_000);
+        assert_eq!(d.free_bytes().unwrap(), 10_000);
+        assert_eq!(d.free(a), Err(BackendError::UnknownAllocation));
+    }
+
+    #[test]
+    fn write_read_flip_and_hash() {
+        let mut d = SimDevice::new(0, 1 << 20);
+        let data: Vec<u8> = (0..20_000u32).map(|i| (i % 251) as u8).collect();
+        let a = d.allocate(data.len() as u64).unwrap();
+        d.write(a, 0, &data).unwrap();
+        assert!(matches!(d.write(a, 19_999, &[1, 2]), Err(BackendError::OutOfRange { .. })));
+        let r = d.reader(a).unwrap();
+        let mut back = vec![0u8; 100];
+        r.read(4_000, &mut back).unwrap();
+        assert_eq!(&back[..], &data[4_000..4_100]);
+        assert_eq!(r.all_leaf_hashes(4096).unwrap(), leaf_hashes_sequential(&data, 4096));
+        d.inject_fault(BackendFault::FlipBits { allocation: a, offset: 9_000, mask: 4 }).unwrap();
+        let h = r.leaf_hashes(4096, &[2, 4]).unwrap();
+        assert_ne!(h[0], leaf_hashes_sequential(&data, 4096)[2]);
+        assert_eq!(h[1], leaf_hashes_sequential(&data, 4096)[4]);
+    }
+
+    #[test]
+    fn faults_fail_alloc_and_lose_device() {
+        let mut d = SimDevice::new(0, 1 << 20);
+        d.inject_fault(BackendFault::FailNextAlloc).unwrap();
+        assert!(matches!(d.allocate(10), Err(BackendError::AllocationFailed(_))));
+        let a = d.allocate(10).unwrap();
+        let r = d.reader(a).unwrap();
+        d.inject_fault(BackendFault::LoseDevice).unwrap();
+        assert_eq!(d.allocate(10), Err(BackendError::DeviceLost));
+        assert_eq!(r.all_leaf_hashes(4096), Err(BackendError::DeviceLost));
+        assert_eq!(d.free(a).unwrap(), 10);
+        assert_eq!(d.capacity, 1 << 20);
+        assert_eq!(d.used, 0);
+    }
+
+    #[test]
+    fn pointers_are_not_printed() {
+        let mut d = SimDevice::new(0, 1 << 20);
+        let a = d.allocate(10).unwrap();
+        let p = d.device_ptr(a).unwrap();
+        let dbg = format!("{p:?}");
+        assert!(!dbg.contains(&format!("{:x}", p.as_raw())));
+        assert!(!dbg.contains(&p.as_raw().to_string()));
+    }
+}

@@ -1,0 +1,70 @@
+//! # vram-residency
+//!
+//! Keeps model weights *sealed* in GPU memory. A shard is copied into device memory, hashed
+//! (SHA-256 plus a chunked RFC 6962 Merkle tree) and sealed with an HMAC over its claims; from
+//! then on the crate can prove — fully, by sampling, or by signature — that what sits in device
+//! memory is still exactly what was loaded, refuses to execute from weights that changed,
+//! attests residency to a challenger, and records every step in an HMAC-chained audit log.
+//!
+//! ```no_run
+//! use vram_residency::{Config, SealRequest, VerifyMode, VramResidency};
+//! # async fn demo() -> Result<(), vram_residency::VramError> {
+//! let system = VramResidency::start(
+//!     Config::simulated(2, 512 << 20)
+//!         .worker_id("worker-1")
+//!         .worker_token("at-least-16-bytes-of-token"),
+//! )
+//! .await?;
+//! let shard = system
+//!     .seal(SealRequest::new("llama-7b-q4", "hf:org/model@rev", 0, vec![7u8; 4 << 20]))
+//!     .await?;
+//! system.verify(&shard, VerifyMode::Full).await?;
+//! let len = system.execute(&shard, |view| view.len()).await?;
+//! system.release(shard).await?;
+//! system.shutdown().await?;
+//! # let _ = len; Ok(()) }
+//! ```
+//!
+//! Architecture: one `GpuActor` per device owns the backend and the shard table; the
+//! `SealKeeper` holds the seal key; the `AuditActor` batches the chained log; a supervisor starts
+//! them linked and stops them in order. See `SPEC.md`-derived docs in `.specs/`.
+
+#![forbid(unsafe_code)]
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing,
+        clippy::arithmetic_side_effects,
+        clippy::mem_forget
+    )
+)]
+
+mod actors;
+pub mod attestation;
+pub mod audit;
+pub mod config;
+pub mod error;
+pub mod gpu;
+mod messages;
+pub mod seal;
+pub mod shard;
+mod system;
+pub mod validation;
+
+pub use attestation::{Attestation, verify_attestation};
+pub use audit::events::AuditEvent;
+pub use config::Config;
+pub use error::VramError;
+pub use gpu::{BackendKind, DeviceIdentity, DevicePtr};
+pub use actors::gpu_actor::DeviceStatus;
+pub use messages::audit::AuditStats;
+pub use seal::claims::ShardInfo;
+pub use seal::keys::WorkerToken;
+pub use shard::{
+    ChunkSpan, DeviceView, Fault, SealRequest, SealedShard, VerifyMode, VerifyReport,
+    VramCapacity, detection_probability,
+};
+pub use system::VramResidency;

@@ -1,0 +1,2 @@
+//! The `vram-residency` command.
+fn main() {}

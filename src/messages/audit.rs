@@ -1,0 +1,37 @@
+//! Messages for the `AuditActor`.
+
+use chrono::{DateTime, Utc};
+use ractor::RpcReplyPort;
+
+use crate::audit::events::AuditEvent;
+use crate::error::VramError;
+
+/// Counters the audit actor keeps (also exported as metrics).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct AuditStats {
+    /// Records written to the sink.
+    pub written: u64,
+    /// Events lost (buffer overflow, failing sink) since start.
+    pub dropped: u64,
+    /// Events waiting in the buffer.
+    pub buffered: u64,
+    /// Whether the sink's last write failed.
+    pub sink_down: bool,
+}
+
+/// Messages handled by `AuditActor`.
+pub enum AuditMsg {
+    /// Record an event (cast; never waits on the sink).
+    Emit(DateTime<Utc>, AuditEvent),
+    /// Write everything emitted before this message and make it durable (fsync).
+    Flush(RpcReplyPort<Result<AuditStats, VramError>>),
+    /// Internal: the batch timer fired.
+    Tick,
+    /// The lines written so far (in-memory sink only; empty for a file sink).
+    Lines(RpcReplyPort<Vec<String>>),
+    /// Current counters.
+    Stats(RpcReplyPort<AuditStats>),
+    /// Fault injection: make every sink write fail (`true`) until cleared (`false`), to exercise
+    /// the drop accounting and the fail-closed switch without breaking a real disk.
+    SinkFault(bool),
+}

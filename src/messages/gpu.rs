@@ -1,0 +1,114 @@
+//! Messages for a device's `GpuActor`: everything that touches that device's memory.
+
+use std::any::Any;
+use std::time::Instant;
+
+use ractor::RpcReplyPort;
+
+use crate::error::VramError;
+use crate::seal::claims::ShardInfo;
+use crate::seal::merkle::Hash;
+use crate::shard::{DeviceView, Fault, ProgressFn, SealSource, VerifyMode, VerifyReport, VramCapacity};
+
+/// Names one resident shard as a particular handle saw it: a stale handle (released, or from
+/// before a crash) never matches a newer shard that reuses the id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShardRef {
+    /// The shard id.
+    pub shard_id: String,
+    /// The handle's unique number, assigned at seal time.
+    pub handle_id: u64,
+}
+
+/// A validated seal request, ready for the device.
+pub struct SealJob {
+    pub shard_id: String,
+    pub model_ref: String,
+    pub source: SealSource,
+    pub expected_sha256: Option<String>,
+    pub tensor_parallel: Option<(u32, u32)>,
+    pub progress: Option<ProgressFn>,
+    pub handle_id: u64,
+}
+
+/// The closure an `execute` call runs on the device's actor, type-erased.
+pub type ExecuteFn = Box<dyn FnOnce(&DeviceView) -> Box<dyn Any + Send> + Send>;
+
+/// What a residency check compares against.
+pub enum ResidencyQuery {
+    /// A local handle: the shard must be resident under this handle and match `info`.
+    Handle(ShardRef, Box<ShardInfo>),
+    /// A `ShardInfo` from elsewhere: a resident shard with the same id must carry exactly it.
+    Info(Box<ShardInfo>),
+}
+
+/// Result of hashing leaves off the actor, sent back to the actor to conclude a verification.
+pub struct LeafCheck {
+    /// Leaf indices checked, in the order hashed.
+    pub indices: Vec<u64>,
+    /// Their hashes as read from device memory now.
+    pub observed: Vec<Hash>,
+    /// Whether the stored leaf list still hashes to the signed root.
+    pub leaves_match_root: bool,
+    /// The root recomputed from the observed leaves (full verify only).
+    pub observed_root: Option<Hash>,
+}
+
+/// Messages handled by `GpuActor`.
+pub enum GpuMsg {
+    /// Allocate, upload, hash and sign a shard.
+    Seal {
+        job: Box<SealJob>,
+        reply: RpcReplyPort<Result<ShardInfo, VramError>>,
+    },
+    /// Re-read a shard (or part of it) from device memory and check it against its seal.
+    Verify {
+        shard: ShardRef,
+        info: Box<ShardInfo>,
+        mode: VerifyMode,
+        reply: RpcReplyPort<Result<VerifyReport, VramError>>,
+    },
+    /// Internal: the off-actor hashing of a `Verify` finished.
+    VerifyFinished {
+        shard: ShardRef,
+        mode: VerifyMode,
+        started: Instant,
+        outcome: Result<LeafCheck, VramError>,
+        reply: Option<RpcReplyPort<Result<VerifyReport, VramError>>>,
+    },
+    /// Is this shard resident, unquarantined and described by this info?
+    Residency {
+        query: ResidencyQuery,
+        reply: RpcReplyPort<Result<(), VramError>>,
+    },
+    /// Run a closure against the shard's device memory.
+    Execute {
+        shard: ShardRef,
+        job: ExecuteFn,
+        reply: RpcReplyPort<Result<Box<dyn Any + Send>, VramError>>,
+    },
+    /// Free a shard. `reply` is `None` when the last handle was dropped.
+    Release {
+        shard: ShardRef,
+        reply: Option<RpcReplyPort<Result<u64, VramError>>>,
+    },
+    /// Memory figures.
+    Capacity {
+        reply: RpcReplyPort<Result<VramCapacity, VramError>>,
+    },
+    /// Inject a fault (simulated backend).
+    InjectFault {
+        fault: Fault,
+        reply: RpcReplyPort<Result<(), VramError>>,
+    },
+    /// Accept seals and executions again after a fail-closed stop.
+    Reset {
+        reply: RpcReplyPort<Result<(), VramError>>,
+    },
+    /// Describe the device.
+    Status {
+        reply: RpcReplyPort<crate::actors::gpu_actor::DeviceStatus>,
+    },
+    /// Internal: time for the background scrub to look at the next shard.
+    ScrubTick,
+}

@@ -1,0 +1,25 @@
+//! Messages for the `SealKeeper`, the only holder of the seal key.
+
+use ractor::RpcReplyPort;
+
+use crate::error::VramError;
+use crate::seal::claims::ShardInfo;
+
+/// Messages handled by `SealKeeper`.
+pub enum SealKeeperMsg {
+    /// Sign an unsigned `ShardInfo`; replies with the signature hex.
+    Sign {
+        info: Box<ShardInfo>,
+        reply: RpcReplyPort<Result<String, VramError>>,
+    },
+    /// Check a `ShardInfo`'s signature (constant time).
+    Verify {
+        info: Box<ShardInfo>,
+        reply: RpcReplyPort<bool>,
+    },
+    /// Sign an attestation statement; replies with the signature hex.
+    Attest {
+        statement: Vec<u8>,
+        reply: RpcReplyPort<String>,
+    },
+}

@@ -1,0 +1,535 @@
+//! `VramResidency`: the public, cheaply cloneable handle to a running system.
+//!
+//! Every method validates its input here, before any message is sent (so a rejected request
+//! changes nothing), then talks to the right actor. The handle holds no lock and no state that
+//! an actor also holds: device actors are found through the [`DeviceDirectory`], which the
+//! supervisor updates when it restarts one.
+
+use std::any::Any;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use chrono::Utc;
+use ractor::{Actor, ActorRef};
+
+use crate::actors::ask;
+use crate::actors::directory::{self, DeviceDirectory};
+use crate::actors::gpu_actor::{DeviceStatus, now_unix_nanos};
+use crate::actors::supervisor::{BackendFactory, DeviceSettings, Supervisor, SupervisorArgs};
+use crate::attestation::{ATTEST_FORMAT, Attestation, statement};
+use crate::audit::events::AuditEvent;
+use crate::config::{BackendChoice, Config};
+use crate::error::VramError;
+use crate::gpu::DeviceBackend;
+use crate::gpu::sim::SimDevice;
+use crate::messages::audit::{AuditMsg, AuditStats};
+use crate::messages::gpu::{GpuMsg, ResidencyQuery, SealJob};
+use crate::messages::seal_keeper::SealKeeperMsg;
+use crate::messages::supervisor::SupervisorMsg;
+use crate::seal::claims::ShardInfo;
+use crate::shard::{
+    Fault, SealRequest, SealSource, SealedShard, ShardHandle, VerifyMode, VerifyReport,
+    VramCapacity,
+};
+use crate::validation;
+
+/// A running vram-residency system. Clone it freely; all clones talk to the same actors.
+#[derive(Clone)]
+pub struct VramResidency {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    supervisor: ActorRef<SupervisorMsg>,
+    seal_keeper: ActorRef<SealKeeperMsg>,
+    audit: ActorRef<AuditMsg>,
+    directory: DeviceDirectory,
+    device_count: u32,
+    worker_id: String,
+    max_model_size: u64,
+    execute_verify: VerifyMode,
+    call_timeout: Duration,
+    fail_closed_audit: bool,
+    audit_healthy: Arc<AtomicBool>,
+    next_handle: AtomicU64,
+    shut_down: AtomicBool,
+    backend_description: String,
+}
+
+impl std::fmt::Debug for VramResidency {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VramResidency")
+            .field("worker_id", &self.inner.worker_id)
+            .field("devices", &self.inner.device_count)
+            .field("backend", &self.inner.backend_description)
+            .finish_non_exhaustive()
+    }
+}
+
+impl VramResidency {
+    /// Starts the actors: audit log (opened, or verified and continued), seal keeper, and one
+    /// device actor per device. Fails with `InvalidInput` for a bad configuration, and
+    /// `AuditUnavailable` if the audit log cannot be opened (or does not verify).
+    pub async fn start(mut config: Config) -> Result<Self, VramError> {
+        let token = config.take_token()?;
+        let backend_description = config.backend_description();
+        let (device_count, factory): (u32, BackendFactory) = match config.backend.clone() {
+            BackendChoice::Simulated { count, capacity } => (
+                count,
+                Box::new(move |i| Ok(Box::new(SimDevice::new(i, capacity)) as Box<dyn DeviceBackend>)),
+            ),
+            BackendChoice::Cuda => {
+                return Err(VramError::Cuda(
+                    "this build has no CUDA backend yet; use Config::simulated or Config::auto".into(),
+                ));
+            }
+        };
+        let audit_healthy = Arc::new(AtomicBool::new(true));
+        let (writer, directory) = directory::directory(device_count);
+        let args = SupervisorArgs {
+            device_count,
+            factory,
+            settings: DeviceSettings {
+                worker_id: config.worker_id.clone(),
+                chunk_size: config.chunk_size,
+                headroom_bytes: config.headroom_bytes,
+                staging_bytes: config.staging_bytes,
+                call_timeout: config.call_timeout,
+                scrub_interval: config.scrub_interval,
+            },
+            token,
+            audit_sink: config.audit.clone(),
+            audit_batch_size: config.audit_batch_size,
+            audit_flush_interval: config.audit_flush_interval,
+            audit_buffer_limit: config.audit_buffer_limit,
+            audit_healthy: Arc::clone(&audit_healthy),
+            directory: writer,
+        };
+        let (supervisor, _) = Actor::spawn(None, Supervisor, args)
+            .await
+            .map_err(|e| VramError::AuditUnavailable(format!("start-up failed: {e}")))?;
+        let (seal_keeper, audit) = ask(
+            &supervisor,
+            SupervisorMsg::Children,
+            config.call_timeout,
+            "the supervisor",
+            || VramError::ShuttingDown,
+        )
+        .await?;
+        tracing::info!(backend = %backend_description, worker_id = %config.worker_id, "vram-residency started");
+        Ok(Self {
+            inner: Arc::new(Inner {
+                supervisor,
+                seal_keeper,
+                audit,
+                directory,
+                device_count,
+                worker_id: config.worker_id.clone(),
+                max_model_size: config.max_model_size,
+                execute_verify: config.execute_verify,
+                call_timeout: config.call_timeout,
+                fail_closed_audit: config.fail_closed_audit,
+                audit_healthy,
+                next_handle: AtomicU64::new(1),
+                shut_down: AtomicBool::new(false),
+                backend_description,
+            }),
+        })
+    }
+
+    /// Which backend is running, and why it was chosen.
+    pub fn backend_description(&self) -> &str {
+        &self.inner.backend_description
+    }
+
+    /// Number of devices.
+    pub fn device_count(&self) -> u32 {
+        self.inner.device_count
+    }
+
+    /// The worker id.
+    pub fn worker_id(&self) -> &str {
+        &self.inner.worker_id
+    }
+
+    fn live(&self) -> Result<(), VramError> {
+        if self.inner.shut_down.load(Ordering::Acquire) {
+            Err(VramError::ShuttingDown)
+        } else {
+            Ok(())
+        }
+    }
+
+    fn gpu(&self, device: u32) -> Result<ActorRef<GpuMsg>, VramError> {
+        self.live()?;
+        validation::validate_device(device, self.inner.device_count)?;
+        self.inner
+            .directory
+            .gpu(device)
+            .ok_or(VramError::DeviceStopped { device })
+    }
+
+    async fn ask_gpu<T: Send + 'static>(
+        &self,
+        device: u32,
+        build: impl FnOnce(ractor::RpcReplyPort<T>) -> GpuMsg,
+    ) -> Result<T, VramError> {
+        let gpu = self.gpu(device)?;
+        let shutting = Arc::clone(&self.inner);
+        ask(&gpu, build, self.inner.call_timeout, "the device actor", move || {
+            if shutting.shut_down.load(Ordering::Acquire) {
+                VramError::ShuttingDown
+            } else {
+                // The actor went away mid-call: it crashed (and is being replaced) or stopped.
+                VramError::DeviceStopped { device }
+            }
+        })
+        .await
+    }
+
+    async fn check_signature(&self, info: &ShardInfo) -> Result<(), VramError> {
+        let ok = ask(
+            &self.inner.seal_keeper,
+            |reply| SealKeeperMsg::Verify {
+                info: Box::new(info.clone()),
+                reply,
+            },
+            self.inner.call_timeout,
+            "the seal keeper",
+            || VramError::ShuttingDown,
+        )
+        .await?;
+        if ok {
+            Ok(())
+        } else {
+            Err(VramError::SealVerificationFailed {
+                shard_id: info.shard_id.clone(),
+                first_bad_chunk: None,
+                bad_chunks: Vec::new(),
+            })
+        }
+    }
+
+    /// Copies a shard into device memory, hashes it (SHA-256 and Merkle leaves), and seals it.
+    pub async fn seal(&self, request: SealRequest) -> Result<SealedShard, VramError> {
+        self.live()?;
+        let SealRequest {
+            shard_id,
+            model_ref,
+            device,
+            source,
+            expected_sha256,
+            tensor_parallel,
+            progress,
+        } = request;
+        validation::validate_identifier("shard_id", &shard_id)?;
+        validation::validate_model_ref(&model_ref)?;
+        validation::validate_device(device, self.inner.device_count)?;
+        let expected_sha256 = expected_sha256
+            .map(|h| validation::validate_hex_digest("expected_sha256", &h))
+            .transpose()?;
+        if let Some((i, t)) = tensor_parallel {
+            validation::validate_tensor_parallel(i, t)?;
+        }
+        let len = match &source {
+            SealSource::Bytes(b) => b.len() as u64,
+            SealSource::File(p) => {
+                let meta = std::fs::metadata(p).map_err(|e| {
+                    VramError::invalid(format!("cannot read model file {}: {e}", p.display()))
+                })?;
+                if !meta.is_file() {
+                    return Err(VramError::invalid(format!(
+                        "model file {} is not a regular file",
+                        p.display()
+                    )));
+                }
+                meta.len()
+            }
+        };
+        validation::validate_model_size(len, self.inner.max_model_size)?;
+        if self.inner.fail_closed_audit && !self.inner.audit_healthy.load(Ordering::Acquire) {
+            return Err(VramError::AuditUnavailable(
+                "the audit sink is failing and fail_closed_audit is set; refusing to seal".into(),
+            ));
+        }
+        let handle_id = self.inner.next_handle.fetch_add(1, Ordering::Relaxed);
+        let job = SealJob {
+            shard_id,
+            model_ref,
+            source,
+            expected_sha256,
+            tensor_parallel,
+            progress,
+            handle_id,
+        };
+        let info = self
+            .ask_gpu(device, |reply| GpuMsg::Seal {
+                job: Box::new(job),
+                reply,
+            })
+            .await??;
+        Ok(SealedShard {
+            inner: Arc::new(ShardHandle {
+                info,
+                handle_id,
+                directory: self.inner.directory.clone(),
+                released: AtomicBool::new(false),
+            }),
+        })
+    }
+
+    /// Proves the shard still matches its seal: the signature always; the bytes in device
+    /// memory for `Full` (every chunk) and `Sampled` (random chunks). A mismatch quarantines the
+    /// shard and stops its device (fail-closed).
+    pub async fn verify(
+        &self,
+        shard: &SealedShard,
+        mode: VerifyMode,
+    ) -> Result<VerifyReport, VramError> {
+        self.live()?;
+        if shard.inner.released.load(Ordering::Acquire) {
+            return Err(VramError::UnknownShard(shard.shard_id().to_string()));
+        }
+        if let VerifyMode::Sampled { chunks: 0 } = mode {
+            return Err(VramError::invalid("Sampled verification needs at least 1 chunk"));
+        }
+        let started = std::time::Instant::now();
+        let info = &shard.inner.info;
+        self.check_signature(info).await?;
+        let device = info.gpu_device;
+        match mode {
+            VerifyMode::SignatureOnly => {
+                let query = ResidencyQuery::Handle(shard.inner.shard_ref(), Box::new(info.clone()));
+                self.ask_gpu(device, |reply| GpuMsg::Residency { query, reply })
+                    .await??;
+                Ok(VerifyReport {
+                    shard_id: info.shard_id.clone(),
+                    gpu_device: device,
+                    mode,
+                    chunks_checked: 0,
+                    total_chunks: crate::seal::merkle::leaf_count(info.vram_bytes, info.chunk_size),
+                    bytes_checked: 0,
+                    single_chunk_detection: 0.0,
+                    elapsed: started.elapsed(),
+                })
+            }
+            VerifyMode::Full | VerifyMode::Sampled { .. } => {
+                let shard_ref = shard.inner.shard_ref();
+                self.ask_gpu(device, |reply| GpuMsg::Verify {
+                    shard: shard_ref,
+                    info: Box::new(info.clone()),
+                    mode,
+                    reply,
+                })
+                .await?
+            }
+        }
+    }
+
+    /// Checks a `ShardInfo` received from elsewhere: its signature against this worker's key,
+    /// and that exactly that shard is resident here and not quarantined.
+    pub async fn verify_info(&self, info: &ShardInfo) -> Result<VerifyReport, VramError> {
+        self.live()?;
+        let started = std::time::Instant::now();
+        validation::validate_identifier("shard_id", &info.shard_id)?;
+        validation::validate_device(info.gpu_device, self.inner.device_count)?;
+        self.check_signature(info).await?;
+        let query = ResidencyQuery::Info(Box::new(info.clone()));
+        self.ask_gpu(info.gpu_device, |reply| GpuMsg::Residency { query, reply })
+            .await??;
+        Ok(VerifyReport {
+            shard_id: info.shard_id.clone(),
+            gpu_device: info.gpu_device,
+            mode: VerifyMode::SignatureOnly,
+            chunks_checked: 0,
+            total_chunks: crate::seal::merkle::leaf_count(info.vram_bytes, info.chunk_size),
+            bytes_checked: 0,
+            single_chunk_detection: 0.0,
+            elapsed: started.elapsed(),
+        })
+    }
+
+    /// Verifies the shard (per `Config::execute_verify`), then runs `f` on the device's actor
+    /// with a view of the shard's device memory. The only way to reach the weights' pointer.
+    pub async fn execute<R, F>(&self, shard: &SealedShard, f: F) -> Result<R, VramError>
+    where
+        F: FnOnce(&crate::shard::DeviceView) -> R + Send + 'static,
+        R: Send + 'static,
+    {
+        self.verify(shard, self.inner.execute_verify).await?;
+        let job: crate::messages::gpu::ExecuteFn =
+            Box::new(move |view| Box::new(f(view)) as Box<dyn Any + Send>);
+        let shard_ref = shard.inner.shard_ref();
+        let out = self
+            .ask_gpu(shard.device(), |reply| GpuMsg::Execute {
+                shard: shard_ref,
+                job,
+                reply,
+            })
+            .await??;
+        out.downcast::<R>()
+            .map(|b| *b)
+            .map_err(|_| VramError::Unsupported("execute result had an unexpected type".into()))
+    }
+
+    /// Verifies the shard (per `Config::execute_verify`) and signs a statement binding the
+    /// challenger's `nonce` to its seal. Check it with [`crate::verify_attestation`].
+    pub async fn attest(&self, shard: &SealedShard, nonce: &[u8]) -> Result<Attestation, VramError> {
+        if nonce.is_empty() || nonce.len() > 1024 {
+            return Err(VramError::invalid("nonce must be 1..=1024 bytes"));
+        }
+        let mode = self.inner.execute_verify;
+        self.verify(shard, mode).await?;
+        let verified_at = now_unix_nanos();
+        let verified_mode = mode.to_string();
+        let stmt = statement(nonce, shard.info(), &verified_mode, verified_at)?;
+        let signature = ask(
+            &self.inner.seal_keeper,
+            |reply| SealKeeperMsg::Attest {
+                statement: stmt,
+                reply,
+            },
+            self.inner.call_timeout,
+            "the seal keeper",
+            || VramError::ShuttingDown,
+        )
+        .await?;
+        let _ = self.inner.audit.cast(AuditMsg::Emit(
+            Utc::now(),
+            AuditEvent::AttestationIssued {
+                shard_id: shard.shard_id().to_string(),
+                gpu_device: shard.device(),
+                nonce_sha256: crate::seal::sha256_hex(nonce),
+            },
+        ));
+        Ok(Attestation {
+            format: ATTEST_FORMAT.to_string(),
+            nonce: hex::encode(nonce),
+            shard: shard.info().clone(),
+            verified_mode,
+            verified_at_unix_nanos: verified_at,
+            signature,
+        })
+    }
+
+    /// Memory figures of a device.
+    pub async fn capacity(&self, device: u32) -> Result<VramCapacity, VramError> {
+        self.ask_gpu(device, |reply| GpuMsg::Capacity { reply }).await?
+    }
+
+    /// Injects a fault into a simulated device.
+    pub async fn inject_fault(&self, device: u32, fault: Fault) -> Result<(), VramError> {
+        if let Fault::FlipBits { shard_id, .. } = &fault {
+            validation::validate_identifier("shard_id", shard_id)?;
+        }
+        let crash = matches!(fault, Fault::CrashActor);
+        let r = self
+            .ask_gpu(device, |reply| GpuMsg::InjectFault { fault, reply })
+            .await;
+        match r {
+            // The actor dies instead of answering: that is the fault working.
+            Err(VramError::DeviceStopped { .. }) if crash => Ok(()),
+            other => other?,
+        }
+    }
+
+
+    /// Makes the audit sink fail (`true`) or work again (`false`): fault injection for the
+    /// drop accounting and `fail_closed_audit`.
+    pub fn inject_audit_sink_failure(&self, failing: bool) -> Result<(), VramError> {
+        self.live()?;
+        self.inner
+            .audit
+            .cast(AuditMsg::SinkFault(failing))
+            .map_err(|_| VramError::ShuttingDown)
+    }
+
+    /// Frees the shard's device memory now; returns the bytes freed. Other clones of the handle
+    /// become stale (`UnknownShard`). If a verification is reading the shard, the release waits
+    /// for it.
+    pub async fn release(&self, shard: SealedShard) -> Result<u64, VramError> {
+        self.live()?;
+        if shard.inner.released.swap(true, Ordering::AcqRel) {
+            return Err(VramError::UnknownShard(shard.shard_id().to_string()));
+        }
+        let shard_ref = shard.inner.shard_ref();
+        self.ask_gpu(shard.device(), |reply| GpuMsg::Release {
+            shard: shard_ref,
+            reply: Some(reply),
+        })
+        .await?
+    }
+
+    /// Lets a device that stopped after an integrity failure accept seals and executions
+    /// again. Quarantined shards stay quarantined; release them.
+    pub async fn reset_device(&self, device: u32) -> Result<(), VramError> {
+        self.ask_gpu(device, |reply| GpuMsg::Reset { reply }).await?
+    }
+
+    /// Status of every device.
+    pub async fn devices(&self) -> Result<Vec<DeviceStatus>, VramError> {
+        let mut out = Vec::new();
+        for d in 0..self.inner.device_count {
+            out.push(self.ask_gpu(d, |reply| GpuMsg::Status { reply }).await?);
+        }
+        Ok(out)
+    }
+
+    /// Writes every audit event emitted so far and fsyncs the log. Fails with
+    /// `AuditUnavailable` if the sink is failing (the events stay buffered).
+    pub async fn audit_flush(&self) -> Result<AuditStats, VramError> {
+        self.live()?;
+        ask(
+            &self.inner.audit,
+            AuditMsg::Flush,
+            self.inner.call_timeout,
+            "the audit actor",
+            || VramError::ShuttingDown,
+        )
+        .await?
+    }
+
+    /// Audit counters (written, dropped, buffered, sink state).
+    pub async fn audit_stats(&self) -> Result<AuditStats, VramError> {
+        self.live()?;
+        ask(
+            &self.inner.audit,
+            AuditMsg::Stats,
+            self.inner.call_timeout,
+            "the audit actor",
+            || VramError::ShuttingDown,
+        )
+        .await
+    }
+
+    /// The audit lines written so far, when the sink is in memory (flushes first).
+    pub async fn audit_lines(&self) -> Result<Vec<String>, VramError> {
+        self.audit_flush().await?;
+        ask(
+            &self.inner.audit,
+            AuditMsg::Lines,
+            self.inner.call_timeout,
+            "the audit actor",
+            || VramError::ShuttingDown,
+        )
+        .await
+    }
+
+    /// Stops everything in order: devices drain their mailboxes and free their memory, the seal
+    /// key is zeroized, and the audit log is flushed, closed and synced. Calls made afterwards
+    /// get `ShuttingDown`. Idempotent.
+    pub async fn shutdown(&self) -> Result<(), VramError> {
+        if self.inner.shut_down.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        ask(
+            &self.inner.supervisor,
+            SupervisorMsg::Shutdown,
+            self.inner.call_timeout,
+            "shutdown",
+            || VramError::ShuttingDown,
+        )
+        .await
+    }
+}
