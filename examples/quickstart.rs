@@ -17,15 +17,29 @@ async fn main() -> Result<(), VramError> {
     println!("backend: {}", system.backend_description());
 
     // 64 MiB of deterministic "weights".
-    let bytes: Vec<u8> = (0..64u32 << 20).map(|i| (i.wrapping_mul(31) % 251) as u8).collect();
+    let bytes: Vec<u8> = (0..64u32 << 20)
+        .map(|i| (i.wrapping_mul(31) % 251) as u8)
+        .collect();
     let shard: SealedShard = system
-        .seal(SealRequest::new("llama-7b-q4", "hf:org/model@rev", 0, bytes))
+        .seal(SealRequest::new(
+            "llama-7b-q4",
+            "hf:org/model@rev",
+            0,
+            bytes,
+        ))
         .await?;
     let info = shard.info();
-    println!("sealed {} on device {}: sha256 {}", info.shard_id, info.gpu_device, info.digest);
+    println!(
+        "sealed {} on device {}: sha256 {}",
+        info.shard_id, info.gpu_device, info.digest
+    );
     println!("{}", serde_json::to_string_pretty(info).unwrap_or_default());
 
-    for mode in [VerifyMode::Full, VerifyMode::Sampled { chunks: 16 }, VerifyMode::SignatureOnly] {
+    for mode in [
+        VerifyMode::Full,
+        VerifyMode::Sampled { chunks: 16 },
+        VerifyMode::SignatureOnly,
+    ] {
         let r = system.verify(&shard, mode).await?;
         println!(
             "verify {:<15} ok: {} of {} chunks read back in {:?}",
@@ -40,13 +54,26 @@ async fn main() -> Result<(), VramError> {
     println!("execute ran on a verified view of {out} bytes");
 
     let attestation = system.attest(&shard, b"challenger-nonce-1").await?;
-    println!("attested at {} ns: {}", attestation.verified_at_unix_nanos, &attestation.signature);
+    println!(
+        "attested at {} ns: {}",
+        attestation.verified_at_unix_nanos, &attestation.signature
+    );
 
     let cap: VramCapacity = system.capacity(0).await?;
-    println!("device 0: {} of {} bytes used", cap.used_bytes, cap.total_bytes);
+    println!(
+        "device 0: {} of {} bytes used",
+        cap.used_bytes, cap.total_bytes
+    );
 
     system
-        .inject_fault(0, Fault::FlipBits { shard_id: "llama-7b-q4".into(), offset: 4096, mask: 0x01 })
+        .inject_fault(
+            0,
+            Fault::FlipBits {
+                shard_id: "llama-7b-q4".into(),
+                offset: 4096,
+                mask: 0x01,
+            },
+        )
         .await?;
     match system.verify(&shard, VerifyMode::Full).await {
         Err(e @ VramError::SealVerificationFailed { .. }) => println!("bit flip caught: {e}"),
@@ -64,9 +91,16 @@ async fn main() -> Result<(), VramError> {
     }
 
     let freed: u64 = system.release(shard).await?;
-    println!("released {freed} bytes; device 0 now uses {} bytes", system.capacity(0).await?.used_bytes);
+    println!(
+        "released {freed} bytes; device 0 now uses {} bytes",
+        system.capacity(0).await?.used_bytes
+    );
     let lines = system.audit_lines().await?;
-    println!("audit log: {} records, last: {}", lines.len(), lines.last().map(String::as_str).unwrap_or(""));
+    println!(
+        "audit log: {} records, last: {}",
+        lines.len(),
+        lines.last().map(String::as_str).unwrap_or("")
+    );
     system.shutdown().await?;
     Ok(())
 }

@@ -77,7 +77,9 @@ pub fn verify_attestation(
         bad_chunks: Vec::new(),
     };
     if att.format != ATTEST_FORMAT {
-        return Err(VramError::invalid(format!("attestation format must be {ATTEST_FORMAT}")));
+        return Err(VramError::invalid(format!(
+            "attestation format must be {ATTEST_FORMAT}"
+        )));
     }
     let nonce = hex::decode(&att.nonce).map_err(|_| VramError::invalid("nonce must be hex"))?;
     if !bool::from(nonce.as_slice().ct_eq(expected_nonce)) {
@@ -86,7 +88,12 @@ pub fn verify_attestation(
     if !crate::seal::claims::verify(&crate::seal::keys::SealKey::derive(token), &att.shard) {
         return Err(fail());
     }
-    let stmt = statement(&nonce, &att.shard, &att.verified_mode, att.verified_at_unix_nanos)?;
+    let stmt = statement(
+        &nonce,
+        &att.shard,
+        &att.verified_mode,
+        att.verified_at_unix_nanos,
+    )?;
     let mut given = [0u8; 32];
     if hex::decode_to_slice(&att.signature, &mut given).is_err() {
         return Err(fail());

@@ -112,12 +112,14 @@ impl Config {
             "simulated devices requested".into(),
         );
         if count == 0 {
-            c.errors
-                .push(VramError::invalid("simulated device count must be at least 1"));
+            c.errors.push(VramError::invalid(
+                "simulated device count must be at least 1",
+            ));
         }
         if capacity_bytes == 0 {
-            c.errors
-                .push(VramError::invalid("simulated device capacity must be at least 1 byte"));
+            c.errors.push(VramError::invalid(
+                "simulated device capacity must be at least 1 byte",
+            ));
         }
         c
     }
@@ -192,7 +194,8 @@ impl Config {
     /// Largest accepted shard (default 100 GiB).
     pub fn max_model_size(mut self, bytes: u64) -> Self {
         if bytes == 0 {
-            self.errors.push(VramError::invalid("max_model_size must be at least 1"));
+            self.errors
+                .push(VramError::invalid("max_model_size must be at least 1"));
         }
         self.max_model_size = bytes;
         self
@@ -225,7 +228,8 @@ impl Config {
     /// Audit batching: write after `events` events or `interval`, whichever comes first.
     pub fn audit_batching(mut self, events: usize, interval: Duration) -> Self {
         if events == 0 {
-            self.errors.push(VramError::invalid("audit batch size must be at least 1"));
+            self.errors
+                .push(VramError::invalid("audit batch size must be at least 1"));
         }
         self.audit_batch_size = events;
         self.audit_flush_interval = interval;
@@ -235,7 +239,8 @@ impl Config {
     /// Most events held while the sink is failing before further ones are counted as dropped.
     pub fn audit_buffer_limit(mut self, events: usize) -> Self {
         if events == 0 {
-            self.errors.push(VramError::invalid("audit buffer limit must be at least 1"));
+            self.errors
+                .push(VramError::invalid("audit buffer limit must be at least 1"));
         }
         self.audit_buffer_limit = events;
         self
@@ -245,7 +250,8 @@ impl Config {
     /// size).
     pub fn staging_bytes(mut self, bytes: usize) -> Self {
         if bytes == 0 {
-            self.errors.push(VramError::invalid("staging buffer must be at least 1 byte"));
+            self.errors
+                .push(VramError::invalid("staging buffer must be at least 1 byte"));
         }
         self.staging_bytes = bytes;
         self

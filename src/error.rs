@@ -46,7 +46,10 @@ pub enum VramError {
     /// The shard is quarantined and its device stopped (fail-closed).
     /// `first_bad_chunk` and `bad_chunks` name the chunks (index and byte range) found to
     /// differ; both are empty when the seal itself (signature, leaf list) is what failed.
-    #[error("seal verification failed for shard {shard_id}{}", describe_bad_chunks(bad_chunks))]
+    #[error(
+        "seal verification failed for shard {shard_id}{}",
+        describe_bad_chunks(bad_chunks)
+    )]
     SealVerificationFailed {
         shard_id: String,
         first_bad_chunk: Option<u64>,
@@ -63,7 +66,9 @@ pub enum VramError {
 
     /// The device refuses new seals and executions after a failed verification until
     /// `reset_device` is called.
-    #[error("device {device} is stopped (fail-closed after an integrity failure); call reset_device after investigating")]
+    #[error(
+        "device {device} is stopped (fail-closed after an integrity failure); call reset_device after investigating"
+    )]
     DeviceStopped { device: u32 },
 
     /// The device is gone (simulated loss, driver failure).
@@ -107,7 +112,9 @@ impl VramError {
             self,
             Self::InsufficientVram { .. }
                 | Self::AllocationFailed { .. }
-                | Self::Cuda(_) | Self::Timeout(_) | Self::AuditUnavailable(_)
+                | Self::Cuda(_)
+                | Self::Timeout(_)
+                | Self::AuditUnavailable(_)
         )
     }
 

@@ -54,17 +54,17 @@ pub mod shard;
 mod system;
 pub mod validation;
 
+pub use actors::gpu_actor::DeviceStatus;
 pub use attestation::{Attestation, verify_attestation};
 pub use audit::events::AuditEvent;
 pub use config::Config;
 pub use error::VramError;
 pub use gpu::{BackendKind, DeviceIdentity, DevicePtr};
-pub use actors::gpu_actor::DeviceStatus;
 pub use messages::audit::AuditStats;
 pub use seal::claims::ShardInfo;
 pub use seal::keys::WorkerToken;
 pub use shard::{
-    ChunkSpan, DeviceView, Fault, SealRequest, SealedShard, VerifyMode, VerifyReport,
-    VramCapacity, detection_probability,
+    ChunkSpan, DeviceView, Fault, SealRequest, SealedShard, VerifyMode, VerifyReport, VramCapacity,
+    detection_probability,
 };
 pub use system::VramResidency;

@@ -53,7 +53,12 @@ impl SealRequest {
         gpu_device: u32,
         path: impl Into<PathBuf>,
     ) -> Self {
-        Self::with_source(shard_id, model_ref, gpu_device, SealSource::File(path.into()))
+        Self::with_source(
+            shard_id,
+            model_ref,
+            gpu_device,
+            SealSource::File(path.into()),
+        )
     }
 
     fn with_source(

@@ -77,11 +77,14 @@ impl VramResidency {
         let (device_count, factory): (u32, BackendFactory) = match config.backend.clone() {
             BackendChoice::Simulated { count, capacity } => (
                 count,
-                Box::new(move |i| Ok(Box::new(SimDevice::new(i, capacity)) as Box<dyn DeviceBackend>)),
+                Box::new(move |i| {
+                    Ok(Box::new(SimDevice::new(i, capacity)) as Box<dyn DeviceBackend>)
+                }),
             ),
             BackendChoice::Cuda => {
                 return Err(VramError::Cuda(
-                    "this build has no CUDA backend yet; use Config::simulated or Config::auto".into(),
+                    "this build has no CUDA backend yet; use Config::simulated or Config::auto"
+                        .into(),
                 ));
             }
         };
@@ -177,14 +180,20 @@ impl VramResidency {
     ) -> Result<T, VramError> {
         let gpu = self.gpu(device)?;
         let shutting = Arc::clone(&self.inner);
-        ask(&gpu, build, self.inner.call_timeout, "the device actor", move || {
-            if shutting.shut_down.load(Ordering::Acquire) {
-                VramError::ShuttingDown
-            } else {
-                // The actor went away mid-call: it crashed (and is being replaced) or stopped.
-                VramError::DeviceStopped { device }
-            }
-        })
+        ask(
+            &gpu,
+            build,
+            self.inner.call_timeout,
+            "the device actor",
+            move || {
+                if shutting.shut_down.load(Ordering::Acquire) {
+                    VramError::ShuttingDown
+                } else {
+                    // The actor went away mid-call: it crashed (and is being replaced) or stopped.
+                    VramError::DeviceStopped { device }
+                }
+            },
+        )
         .await
     }
 
@@ -292,7 +301,9 @@ impl VramResidency {
             return Err(VramError::UnknownShard(shard.shard_id().to_string()));
         }
         if let VerifyMode::Sampled { chunks: 0 } = mode {
-            return Err(VramError::invalid("Sampled verification needs at least 1 chunk"));
+            return Err(VramError::invalid(
+                "Sampled verification needs at least 1 chunk",
+            ));
         }
         let started = std::time::Instant::now();
         let info = &shard.inner.info;
@@ -375,7 +386,11 @@ impl VramResidency {
 
     /// Verifies the shard (per `Config::execute_verify`) and signs a statement binding the
     /// challenger's `nonce` to its seal. Check it with [`crate::verify_attestation`].
-    pub async fn attest(&self, shard: &SealedShard, nonce: &[u8]) -> Result<Attestation, VramError> {
+    pub async fn attest(
+        &self,
+        shard: &SealedShard,
+        nonce: &[u8],
+    ) -> Result<Attestation, VramError> {
         if nonce.is_empty() || nonce.len() > 1024 {
             return Err(VramError::invalid("nonce must be 1..=1024 bytes"));
         }
@@ -415,7 +430,8 @@ impl VramResidency {
 
     /// Memory figures of a device.
     pub async fn capacity(&self, device: u32) -> Result<VramCapacity, VramError> {
-        self.ask_gpu(device, |reply| GpuMsg::Capacity { reply }).await?
+        self.ask_gpu(device, |reply| GpuMsg::Capacity { reply })
+            .await?
     }
 
     /// Injects a fault into a simulated device.
@@ -433,7 +449,6 @@ impl VramResidency {
             other => other?,
         }
     }
-
 
     /// Makes the audit sink fail (`true`) or work again (`false`): fault injection for the
     /// drop accounting and `fail_closed_audit`.
@@ -464,7 +479,8 @@ impl VramResidency {
     /// Lets a device that stopped after an integrity failure accept seals and executions
     /// again. Quarantined shards stay quarantined; release them.
     pub async fn reset_device(&self, device: u32) -> Result<(), VramError> {
-        self.ask_gpu(device, |reply| GpuMsg::Reset { reply }).await?
+        self.ask_gpu(device, |reply| GpuMsg::Reset { reply })
+            .await?
     }
 
     /// Status of every device.

@@ -148,10 +148,24 @@ mod tests {
         assert!(validate_identifier("shard_id", &"a".repeat(256)).is_ok());
         assert!(validate_identifier("shard_id", &"a".repeat(257)).is_err());
         assert!(validate_identifier("shard_id", "").is_err());
-        for bad in ["a b", "a/b", "../x", "a\0b", "a\nb", "é", "a.b", "\u{1b}[31m"] {
-            let e = validate_identifier("shard_id", bad).unwrap_err().to_string();
+        for bad in [
+            "a b",
+            "a/b",
+            "../x",
+            "a\0b",
+            "a\nb",
+            "é",
+            "a.b",
+            "\u{1b}[31m",
+        ] {
+            let e = validate_identifier("shard_id", bad)
+                .unwrap_err()
+                .to_string();
             assert!(e.contains("shard_id"), "{e}");
-            assert!(!e.contains('\u{1b}') && !e.contains('\0') && !e.contains('\n'), "{e:?}");
+            assert!(
+                !e.contains('\u{1b}') && !e.contains('\0') && !e.contains('\n'),
+                "{e:?}"
+            );
         }
     }
 

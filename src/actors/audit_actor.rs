@@ -89,7 +89,10 @@ impl AuditState {
                     None => "audit buffer full".into(),
                 };
             }
-            tracing::warn!(dropped = self.stats.dropped, "audit event dropped: buffer full");
+            tracing::warn!(
+                dropped = self.stats.dropped,
+                "audit event dropped: buffer full"
+            );
             return;
         }
         self.buffer.push_back((ts, event));
@@ -282,7 +285,10 @@ impl Actor for AuditActor {
         _myself: ActorRef<Self::Msg>,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        let records = state.stats.written.saturating_add(state.buffer.len() as u64);
+        let records = state
+            .stats
+            .written
+            .saturating_add(state.buffer.len() as u64);
         state.emit(
             Utc::now(),
             AuditEvent::AuditLogClosed {
@@ -293,5 +299,101 @@ impl Actor for AuditActor {
             tracing::error!(error = %e, lost = state.buffer.len(), "audit log could not be closed cleanly");
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::verify::verify_lines;
+
+    fn args(buffer_limit: usize, healthy: Arc<AtomicBool>) -> AuditArgs {
+        AuditArgs {
+            sink: AuditSinkConfig::Memory,
+            token: WorkerToken::new(b"audit-actor-test-token".to_vec()).unwrap(),
+            worker_id: "w".into(),
+            batch_size: 4,
+            flush_interval: Duration::from_millis(5),
+            buffer_limit,
+            healthy,
+        }
+    }
+
+    fn ev(i: u64) -> AuditEvent {
+        AuditEvent::DeviceReset {
+            gpu_device: i as u32,
+        }
+    }
+
+    async fn lines(a: &ActorRef<AuditMsg>) -> Vec<String> {
+        a.call(AuditMsg::Flush, None)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        a.call(AuditMsg::Lines, None).await.unwrap().unwrap()
+    }
+
+    #[test]
+    fn events_are_batched_chained_and_flushed() {
+        tokio_test::block_on(async {
+            let healthy = Arc::new(AtomicBool::new(true));
+            let (a, h) = Actor::spawn(None, AuditActor, args(100, healthy))
+                .await
+                .unwrap();
+            for i in 0..10 {
+                a.cast(AuditMsg::Emit(Utc::now(), ev(i))).unwrap();
+            }
+            let out = lines(&a).await;
+            assert_eq!(out.len(), 11); // AuditLogOpened + 10
+            let key =
+                AuditKey::derive(&WorkerToken::new(b"audit-actor-test-token".to_vec()).unwrap());
+            let report = verify_lines(out.iter().map(String::as_str), &key, true);
+            assert!(report.is_intact(), "{report:?}");
+            assert_eq!(report.counts_by_type.get("DeviceReset"), Some(&10));
+            let stats = a.call(AuditMsg::Stats, None).await.unwrap().unwrap();
+            assert_eq!((stats.written, stats.dropped, stats.buffered), (11, 0, 0));
+            a.stop(None);
+            h.await.unwrap();
+        });
+    }
+
+    #[test]
+    fn a_failing_sink_buffers_then_reports_exactly_what_it_dropped() {
+        tokio_test::block_on(async {
+            let healthy = Arc::new(AtomicBool::new(true));
+            let (a, h) = Actor::spawn(None, AuditActor, args(5, Arc::clone(&healthy)))
+                .await
+                .unwrap();
+            a.cast(AuditMsg::SinkFault(true)).unwrap();
+            for i in 0..12 {
+                a.cast(AuditMsg::Emit(Utc::now(), ev(i))).unwrap();
+            }
+            let flushed = a.call(AuditMsg::Flush, None).await.unwrap().unwrap();
+            assert!(matches!(flushed, Err(VramError::AuditUnavailable(_))));
+            assert!(!healthy.load(Ordering::Acquire));
+            let stats = a.call(AuditMsg::Stats, None).await.unwrap().unwrap();
+            assert_eq!(
+                (stats.buffered, stats.dropped, stats.sink_down),
+                (5, 7, true)
+            );
+            a.cast(AuditMsg::SinkFault(false)).unwrap();
+            let out = lines(&a).await;
+            assert!(healthy.load(Ordering::Acquire));
+            // opened + the 5 kept + one drop report
+            assert_eq!(out.len(), 7, "{out:#?}");
+            let last = out.last().unwrap();
+            assert!(
+                last.contains(r#""type":"AuditEventsDropped","count":7"#),
+                "{last}"
+            );
+            let kept: Vec<_> = out.iter().filter(|l| l.contains("DeviceReset")).collect();
+            assert_eq!(kept.len(), 5);
+            for (i, l) in kept.iter().enumerate() {
+                assert!(l.contains(&format!(r#""gpu_device":{i}"#)), "{l}");
+            }
+            a.stop(None);
+            h.await.unwrap();
+        });
     }
 }

@@ -31,9 +31,7 @@ use crate::audit::events::{AuditEvent, Severity};
 use crate::error::VramError;
 use crate::gpu::{BackendError, BackendFault, DeviceBackend, DeviceIdentity, DeviceReader};
 use crate::messages::audit::AuditMsg;
-use crate::messages::gpu::{
-    ExecuteFn, GpuMsg, LeafCheck, ResidencyQuery, SealJob, ShardRef,
-};
+use crate::messages::gpu::{ExecuteFn, GpuMsg, LeafCheck, ResidencyQuery, SealJob, ShardRef};
 use crate::messages::seal_keeper::SealKeeperMsg;
 use crate::seal::claims::{SEAL_FORMAT, ShardInfo};
 use crate::seal::merkle::{Hash, MerkleTree, chunk_range, leaf_count, leaf_hashes_parallel};
@@ -104,7 +102,9 @@ impl GpuState {
             BackendError::OutOfMemory { needed, available } => {
                 VramError::InsufficientVram { needed, available }
             }
-            BackendError::AllocationFailed(reason) => VramError::AllocationFailed { device, reason },
+            BackendError::AllocationFailed(reason) => {
+                VramError::AllocationFailed { device, reason }
+            }
             BackendError::DeviceLost => {
                 self.mark_lost("the backend reported the device lost");
                 VramError::DeviceLost { device }
@@ -351,7 +351,9 @@ impl GpuState {
                     return Err(VramError::invalid("unreachable seal source"));
                 };
                 let bytes = bytes.clone();
-                tokio::task::spawn_blocking(move || hash_buffer(bytes, chunk, &tx, progress.as_ref()))
+                tokio::task::spawn_blocking(move || {
+                    hash_buffer(bytes, chunk, &tx, progress.as_ref())
+                })
             }
         };
         let mut offset = 0u64;
@@ -430,7 +432,9 @@ impl GpuState {
         let started = Instant::now();
         let myself = myself.clone();
         tokio::spawn(async move {
-            let job = tokio::task::spawn_blocking(move || hash_leaves(&*reader, chunk, indices, &tree, &root));
+            let job = tokio::task::spawn_blocking(move || {
+                hash_leaves(&*reader, chunk, indices, &tree, &root)
+            });
             let outcome = match job.await {
                 Ok(r) => r,
                 Err(_) => Err(VramError::Io("the verification thread failed".into())),
@@ -593,7 +597,11 @@ impl GpuState {
         Ok(())
     }
 
-    fn execute(&mut self, shard: &ShardRef, job: ExecuteFn) -> Result<Box<dyn std::any::Any + Send>, VramError> {
+    fn execute(
+        &mut self,
+        shard: &ShardRef,
+        job: ExecuteFn,
+    ) -> Result<Box<dyn std::any::Any + Send>, VramError> {
         self.accepting_work()?;
         let entry = self.table.get(shard)?;
         if let Some(bad) = &entry.quarantine {
@@ -697,7 +705,9 @@ impl GpuState {
         let i = self.scrub_cursor.checked_rem(ids.len()).unwrap_or(0);
         self.scrub_cursor = self.scrub_cursor.wrapping_add(1);
         let Some(id) = ids.get(i) else { return };
-        let Some(entry) = self.table.by_id(id) else { return };
+        let Some(entry) = self.table.by_id(id) else {
+            return;
+        };
         if entry.quarantine.is_some() || entry.in_flight > 0 {
             return;
         }
@@ -795,7 +805,8 @@ fn hash_buffer(
         || leaf_hashes_parallel(&bytes, chunk),
     );
     let total = bytes.len() as u64;
-    tx.blocking_send(bytes).map_err(|_| VramError::ShuttingDown)?;
+    tx.blocking_send(bytes)
+        .map_err(|_| VramError::ShuttingDown)?;
     if let Some(p) = progress {
         p(total, total);
     }
@@ -813,8 +824,9 @@ fn hash_file(
     progress: Option<&ProgressFn>,
 ) -> Result<(Hash, Vec<Hash>), VramError> {
     use std::io::Read;
-    let mut file = std::fs::File::open(path)
-        .map_err(|e| VramError::invalid(format!("cannot read model file {}: {e}", path.display())))?;
+    let mut file = std::fs::File::open(path).map_err(|e| {
+        VramError::invalid(format!("cannot read model file {}: {e}", path.display()))
+    })?;
     let mut sha = Sha256::new();
     let mut leaves = Vec::new();
     let mut done = 0u64;
@@ -822,7 +834,9 @@ fn hash_file(
         let mut buf = vec![0u8; staging];
         let mut filled = 0usize;
         while filled < staging {
-            let Some(rest) = buf.get_mut(filled..) else { break };
+            let Some(rest) = buf.get_mut(filled..) else {
+                break;
+            };
             match file.read(rest) {
                 Ok(0) => break,
                 Ok(n) => filled = filled.saturating_add(n),
@@ -841,7 +855,8 @@ fn hash_file(
                 path.display()
             )));
         }
-        let (_, chunk_leaves) = rayon::join(|| sha.update(&buf), || leaf_hashes_parallel(&buf, chunk));
+        let (_, chunk_leaves) =
+            rayon::join(|| sha.update(&buf), || leaf_hashes_parallel(&buf, chunk));
         leaves.extend(chunk_leaves);
         tx.blocking_send(buf).map_err(|_| VramError::ShuttingDown)?;
         if let Some(p) = progress {
@@ -1000,5 +1015,263 @@ impl Actor for GpuActor {
             let _ = state.release_now(&id);
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicBool;
+
+    use super::*;
+    use crate::actors::audit_actor::{AuditActor, AuditArgs};
+    use crate::actors::seal_keeper::SealKeeper;
+    use crate::config::AuditSinkConfig;
+    use crate::gpu::sim::SimDevice;
+    use crate::seal::keys::WorkerToken;
+
+    fn token() -> WorkerToken {
+        WorkerToken::new(b"gpu-actor-test-token".to_vec()).unwrap()
+    }
+
+    async fn spawn_gpu(capacity: u64) -> (ActorRef<GpuMsg>, ActorRef<AuditMsg>) {
+        let (audit, _) = Actor::spawn(
+            None,
+            AuditActor,
+            AuditArgs {
+                sink: AuditSinkConfig::Memory,
+                token: token(),
+                worker_id: "w".into(),
+                batch_size: 1,
+                flush_interval: Duration::from_millis(5),
+                buffer_limit: 1000,
+                healthy: Arc::new(AtomicBool::new(true)),
+            },
+        )
+        .await
+        .unwrap();
+        let (keeper, _) = Actor::spawn(None, SealKeeper, token()).await.unwrap();
+        let (gpu, _) = Actor::spawn(
+            None,
+            GpuActor,
+            GpuArgs {
+                device: 0,
+                backend: Box::new(SimDevice::new(0, capacity)),
+                worker_id: "w".into(),
+                chunk_size: 4096,
+                headroom_bytes: 0,
+                staging_bytes: 8192,
+                call_timeout: Duration::from_secs(10),
+                scrub_interval: None,
+                seal_keeper: keeper,
+                audit: audit.clone(),
+            },
+        )
+        .await
+        .unwrap();
+        (gpu, audit)
+    }
+
+    fn job(id: &str, len: usize, handle_id: u64) -> Box<SealJob> {
+        Box::new(SealJob {
+            shard_id: id.into(),
+            model_ref: "m".into(),
+            source: SealSource::Bytes((0..len).map(|i| (i % 251) as u8).collect()),
+            expected_sha256: None,
+            tensor_parallel: None,
+            progress: None,
+            handle_id,
+        })
+    }
+
+    #[test]
+    fn seal_verify_release_through_the_mailbox() {
+        tokio_test::block_on(async {
+            let (gpu, audit) = spawn_gpu(100_000).await;
+            let info = gpu
+                .call(
+                    |reply| GpuMsg::Seal {
+                        job: job("a", 10_000, 7),
+                        reply,
+                    },
+                    None,
+                )
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap();
+            assert_eq!(info.vram_bytes, 10_000);
+            let shard = ShardRef {
+                shard_id: "a".into(),
+                handle_id: 7,
+            };
+            let report = gpu
+                .call(
+                    |reply| GpuMsg::Verify {
+                        shard: shard.clone(),
+                        info: Box::new(info.clone()),
+                        mode: VerifyMode::Full,
+                        reply,
+                    },
+                    None,
+                )
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap();
+            assert_eq!(report.chunks_checked, 3);
+            // wrong handle id: unknown, nothing changes
+            let wrong = ShardRef {
+                shard_id: "a".into(),
+                handle_id: 8,
+            };
+            let r = gpu
+                .call(
+                    |reply| GpuMsg::Release {
+                        shard: wrong,
+                        reply: Some(reply),
+                    },
+                    None,
+                )
+                .await
+                .unwrap()
+                .unwrap();
+            assert!(matches!(r, Err(VramError::UnknownShard(_))));
+            let cap = gpu
+                .call(|reply| GpuMsg::Capacity { reply }, None)
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap();
+            assert_eq!(cap.used_bytes, 10_000);
+            let freed = gpu
+                .call(
+                    |reply| GpuMsg::Release {
+                        shard,
+                        reply: Some(reply),
+                    },
+                    None,
+                )
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap();
+            assert_eq!(freed, 10_000);
+            let cap = gpu
+                .call(|reply| GpuMsg::Capacity { reply }, None)
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap();
+            assert_eq!(cap.used_bytes, 0);
+            let status = gpu
+                .call(|reply| GpuMsg::Status { reply }, None)
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(status.shards, 0);
+            assert!(status.stopped.is_none());
+            gpu.stop(None);
+            let _ = audit.call(AuditMsg::Flush, None).await;
+        });
+    }
+
+    #[test]
+    fn a_failed_verify_quarantines_and_stops_until_reset() {
+        tokio_test::block_on(async {
+            let (gpu, _audit) = spawn_gpu(100_000).await;
+            let info = gpu
+                .call(
+                    |reply| GpuMsg::Seal {
+                        job: job("a", 9_000, 1),
+                        reply,
+                    },
+                    None,
+                )
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap();
+            let fault = Fault::FlipBits {
+                shard_id: "a".into(),
+                offset: 8_999,
+                mask: 1,
+            };
+            gpu.call(|reply| GpuMsg::InjectFault { fault, reply }, None)
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap();
+            let shard = ShardRef {
+                shard_id: "a".into(),
+                handle_id: 1,
+            };
+            let r = gpu
+                .call(
+                    |reply| GpuMsg::Verify {
+                        shard: shard.clone(),
+                        info: Box::new(info.clone()),
+                        mode: VerifyMode::Full,
+                        reply,
+                    },
+                    None,
+                )
+                .await
+                .unwrap()
+                .unwrap();
+            match r {
+                Err(VramError::SealVerificationFailed {
+                    first_bad_chunk,
+                    bad_chunks,
+                    ..
+                }) => {
+                    assert_eq!(first_bad_chunk, Some(2));
+                    assert_eq!(
+                        bad_chunks,
+                        vec![ChunkSpan {
+                            index: 2,
+                            offset: 8192,
+                            len: 808
+                        }]
+                    );
+                }
+                other => panic!("{other:?}"),
+            }
+            let r = gpu
+                .call(
+                    |reply| GpuMsg::Seal {
+                        job: job("b", 10, 2),
+                        reply,
+                    },
+                    None,
+                )
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(r, Err(VramError::DeviceStopped { device: 0 }));
+            gpu.call(|reply| GpuMsg::Reset { reply }, None)
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap();
+            gpu.call(
+                |reply| GpuMsg::Seal {
+                    job: job("b", 10, 2),
+                    reply,
+                },
+                None,
+            )
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+            let query = ResidencyQuery::Handle(shard, Box::new(info));
+            let r = gpu
+                .call(|reply| GpuMsg::Residency { query, reply }, None)
+                .await
+                .unwrap()
+                .unwrap();
+            assert!(matches!(r, Err(VramError::SealVerificationFailed { .. })));
+            gpu.stop(None);
+        });
     }
 }

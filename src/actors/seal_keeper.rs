@@ -95,14 +95,26 @@ mod tests {
             .unwrap()
             .unwrap();
             assert_eq!(i.signature.len(), 64);
-            let ok = ractor::call!(keeper, |r| SealKeeperMsg::Verify { info: Box::new(i.clone()), reply: r }).unwrap();
+            let ok = ractor::call!(keeper, |r| SealKeeperMsg::Verify {
+                info: Box::new(i.clone()),
+                reply: r
+            })
+            .unwrap();
             assert!(ok);
             i.vram_bytes = 4;
-            let ok = ractor::call!(keeper, |r| SealKeeperMsg::Verify { info: Box::new(i.clone()), reply: r }).unwrap();
+            let ok = ractor::call!(keeper, |r| SealKeeperMsg::Verify {
+                info: Box::new(i.clone()),
+                reply: r
+            })
+            .unwrap();
             assert!(!ok);
             let mut bad = info();
             bad.digest = "zz".into();
-            let res = ractor::call!(keeper, |r| SealKeeperMsg::Sign { info: Box::new(bad), reply: r }).unwrap();
+            let res = ractor::call!(keeper, |r| SealKeeperMsg::Sign {
+                info: Box::new(bad),
+                reply: r
+            })
+            .unwrap();
             assert!(res.is_err());
             keeper.stop(None);
             handle.await.unwrap();

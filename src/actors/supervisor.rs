@@ -126,7 +126,8 @@ impl SupervisorState {
         self.shutting_down = true;
         let timeout = Some(self.settings.call_timeout);
         for (i, gpu) in self.gpus.iter_mut().enumerate() {
-            self.directory.set(u32::try_from(i).unwrap_or(u32::MAX), None);
+            self.directory
+                .set(u32::try_from(i).unwrap_or(u32::MAX), None);
             if let Some(g) = gpu.take() {
                 let _ = g.drain_and_wait(timeout).await;
             }
@@ -177,7 +178,10 @@ impl Actor for Supervisor {
         for device in 0..args.device_count {
             match state.spawn_device(&myself, device).await {
                 Ok(gpu) => {
-                    if let Some(slot) = usize::try_from(device).ok().and_then(|i| state.gpus.get_mut(i)) {
+                    if let Some(slot) = usize::try_from(device)
+                        .ok()
+                        .and_then(|i| state.gpus.get_mut(i))
+                    {
                         *slot = Some(gpu);
                     }
                 }
@@ -222,13 +226,19 @@ impl Actor for Supervisor {
             SupervisionEvent::ActorFailed(cell, err) => (cell.clone(), format!("failed: {err}")),
             SupervisionEvent::ActorTerminated(cell, _, reason) => (
                 cell.clone(),
-                format!("stopped: {}", reason.as_deref().unwrap_or("no reason given")),
+                format!(
+                    "stopped: {}",
+                    reason.as_deref().unwrap_or("no reason given")
+                ),
             ),
             _ => return Ok(()),
         };
         if let Some(device) = state.device_of(&cell) {
             state.directory.set(device, None);
-            if let Some(slot) = usize::try_from(device).ok().and_then(|i| state.gpus.get_mut(i)) {
+            if let Some(slot) = usize::try_from(device)
+                .ok()
+                .and_then(|i| state.gpus.get_mut(i))
+            {
                 *slot = None;
             }
             let idx = usize::try_from(device).unwrap_or(usize::MAX);
@@ -239,7 +249,11 @@ impl Actor for Supervisor {
                 gpu_device: device,
                 reason: format!(
                     "device actor {why}; its shards were freed with its context{}",
-                    if restart { "; a fresh actor takes over" } else { "; restart limit reached" }
+                    if restart {
+                        "; a fresh actor takes over"
+                    } else {
+                        "; restart limit reached"
+                    }
                 ),
             });
             if restart {
@@ -252,7 +266,9 @@ impl Actor for Supervisor {
                             *slot = Some(gpu);
                         }
                     }
-                    Err(e) => tracing::error!(gpu_device = device, error = %e, "device actor restart failed"),
+                    Err(e) => {
+                        tracing::error!(gpu_device = device, error = %e, "device actor restart failed")
+                    }
                 }
             }
             return Ok(());

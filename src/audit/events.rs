@@ -143,7 +143,8 @@ impl AuditEvent {
     /// The event as one compact JSON object, `type` first.
     pub fn to_json(&self) -> String {
         // Serializing this enum cannot fail: every field is a string, integer or option of one.
-        serde_json::to_string(self).unwrap_or_else(|_| String::from("{\"type\":\"Unserializable\"}"))
+        serde_json::to_string(self)
+            .unwrap_or_else(|_| String::from("{\"type\":\"Unserializable\"}"))
     }
 }
 

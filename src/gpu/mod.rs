@@ -96,7 +96,9 @@ pub enum BackendError {
     #[error("unknown allocation")]
     UnknownAllocation,
     /// A read or write past the end of an allocation.
-    #[error("access out of range: offset {offset} + {len} bytes exceeds allocation of {size} bytes")]
+    #[error(
+        "access out of range: offset {offset} + {len} bytes exceeds allocation of {size} bytes"
+    )]
     OutOfRange { offset: u64, len: u64, size: u64 },
     /// The backend cannot do this.
     #[error("unsupported: {0}")]
@@ -110,7 +112,11 @@ pub enum BackendError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BackendFault {
     /// XOR `mask` into the byte at `offset` of an allocation.
-    FlipBits { allocation: AllocationId, offset: u64, mask: u8 },
+    FlipBits {
+        allocation: AllocationId,
+        offset: u64,
+        mask: u8,
+    },
     /// Fail the next allocation.
     FailNextAlloc,
     /// Lose the device: every later operation fails with `DeviceLost`.
@@ -174,7 +180,8 @@ pub trait DeviceReader: Send + Sync {
                     len: chunk_size,
                     size: len,
                 })?;
-                let n = usize::try_from(n).map_err(|_| BackendError::Unsupported("chunk too large".into()))?;
+                let n = usize::try_from(n)
+                    .map_err(|_| BackendError::Unsupported("chunk too large".into()))?;
                 let mut buf = vec![0u8; n];
                 self.read(off, &mut buf)?;
                 Ok(leaf_hash(&buf))

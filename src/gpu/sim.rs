@@ -95,7 +95,9 @@ impl SimDevice {
     }
 
     fn buffer(&self, id: AllocationId) -> Result<&(u64, Arc<SimBuffer>), BackendError> {
-        self.allocations.get(&id).ok_or(BackendError::UnknownAllocation)
+        self.allocations
+            .get(&id)
+            .ok_or(BackendError::UnknownAllocation)
     }
 }
 
@@ -143,8 +145,9 @@ impl DeviceBackend for SimDevice {
                 available,
             });
         }
-        let n = usize::try_from(len)
-            .map_err(|_| BackendError::AllocationFailed("size exceeds host address space".into()))?;
+        let n = usize::try_from(len).map_err(|_| {
+            BackendError::AllocationFailed("size exceeds host address space".into())
+        })?;
         let mut bytes = Vec::new();
         bytes
             .try_reserve_exact(n)
@@ -264,13 +267,16 @@ impl DeviceReader for SimReader {
         indices
             .par_iter()
             .map(|&i| {
-                let (off, n) = chunk_range(i, chunk_size, size).ok_or(BackendError::OutOfRange {
-                    offset: i.saturating_mul(chunk_size),
-                    len: chunk_size,
-                    size,
-                })?;
+                let (off, n) =
+                    chunk_range(i, chunk_size, size).ok_or(BackendError::OutOfRange {
+                        offset: i.saturating_mul(chunk_size),
+                        len: chunk_size,
+                        size,
+                    })?;
                 let r = range(off, usize::try_from(n).unwrap_or(usize::MAX), bytes.len())?;
-                Ok(leaf_hash(bytes.get(r).ok_or(BackendError::UnknownAllocation)?))
+                Ok(leaf_hash(
+                    bytes.get(r).ok_or(BackendError::UnknownAllocation)?,
+                ))
             })
             .collect()
     }
@@ -315,13 +321,24 @@ mod tests {
         let data: Vec<u8> = (0..20_000u32).map(|i| (i % 251) as u8).collect();
         let a = d.allocate(data.len() as u64).unwrap();
         d.write(a, 0, &data).unwrap();
-        assert!(matches!(d.write(a, 19_999, &[1, 2]), Err(BackendError::OutOfRange { .. })));
+        assert!(matches!(
+            d.write(a, 19_999, &[1, 2]),
+            Err(BackendError::OutOfRange { .. })
+        ));
         let r = d.reader(a).unwrap();
         let mut back = vec![0u8; 100];
         r.read(4_000, &mut back).unwrap();
         assert_eq!(&back[..], &data[4_000..4_100]);
-        assert_eq!(r.all_leaf_hashes(4096).unwrap(), leaf_hashes_sequential(&data, 4096));
-        d.inject_fault(BackendFault::FlipBits { allocation: a, offset: 9_000, mask: 4 }).unwrap();
+        assert_eq!(
+            r.all_leaf_hashes(4096).unwrap(),
+            leaf_hashes_sequential(&data, 4096)
+        );
+        d.inject_fault(BackendFault::FlipBits {
+            allocation: a,
+            offset: 9_000,
+            mask: 4,
+        })
+        .unwrap();
         let h = r.leaf_hashes(4096, &[2, 4]).unwrap();
         assert_ne!(h[0], leaf_hashes_sequential(&data, 4096)[2]);
         assert_eq!(h[1], leaf_hashes_sequential(&data, 4096)[4]);
@@ -331,7 +348,10 @@ mod tests {
     fn faults_fail_alloc_and_lose_device() {
         let mut d = SimDevice::new(0, 1 << 20);
         d.inject_fault(BackendFault::FailNextAlloc).unwrap();
-        assert!(matches!(d.allocate(10), Err(BackendError::AllocationFailed(_))));
+        assert!(matches!(
+            d.allocate(10),
+            Err(BackendError::AllocationFailed(_))
+        ));
         let a = d.allocate(10).unwrap();
         let r = d.reader(a).unwrap();
         d.inject_fault(BackendFault::LoseDevice).unwrap();

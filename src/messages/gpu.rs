@@ -8,7 +8,9 @@ use ractor::RpcReplyPort;
 use crate::error::VramError;
 use crate::seal::claims::ShardInfo;
 use crate::seal::merkle::Hash;
-use crate::shard::{DeviceView, Fault, ProgressFn, SealSource, VerifyMode, VerifyReport, VramCapacity};
+use crate::shard::{
+    DeviceView, Fault, ProgressFn, SealSource, VerifyMode, VerifyReport, VramCapacity,
+};
 
 /// Names one resident shard as a particular handle saw it: a stale handle (released, or from
 /// before a crash) never matches a newer shard that reuses the id.

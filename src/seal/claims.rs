@@ -102,11 +102,21 @@ impl ShardInfo {
     }
 }
 
+/// Whether `s` is canonical lowercase hex. The format fixes one spelling per value so that two
+/// different JSON texts can never carry the same valid signature.
+fn is_lower_hex(s: &str) -> bool {
+    s.bytes()
+        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
 fn decode32(field: &str, hex_str: &str) -> Result<[u8; 32], VramError> {
     let mut out = [0u8; 32];
-    if hex_str.len() != 64 || hex::decode_to_slice(hex_str, &mut out).is_err() {
+    if hex_str.len() != 64
+        || !is_lower_hex(hex_str)
+        || hex::decode_to_slice(hex_str, &mut out).is_err()
+    {
         return Err(VramError::invalid(format!(
-            "{field} must be 64 hex characters"
+            "{field} must be 64 lowercase hex characters"
         )));
     }
     Ok(out)
@@ -127,7 +137,10 @@ pub fn verify(key: &SealKey, info: &ShardInfo) -> bool {
         return false;
     };
     let mut given = [0u8; 32];
-    if info.signature.len() != 64 || hex::decode_to_slice(&info.signature, &mut given).is_err() {
+    if info.signature.len() != 64
+        || !is_lower_hex(&info.signature)
+        || hex::decode_to_slice(&info.signature, &mut given).is_err()
+    {
         return false;
     }
     let mut mac = key.mac();

@@ -181,7 +181,11 @@ mod tests {
         for len in [1usize, 100, 4096, 4097, 8192, 12_288, 20_000, 40_000] {
             let d = &data[..len];
             let chunks: Vec<&[u8]> = d.chunks(4096).collect();
-            assert_eq!(MerkleTree::build(d, 4096).root(), &mth(&chunks), "len {len}");
+            assert_eq!(
+                MerkleTree::build(d, 4096).root(),
+                &mth(&chunks),
+                "len {len}"
+            );
         }
     }
 

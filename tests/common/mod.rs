@@ -1,0 +1,56 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use vram_residency::{Config, VramResidency};
+
+pub const TOKEN: &str = "integration-test-token-0123456789";
+
+/// Deterministic test bytes: byte i = (i*31+7) mod 251, like the vectors.
+pub fn pattern(len: usize) -> Vec<u8> {
+    (0..len).map(|i| ((i * 31 + 7) % 251) as u8).collect()
+}
+
+pub fn config(devices: u32, capacity: u64) -> Config {
+    Config::simulated(devices, capacity)
+        .worker_id("worker-test")
+        .worker_token(TOKEN)
+        .chunk_size(4096)
+        .call_timeout(Duration::from_secs(60))
+}
+
+pub async fn start(devices: u32, capacity: u64) -> VramResidency {
+    VramResidency::start(config(devices, capacity))
+        .await
+        .unwrap()
+}
+
+/// Polls until `f` is true or 5 s pass.
+pub async fn eventually<F, Fut>(mut f: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    for _ in 0..500 {
+        if f().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    false
+}
+
+/// Event types in the in-memory audit log, in order.
+pub async fn audit_types(system: &VramResidency) -> Vec<String> {
+    system
+        .audit_lines()
+        .await
+        .unwrap()
+        .iter()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            v["event"]["type"].as_str().unwrap().to_string()
+        })
+        .collect()
+}
