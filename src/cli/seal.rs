@@ -1,0 +1,265 @@
+//! `seal FILE...`: copies real model files into device memory, seals them, and prints each
+//! `ShardInfo` as one JSON line on stdout (progress bars go to stderr, and only to a terminal).
+//! The shard id is the file name reduced to `[A-Za-z0-9_-]`; the model ref is `file:<path>`.
+//! With `--hold`, the shards stay resident and are verified in full every few seconds until the
+//! time is up or Ctrl-C, then released cleanly before the system shuts down.
+
+use std::collections::HashSet;
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use vram_residency::{SealRequest, SealedShard, VerifyMode, VramError, VramResidency, validation};
+
+use super::error::CliError;
+use super::progress;
+use super::token::TokenSource;
+use super::{Global, base_config, human_bytes, millis, shard_id_from_name};
+
+/// Arguments of `seal`.
+#[derive(Debug, Args)]
+pub struct SealArgs {
+    /// Model files to seal, in order.
+    #[arg(value_name = "FILE", required = true, num_args = 1..)]
+    pub files: Vec<PathBuf>,
+
+    /// Device to seal onto.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub device: u32,
+
+    /// Refuse the seal unless the file's SHA-256 is this (64 hex characters; one FILE only).
+    #[arg(long, value_name = "HEX")]
+    pub expected_sha256: Option<String>,
+
+    /// Merkle leaf size in bytes: a power of two from 4096 to 67108864 (default 1 MiB).
+    #[arg(long, value_name = "BYTES")]
+    pub chunk_size: Option<u64>,
+
+    /// Keep the shards resident for SECONDS (0: until Ctrl-C), verifying them in full
+    /// periodically; Ctrl-C releases them cleanly.
+    #[arg(long, value_name = "SECONDS")]
+    pub hold: Option<u64>,
+
+    /// While holding, verify every SECONDS.
+    #[arg(long, value_name = "SECONDS", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
+    pub verify_every: u64,
+
+    /// Use N simulated devices instead of the default backend.
+    #[arg(long, value_name = "N")]
+    pub devices: Option<u32>,
+
+    /// Capacity of each simulated device in bytes (default 1 GiB).
+    #[arg(long, value_name = "BYTES")]
+    pub device_capacity: Option<u64>,
+
+    /// Append audit records to this vram-audit-v1 log (created 0600; an existing log is
+    /// verified and continued). Without it, audit records stay in memory.
+    #[arg(long, value_name = "PATH")]
+    pub audit_log: Option<PathBuf>,
+}
+
+/// Runs `seal`.
+pub async fn run(global: &Global, args: SealArgs) -> Result<(), CliError> {
+    let expected = match &args.expected_sha256 {
+        None => None,
+        Some(_) if args.files.len() > 1 => {
+            return Err(CliError::usage(
+                "--expected-sha256 applies to a single FILE; seal the files one by one",
+            ));
+        }
+        Some(h) => Some(
+            validation::validate_hex_digest("--expected-sha256", h)
+                .map_err(CliError::from)
+                .map_err(|e| e.hint("give the 64 hex characters that sha256sum prints"))?,
+        ),
+    };
+    if let Some(c) = args.chunk_size {
+        validation::validate_chunk_size(c)?;
+    }
+    if args.devices == Some(0) {
+        return Err(CliError::usage("--devices must be at least 1"));
+    }
+    if args.device_capacity == Some(0) {
+        return Err(CliError::usage("--device-capacity must be at least 1 byte"));
+    }
+    for f in &args.files {
+        check_file(f)?;
+    }
+    let token = TokenSource::require(global.token_file.as_deref())?;
+    token.load()?;
+
+    let mut config = token.apply(base_config(global, args.devices, args.device_capacity));
+    if let Some(c) = args.chunk_size {
+        config = config.chunk_size(c);
+    }
+    if let Some(p) = &args.audit_log {
+        config = config.audit_log(p.clone());
+    }
+    let system = VramResidency::start(config).await?;
+    let result = seal_all(&system, &args, expected).await;
+    let shut = system.shutdown().await;
+    result?;
+    shut?;
+    Ok(())
+}
+
+fn check_file(path: &Path) -> Result<(), CliError> {
+    let shown = path.display();
+    let meta =
+        std::fs::metadata(path).map_err(|e| CliError::io(format!("cannot read {shown}"), &e))?;
+    if !meta.is_file() {
+        return Err(CliError::usage(format!("{shown} is not a regular file")));
+    }
+    // Opening it now turns a permission problem into a clear error before anything starts.
+    std::fs::File::open(path).map_err(|e| CliError::io(format!("cannot open {shown}"), &e))?;
+    Ok(())
+}
+
+async fn seal_all(
+    system: &VramResidency,
+    args: &SealArgs,
+    expected: Option<String>,
+) -> Result<(), CliError> {
+    validation::validate_device(args.device, system.device_count()).map_err(|e| {
+        CliError::from(e).hint(format!(
+            "pick --device 0..={}, or simulate more devices with --devices N",
+            system.device_count().saturating_sub(1)
+        ))
+    })?;
+    let mut used_ids = HashSet::new();
+    let mut shards = Vec::new();
+    for path in &args.files {
+        let shown = path.display().to_string();
+        let shard_id = unique_id(&mut used_ids, path);
+        let full = std::fs::canonicalize(path).unwrap_or_else(|_| path.clone());
+        let model_ref = format!("file:{}", full.display());
+        let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+        let bar = progress::bytes_bar(size, &shard_id);
+        let mut request = SealRequest::from_file(shard_id, model_ref, args.device, path.clone())
+            .on_progress(progress::seal_callback(&bar));
+        if let Some(h) = &expected {
+            request = request.expected_sha256(h.clone());
+        }
+        let sealed = system.seal(request).await;
+        bar.finish_and_clear();
+        let shard = sealed.map_err(|e| {
+            let digest = matches!(e, VramError::DigestMismatch { .. });
+            let err = CliError::from(e).context(format!("sealing {shown}"));
+            if digest {
+                err.hint("the file is not the one you expected; it was not sealed")
+            } else {
+                err
+            }
+        })?;
+        let line = serde_json::to_string(shard.info())
+            .map_err(|e| CliError::env(format!("cannot encode the seal record: {e}")))?;
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "{line}")
+            .and_then(|()| out.flush())
+            .map_err(|e| CliError::env(format!("cannot write to stdout: {e}")))?;
+        drop(out);
+        tracing::info!(shard_id = %shard.shard_id(), bytes = shard.info().vram_bytes, "sealed");
+        shards.push(shard);
+    }
+
+    if let Some(secs) = args.hold {
+        hold(
+            system,
+            &shards,
+            secs,
+            Duration::from_secs(args.verify_every),
+        )
+        .await?;
+    }
+    let mut freed = 0u64;
+    for shard in shards {
+        freed = freed.saturating_add(system.release(shard).await?);
+    }
+    if args.hold.is_some() {
+        eprintln!("released {} ({freed} bytes)", human_bytes(freed));
+    }
+    Ok(())
+}
+
+fn unique_id(used: &mut HashSet<String>, path: &Path) -> String {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let base = shard_id_from_name(&name);
+    let mut id = base.clone();
+    let mut n = 1u32;
+    while used.contains(&id) {
+        n = n.saturating_add(1);
+        let suffix = format!("-{n}");
+        let keep = validation::MAX_ID_LEN.saturating_sub(suffix.len());
+        id = format!("{}{suffix}", base.chars().take(keep).collect::<String>());
+    }
+    used.insert(id.clone());
+    id
+}
+
+async fn hold(
+    system: &VramResidency,
+    shards: &[SealedShard],
+    secs: u64,
+    every: Duration,
+) -> Result<(), CliError> {
+    let deadline = if secs == 0 {
+        None
+    } else {
+        Instant::now().checked_add(Duration::from_secs(secs))
+    };
+    let until = match deadline {
+        Some(_) => format!("for {secs} s"),
+        None => "until Ctrl-C".to_string(),
+    };
+    eprintln!(
+        "holding {} shard(s) resident {until}, verifying in full every {} s (Ctrl-C releases them)",
+        shards.len(),
+        every.as_secs()
+    );
+    let interactive = std::io::stderr().is_terminal();
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    loop {
+        let now = Instant::now();
+        let mut wait = every;
+        if let Some(d) = deadline {
+            let left = d.saturating_duration_since(now);
+            if left.is_zero() {
+                return Ok(());
+            }
+            wait = wait.min(left);
+        }
+        tokio::select! {
+            r = &mut ctrl_c => {
+                if let Err(e) = r {
+                    return Err(CliError::env(format!("cannot listen for Ctrl-C: {e}")));
+                }
+                eprintln!("interrupted; releasing");
+                return Ok(());
+            }
+            () = tokio::time::sleep(wait) => {}
+        }
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            return Ok(());
+        }
+        let started = Instant::now();
+        for shard in shards {
+            system
+                .verify(shard, VerifyMode::Full)
+                .await
+                .map_err(|e| CliError::from(e).context("periodic verification"))?;
+        }
+        tracing::info!(shards = shards.len(), "periodic full verification passed");
+        if interactive {
+            eprintln!(
+                "verified {} shard(s) in full ({})",
+                shards.len(),
+                millis(started.elapsed())
+            );
+        }
+    }
+}
