@@ -286,14 +286,20 @@ fn verify_info_accepts_a_seal_and_rejects_an_edit() {
 
     // A field that is visibly wrong is named.
     info["shard_id"] = "model_bin".into();
+    let info_digest = info["digest"].as_str().unwrap().to_string();
     info["digest"] = "abc".into();
     std::fs::write(&bad, serde_json::to_string(&info).unwrap()).unwrap();
     let out = cli().arg("verify-info").arg(&bad).output().unwrap();
     let stderr = one_error(&out, 3);
     assert!(
-        stderr.contains("digest must be 64 hex characters"),
+        stderr.contains("digest must be 64 lowercase hex"),
         "{stderr}"
     );
+    info["digest"] = info_digest.to_uppercase().into();
+    std::fs::write(&bad, serde_json::to_string(&info).unwrap()).unwrap();
+    let out = cli().arg("verify-info").arg(&bad).output().unwrap();
+    let stderr = one_error(&out, 3);
+    assert!(stderr.contains("uppercase"), "{stderr}");
 
     // Another token: the signature does not match.
     let out = cli()

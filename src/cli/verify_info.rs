@@ -109,12 +109,17 @@ fn hex_problem(field: &str, value: &str) -> Option<String> {
     let chars = value.chars().count();
     if chars != 64 {
         return Some(format!(
-            "{field} must be 64 hex characters (32 bytes), got {chars} characters"
+            "{field} must be 64 lowercase hex characters (32 bytes), got {chars} characters"
         ));
     }
     if let Some((pos, c)) = value.char_indices().find(|(_, c)| !c.is_ascii_hexdigit()) {
         return Some(format!(
             "{field} has a non-hex character {c:?} at position {pos}"
+        ));
+    }
+    if let Some((pos, c)) = value.char_indices().find(|(_, c)| c.is_ascii_uppercase()) {
+        return Some(format!(
+            "{field} has an uppercase hex digit {c:?} at position {pos}; vram-seal-v1 uses lowercase hex"
         ));
     }
     None
