@@ -45,6 +45,7 @@
 mod actors;
 pub mod attestation;
 pub mod audit;
+pub mod bench;
 pub mod config;
 pub mod error;
 pub mod gpu;

@@ -21,6 +21,8 @@ pub type ProgressFn = Arc<dyn Fn(u64, u64) + Send + Sync>;
 pub(crate) enum SealSource {
     Bytes(Vec<u8>),
     File(PathBuf),
+    /// Any byte stream of a declared length (network, decompressor, pipe).
+    Reader(Box<dyn std::io::Read + Send>, u64),
 }
 
 /// A request to copy a model shard into device memory and seal it.
@@ -58,6 +60,23 @@ impl SealRequest {
             model_ref,
             gpu_device,
             SealSource::File(path.into()),
+        )
+    }
+
+    /// Seal `len` bytes read from `reader` (a socket, a decompressor, a pipe), streamed through
+    /// bounded staging buffers. The seal fails if the stream ends early or runs long.
+    pub fn from_reader(
+        shard_id: impl Into<String>,
+        model_ref: impl Into<String>,
+        gpu_device: u32,
+        reader: impl std::io::Read + Send + 'static,
+        len: u64,
+    ) -> Self {
+        Self::with_source(
+            shard_id,
+            model_ref,
+            gpu_device,
+            SealSource::Reader(Box::new(reader), len),
         )
     }
 
@@ -102,6 +121,7 @@ impl fmt::Debug for SealRequest {
         let source = match &self.source {
             SealSource::Bytes(b) => format!("{} bytes in memory", b.len()),
             SealSource::File(p) => format!("file {}", p.display()),
+            SealSource::Reader(_, len) => format!("stream of {len} bytes"),
         };
         f.debug_struct("SealRequest")
             .field("shard_id", &self.shard_id)

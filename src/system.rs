@@ -243,6 +243,7 @@ impl VramResidency {
         }
         let len = match &source {
             SealSource::Bytes(b) => b.len() as u64,
+            SealSource::Reader(_, n) => *n,
             SealSource::File(p) => {
                 let meta = std::fs::metadata(p).map_err(|e| {
                     VramError::invalid(format!("cannot read model file {}: {e}", p.display()))

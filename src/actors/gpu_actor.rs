@@ -15,6 +15,7 @@
 //! Fail-closed: a verification that finds a bad chunk quarantines the shard, stops the device for
 //! new seals and executions until `reset_device`, and emits a critical audit event.
 
+use std::io::Read;
 use std::panic::AssertUnwindSafe;
 use std::path::Path;
 use std::sync::Arc;
@@ -205,6 +206,7 @@ impl GpuState {
         let len = match &job.source {
             SealSource::Bytes(b) => b.len() as u64,
             SealSource::File(p) => file_len(p)?,
+            SealSource::Reader(_, n) => *n,
         };
         let available = self.available();
         if len > available {
@@ -243,7 +245,26 @@ impl GpuState {
             gpu_device: device,
         });
 
-        match self.upload_and_hash(&job, allocation, len).await {
+        let SealJob {
+            shard_id,
+            model_ref,
+            source,
+            expected_sha256,
+            tensor_parallel,
+            progress,
+            handle_id,
+        } = job;
+        let job = SealMeta {
+            shard_id,
+            model_ref,
+            expected_sha256,
+            tensor_parallel,
+            handle_id,
+        };
+        match self
+            .upload_and_hash(source, progress, allocation, len)
+            .await
+        {
             Ok((digest, tree)) => {
                 let digest_hex = hex::encode(digest);
                 if let Some(expected) = &job.expected_sha256 {
@@ -319,51 +340,46 @@ impl GpuState {
         }
     }
 
-    /// Streams the source to the device while a blocking thread hashes it.
+    /// Streams the source to the device while a blocking thread hashes it: the hasher works on
+    /// staging piece k+1 while this actor uploads piece k.
     async fn upload_and_hash(
         &mut self,
-        job: &SealJob,
+        source: SealSource,
+        progress: Option<ProgressFn>,
         allocation: crate::gpu::AllocationId,
         len: u64,
     ) -> Result<(Hash, MerkleTree), VramError> {
         let chunk = usize::try_from(self.args.chunk_size)
             .map_err(|_| VramError::invalid("chunk_size does not fit this platform"))?;
-        // Staging buffers hold whole chunks so leaves never straddle two buffers.
+        // Staging pieces hold whole chunks so leaves never straddle two pieces.
         let staging = self
             .args
             .staging_bytes
             .div_ceil(chunk)
             .max(1)
             .saturating_mul(chunk);
-        let source = match &job.source {
-            SealSource::Bytes(_) => None,
-            SealSource::File(p) => Some(p.clone()),
-        };
-        let (tx, mut rx) = mpsc::channel::<Vec<u8>>(2);
-        let progress = job.progress.clone();
-        let hasher = match source {
-            Some(path) => tokio::task::spawn_blocking(move || {
-                hash_file(&path, len, chunk, staging, &tx, progress.as_ref())
-            }),
-            None => {
-                // In-memory bytes: hash and upload the one buffer.
-                let SealSource::Bytes(bytes) = &job.source else {
-                    return Err(VramError::invalid("unreachable seal source"));
-                };
-                let bytes = bytes.clone();
-                tokio::task::spawn_blocking(move || {
-                    hash_buffer(bytes, chunk, &tx, progress.as_ref())
-                })
-            }
-        };
+        let (tx, mut rx) = mpsc::channel::<Staged>(2);
+        let hasher = tokio::task::spawn_blocking(move || {
+            let stream: Box<dyn Read + Send> = match source {
+                SealSource::Bytes(bytes) => {
+                    return hash_in_memory(bytes, chunk, staging, &tx, progress.as_ref());
+                }
+                SealSource::File(path) => Box::new(std::fs::File::open(&path).map_err(|e| {
+                    VramError::invalid(format!("cannot read model file {}: {e}", path.display()))
+                })?),
+                SealSource::Reader(reader, _) => reader,
+            };
+            hash_stream(stream, len, chunk, staging, &tx, progress.as_ref())
+        });
         let mut offset = 0u64;
         let mut upload_err = None;
-        while let Some(buf) = rx.recv().await {
+        while let Some(piece) = rx.recv().await {
             if upload_err.is_some() {
-                continue; // drain so the hasher can finish
+                continue; // keep draining so the hasher can finish
             }
-            match self.args.backend.write(allocation, offset, &buf) {
-                Ok(()) => offset = offset.saturating_add(buf.len() as u64),
+            let bytes = piece.bytes();
+            match self.args.backend.write(allocation, offset, bytes) {
+                Ok(()) => offset = offset.saturating_add(bytes.len() as u64),
                 Err(e) => upload_err = Some(self.map(e)),
             }
         }
@@ -719,6 +735,15 @@ impl GpuState {
     }
 }
 
+/// The parts of a seal job still needed once the source has been handed to the hasher.
+struct SealMeta {
+    shard_id: String,
+    model_ref: String,
+    expected_sha256: Option<String>,
+    tensor_parallel: Option<(u32, u32)>,
+    handle_id: u64,
+}
+
 fn quarantined(shard_id: &str, bad: &[ChunkSpan]) -> VramError {
     VramError::SealVerificationFailed {
         shard_id: shard_id.to_string(),
@@ -793,40 +818,72 @@ fn hash_leaves(
     }
 }
 
-/// Hashes one in-memory buffer (digest and leaves side by side) and hands it to the uploader.
-fn hash_buffer(
-    bytes: Vec<u8>,
-    chunk: usize,
-    tx: &mpsc::Sender<Vec<u8>>,
-    progress: Option<&ProgressFn>,
-) -> Result<(Hash, Vec<Hash>), VramError> {
-    let (digest, leaves) = rayon::join(
-        || -> Hash { Sha256::digest(&bytes).into() },
-        || leaf_hashes_parallel(&bytes, chunk),
-    );
-    let total = bytes.len() as u64;
-    tx.blocking_send(bytes)
-        .map_err(|_| VramError::ShuttingDown)?;
-    if let Some(p) = progress {
-        p(total, total);
-    }
-    Ok((digest, leaves))
+/// One staging piece on its way from the hasher to the uploader: a range of a shared buffer
+/// (the caller's whole `Vec` for in-memory seals, one read buffer for streams).
+struct Staged {
+    buf: Arc<Vec<u8>>,
+    range: std::ops::Range<usize>,
 }
 
-/// Streams a file through staging buffers: read, hash (digest and leaves side by side), hand
-/// to the uploader. At most a few staging buffers exist at once.
-fn hash_file(
-    path: &Path,
+impl Staged {
+    fn bytes(&self) -> &[u8] {
+        self.buf.get(self.range.clone()).unwrap_or_default()
+    }
+}
+
+/// Hashes one staging piece: the plain SHA-256 stream and the piece's Merkle leaves side by
+/// side on the rayon pool.
+fn hash_piece(sha: &mut Sha256, leaves: &mut Vec<Hash>, piece: &[u8], chunk: usize) {
+    let (_, piece_leaves) =
+        rayon::join(|| sha.update(piece), || leaf_hashes_parallel(piece, chunk));
+    leaves.extend(piece_leaves);
+}
+
+/// In-memory bytes: hash piece by piece and hand each piece (no copy) to the uploader.
+fn hash_in_memory(
+    bytes: Vec<u8>,
+    chunk: usize,
+    staging: usize,
+    tx: &mpsc::Sender<Staged>,
+    progress: Option<&ProgressFn>,
+) -> Result<(Hash, Vec<Hash>), VramError> {
+    let total = bytes.len();
+    let buf = Arc::new(bytes);
+    let mut sha = Sha256::new();
+    let mut leaves = Vec::new();
+    let mut start = 0usize;
+    while start < total {
+        let end = start.saturating_add(staging).min(total);
+        hash_piece(
+            &mut sha,
+            &mut leaves,
+            buf.get(start..end).unwrap_or_default(),
+            chunk,
+        );
+        tx.blocking_send(Staged {
+            buf: Arc::clone(&buf),
+            range: start..end,
+        })
+        .map_err(|_| VramError::ShuttingDown)?;
+        if let Some(p) = progress {
+            p(end as u64, total as u64);
+        }
+        start = end;
+    }
+    Ok((sha.finalize().into(), leaves))
+}
+
+/// A stream (file or any `Read`): read a staging buffer, hash it, hand it to the uploader. At
+/// most four staging buffers exist at once (one filling, two queued, one uploading), so host
+/// memory stays O(staging) whatever the model size.
+fn hash_stream(
+    mut stream: Box<dyn Read + Send>,
     expected_len: u64,
     chunk: usize,
     staging: usize,
-    tx: &mpsc::Sender<Vec<u8>>,
+    tx: &mpsc::Sender<Staged>,
     progress: Option<&ProgressFn>,
 ) -> Result<(Hash, Vec<Hash>), VramError> {
-    use std::io::Read;
-    let mut file = std::fs::File::open(path).map_err(|e| {
-        VramError::invalid(format!("cannot read model file {}: {e}", path.display()))
-    })?;
     let mut sha = Sha256::new();
     let mut leaves = Vec::new();
     let mut done = 0u64;
@@ -837,7 +894,7 @@ fn hash_file(
             let Some(rest) = buf.get_mut(filled..) else {
                 break;
             };
-            match file.read(rest) {
+            match stream.read(rest) {
                 Ok(0) => break,
                 Ok(n) => filled = filled.saturating_add(n),
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
@@ -851,14 +908,15 @@ fn hash_file(
         done = done.saturating_add(filled as u64);
         if done > expected_len {
             return Err(VramError::Io(format!(
-                "model file {} grew while sealing",
-                path.display()
+                "the source is longer than the {expected_len} bytes it declared (did the file grow while sealing?)"
             )));
         }
-        let (_, chunk_leaves) =
-            rayon::join(|| sha.update(&buf), || leaf_hashes_parallel(&buf, chunk));
-        leaves.extend(chunk_leaves);
-        tx.blocking_send(buf).map_err(|_| VramError::ShuttingDown)?;
+        hash_piece(&mut sha, &mut leaves, &buf, chunk);
+        tx.blocking_send(Staged {
+            buf: Arc::new(buf),
+            range: 0..filled,
+        })
+        .map_err(|_| VramError::ShuttingDown)?;
         if let Some(p) = progress {
             p(done, expected_len);
         }

@@ -67,6 +67,10 @@ pub struct SimDevice {
     next_id: u64,
     next_addr: u64,
     allocations: HashMap<AllocationId, (u64, Arc<SimBuffer>)>,
+    /// Freed buffers kept for reuse, like a device's caching allocator: once touched, simulated
+    /// device memory stays resident, so a new allocation does not pay host page faults that a
+    /// real device never would. Their total never exceeds `capacity - used`.
+    cached: Vec<Vec<u8>>,
     fail_next_alloc: bool,
     faults: Arc<SharedFaults>,
 }
@@ -81,6 +85,7 @@ impl SimDevice {
             next_id: 1,
             next_addr: SIM_ADDRESS_BASE,
             allocations: HashMap::new(),
+            cached: Vec::new(),
             fail_next_alloc: false,
             faults: Arc::new(SharedFaults::default()),
         }
@@ -92,6 +97,21 @@ impl SimDevice {
         } else {
             Ok(())
         }
+    }
+
+    /// The smallest cached buffer that can hold `n` bytes, cut to length `n`. Its old contents
+    /// are not cleared — device memory is not zeroed either — and every byte is overwritten by
+    /// the upload before a seal is made.
+    fn take_cached(&mut self, n: usize) -> Option<Vec<u8>> {
+        let (i, _) = self
+            .cached
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| b.len() >= n)
+            .min_by_key(|(_, b)| b.len())?;
+        let mut buf = self.cached.swap_remove(i);
+        buf.truncate(n);
+        Some(buf)
     }
 
     fn buffer(&self, id: AllocationId) -> Result<&(u64, Arc<SimBuffer>), BackendError> {
@@ -148,11 +168,10 @@ impl DeviceBackend for SimDevice {
         let n = usize::try_from(len).map_err(|_| {
             BackendError::AllocationFailed("size exceeds host address space".into())
         })?;
-        let mut bytes = Vec::new();
-        bytes
-            .try_reserve_exact(n)
-            .map_err(|_| BackendError::AllocationFailed("host memory exhausted".into()))?;
-        bytes.resize(n, 0);
+        // `vec![0; n]` asks the allocator for zeroed memory (calloc/mmap), so the pages are
+        // touched only when the shard is uploaded — like a device allocation, allocating costs
+        // nothing per byte. Capacity was checked above, so this stays within the configured size.
+        let bytes = self.take_cached(n).unwrap_or_else(|| vec![0u8; n]);
         let id = AllocationId(self.next_id);
         self.next_id = self.next_id.saturating_add(1);
         // Keep simulated addresses 256-byte aligned like cuMemAlloc's.
@@ -203,6 +222,12 @@ impl DeviceBackend for SimDevice {
             .ok_or(BackendError::UnknownAllocation)?;
         let len = buf.read_guard().len() as u64;
         self.used = self.used.saturating_sub(len);
+        // Keep the memory for reuse unless a reader still holds it (then it is dropped when the
+        // reader finishes).
+        if let Ok(b) = Arc::try_unwrap(buf) {
+            let bytes = b.bytes.into_inner().unwrap_or_else(|p| p.into_inner());
+            self.cached.push(bytes);
+        }
         Ok(len)
     }
 
