@@ -6,7 +6,7 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{TOKEN, audit_types, config, eventually, pattern, start};
+use common::{TOKEN, audit_types, eventually, pattern, start};
 use vram_residency::{ChunkSpan, Config, Fault, SealRequest, VerifyMode, VramError, VramResidency};
 
 const MIB: u64 = 1 << 20;
