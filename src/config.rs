@@ -55,6 +55,7 @@ pub struct Config {
     pub(crate) audit_buffer_limit: usize,
     pub(crate) staging_bytes: usize,
     pub(crate) scrub_interval: Option<Duration>,
+    pub(crate) scrub_bytes_per_sec: Option<u64>,
     errors: Vec<VramError>,
 }
 
@@ -98,6 +99,7 @@ impl Config {
             audit_buffer_limit: 65_536,
             staging_bytes: 8 << 20,
             scrub_interval: None,
+            scrub_bytes_per_sec: None,
             errors: Vec::new(),
         }
     }
@@ -166,6 +168,17 @@ impl Config {
             Err(e) => self.errors.push(e),
         }
         self
+    }
+
+    /// Use an already loaded token (e.g. from [`read_token_file`]).
+    pub fn worker_token_value(mut self, token: WorkerToken) -> Self {
+        self.token = TokenSource::Inline(token);
+        self
+    }
+
+    /// Whether this configuration runs simulated devices.
+    pub fn is_simulated(&self) -> bool {
+        matches!(self.backend, BackendChoice::Simulated { .. })
     }
 
     /// Read the worker token from a file at start-up. The file must not be readable by group or
@@ -257,9 +270,26 @@ impl Config {
         self
     }
 
-    /// Re-verify every resident shard in full in the background, one shard per `interval`.
+    /// Re-verify every resident shard in full in the background, like a filesystem scrub: each
+    /// device looks at its next shard (round robin) every `interval`, between requests. A
+    /// mismatch takes the fail-closed path exactly as a requested verification does.
     pub fn scrub_interval(mut self, interval: Duration) -> Self {
+        if interval.is_zero() {
+            self.errors
+                .push(VramError::invalid("scrub interval must be positive"));
+        }
         self.scrub_interval = Some(interval);
+        self
+    }
+
+    /// Caps the background scrub's read rate per device: after scrubbing a shard of `B` bytes
+    /// the next scrub waits at least `B / bytes_per_sec` seconds.
+    pub fn scrub_rate_limit(mut self, bytes_per_sec: u64) -> Self {
+        if bytes_per_sec == 0 {
+            self.errors
+                .push(VramError::invalid("scrub rate limit must be positive"));
+        }
+        self.scrub_bytes_per_sec = Some(bytes_per_sec);
         self
     }
 
@@ -309,7 +339,5 @@ pub fn read_token_file(path: &Path) -> Result<WorkerToken, VramError> {
             bytes.pop();
         }
     }
-    let token = WorkerToken::new(bytes.clone());
-    zeroize::Zeroize::zeroize(&mut bytes);
-    token
+    WorkerToken::new(bytes)
 }

@@ -55,6 +55,7 @@ struct Inner {
     next_handle: AtomicU64,
     shut_down: AtomicBool,
     backend_description: String,
+    backend_kind: crate::gpu::BackendKind,
 }
 
 impl std::fmt::Debug for VramResidency {
@@ -100,6 +101,7 @@ impl VramResidency {
                 staging_bytes: config.staging_bytes,
                 call_timeout: config.call_timeout,
                 scrub_interval: config.scrub_interval,
+                scrub_bytes_per_sec: config.scrub_bytes_per_sec,
             },
             token,
             audit_sink: config.audit.clone(),
@@ -137,6 +139,7 @@ impl VramResidency {
                 next_handle: AtomicU64::new(1),
                 shut_down: AtomicBool::new(false),
                 backend_description,
+                backend_kind: crate::gpu::BackendKind::Simulated,
             }),
         })
     }
@@ -144,6 +147,11 @@ impl VramResidency {
     /// Which backend is running, and why it was chosen.
     pub fn backend_description(&self) -> &str {
         &self.inner.backend_description
+    }
+
+    /// Whether the devices are simulated or real.
+    pub fn backend_kind(&self) -> crate::gpu::BackendKind {
+        self.inner.backend_kind
     }
 
     /// Number of devices.

@@ -56,6 +56,7 @@ pub struct GpuArgs {
     pub staging_bytes: usize,
     pub call_timeout: Duration,
     pub scrub_interval: Option<Duration>,
+    pub scrub_bytes_per_sec: Option<u64>,
     pub seal_keeper: ActorRef<SealKeeperMsg>,
     pub audit: ActorRef<AuditMsg>,
 }
@@ -68,6 +69,7 @@ pub struct GpuState {
     stopped: Option<String>,
     lost: bool,
     scrub_cursor: usize,
+    scrub_not_before: Instant,
 }
 
 /// What `devices` reports about one device.
@@ -474,6 +476,7 @@ impl GpuState {
         mode: VerifyMode,
         started: Instant,
         outcome: Result<LeafCheck, VramError>,
+        scrub: bool,
     ) -> Result<VerifyReport, VramError> {
         let device = self.device();
         let entry = self.table.get_mut(&shard)?;
@@ -578,6 +581,7 @@ impl GpuState {
                 gpu_device: device,
                 mode: mode.to_string(),
                 chunks_checked: r.chunks_checked,
+                trigger: if scrub { "scrub" } else { "request" }.into(),
             });
         }
         // A release that waited for this verification can go ahead now.
@@ -711,7 +715,7 @@ impl GpuState {
     }
 
     fn scrub_next(&mut self, myself: &ActorRef<GpuMsg>) {
-        if self.lost {
+        if self.lost || Instant::now() < self.scrub_not_before {
             return;
         }
         let ids = self.table.ids();
@@ -731,6 +735,11 @@ impl GpuState {
             shard_id: id.clone(),
             handle_id: entry.handle_id,
         };
+        if let Some(rate) = self.args.scrub_bytes_per_sec.filter(|r| *r > 0) {
+            let secs = entry.info.vram_bytes as f64 / rate as f64;
+            self.scrub_not_before = Instant::now() + Duration::from_secs_f64(secs.min(86_400.0));
+        }
+        tracing::debug!(gpu_device = self.device(), shard_id = %shard.shard_id, "scrubbing");
         let _ = self.start_verify(myself, shard, VerifyMode::Full, None);
     }
 }
@@ -948,6 +957,7 @@ impl Actor for GpuActor {
             stopped: None,
             lost: false,
             scrub_cursor: 0,
+            scrub_not_before: Instant::now(),
         })
     }
 
@@ -1001,7 +1011,8 @@ impl Actor for GpuActor {
                 if matches!(outcome, Err(VramError::DeviceLost { .. })) {
                     state.mark_lost("a read failed during verification");
                 }
-                let r = state.finish_verify(shard, mode, started, outcome);
+                let scrub = reply.is_none();
+                let r = state.finish_verify(shard, mode, started, outcome, scrub);
                 if let Some(reply) = reply {
                     let _ = reply.send(r);
                 }
@@ -1120,6 +1131,7 @@ mod tests {
                 staging_bytes: 8192,
                 call_timeout: Duration::from_secs(10),
                 scrub_interval: None,
+                scrub_bytes_per_sec: None,
                 seal_keeper: keeper,
                 audit: audit.clone(),
             },

@@ -52,6 +52,7 @@ pub struct DeviceSettings {
     pub staging_bytes: usize,
     pub call_timeout: Duration,
     pub scrub_interval: Option<Duration>,
+    pub scrub_bytes_per_sec: Option<u64>,
 }
 
 /// What the supervisor needs to start the system.
@@ -100,6 +101,7 @@ impl SupervisorState {
                 staging_bytes: s.staging_bytes,
                 call_timeout: s.call_timeout,
                 scrub_interval: s.scrub_interval,
+                scrub_bytes_per_sec: s.scrub_bytes_per_sec,
                 seal_keeper: self.seal_keeper.clone(),
                 audit: self.audit.clone(),
             },

@@ -62,6 +62,9 @@ pub enum AuditEvent {
         #[serde(serialize_with = "sanitized")]
         mode: String,
         chunks_checked: u64,
+        /// `request` (a caller asked) or `scrub` (the background scrub).
+        #[serde(serialize_with = "sanitized")]
+        trigger: String,
     },
     /// A verification failed: the shard is quarantined and its device stopped.
     SealVerificationFailed {
