@@ -737,7 +737,10 @@ impl GpuState {
         };
         if let Some(rate) = self.args.scrub_bytes_per_sec.filter(|r| *r > 0) {
             let secs = entry.info.vram_bytes as f64 / rate as f64;
-            self.scrub_not_before = Instant::now() + Duration::from_secs_f64(secs.min(86_400.0));
+            let wait = Duration::from_secs_f64(secs.clamp(0.0, 86_400.0));
+            self.scrub_not_before = Instant::now()
+                .checked_add(wait)
+                .unwrap_or_else(Instant::now);
         }
         tracing::debug!(gpu_device = self.device(), shard_id = %shard.shard_id, "scrubbing");
         let _ = self.start_verify(myself, shard, VerifyMode::Full, None);
