@@ -75,6 +75,7 @@ pub fn verify_attestation(
         shard_id: att.shard.shard_id.clone(),
         first_bad_chunk: None,
         bad_chunks: Vec::new(),
+        bad_tensors: Vec::new(),
     };
     if att.format != ATTEST_FORMAT {
         return Err(VramError::invalid(format!(

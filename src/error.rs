@@ -9,6 +9,24 @@ use thiserror::Error;
 
 use crate::shard::ChunkSpan;
 
+fn describe_tensors(names: &[String]) -> String {
+    const SHOWN: usize = 8;
+    if names.is_empty() {
+        return String::new();
+    }
+    let shown: Vec<&str> = names.iter().take(SHOWN).map(String::as_str).collect();
+    let more = names.len().saturating_sub(SHOWN);
+    format!(
+        "; tensors affected: {}{}",
+        shown.join(", "),
+        if more > 0 {
+            format!(" and {more} more")
+        } else {
+            String::new()
+        }
+    )
+}
+
 fn describe_bad_chunks(bad: &[ChunkSpan]) -> String {
     match bad.first() {
         None => String::new(),
@@ -46,14 +64,18 @@ pub enum VramError {
     /// The shard is quarantined and its device stopped (fail-closed).
     /// `first_bad_chunk` and `bad_chunks` name the chunks (index and byte range) found to
     /// differ; both are empty when the seal itself (signature, leaf list) is what failed.
+    /// `bad_tensors` names the safetensors tensors overlapping those chunks, when the shard was
+    /// sealed from a safetensors file.
     #[error(
-        "seal verification failed for shard {shard_id}{}",
-        describe_bad_chunks(bad_chunks)
+        "seal verification failed for shard {shard_id}{}{}",
+        describe_bad_chunks(bad_chunks),
+        describe_tensors(bad_tensors)
     )]
     SealVerificationFailed {
         shard_id: String,
         first_bad_chunk: Option<u64>,
         bad_chunks: Vec<ChunkSpan>,
+        bad_tensors: Vec<String>,
     },
 
     /// The `execute` closure panicked. The device and the shard are unaffected.

@@ -28,6 +28,7 @@ use crate::messages::gpu::{GpuMsg, ResidencyQuery, SealJob};
 use crate::messages::seal_keeper::SealKeeperMsg;
 use crate::messages::supervisor::SupervisorMsg;
 use crate::seal::claims::ShardInfo;
+use crate::seal::tensors::TensorMap;
 use crate::shard::{
     Fault, SealRequest, SealSource, SealedShard, ShardHandle, VerifyMode, VerifyReport,
     VramCapacity,
@@ -224,6 +225,7 @@ impl VramResidency {
                 shard_id: info.shard_id.clone(),
                 first_bad_chunk: None,
                 bad_chunks: Vec::new(),
+                bad_tensors: Vec::new(),
             })
         }
     }
@@ -271,6 +273,12 @@ impl VramResidency {
                 "the audit sink is failing and fail_closed_audit is set; refusing to seal".into(),
             ));
         }
+        let tensors = match &source {
+            SealSource::Bytes(b) => TensorMap::parse(b, len),
+            SealSource::File(p) => TensorMap::from_file(p),
+            SealSource::Reader(..) => None,
+        }
+        .map(Arc::new);
         let handle_id = self.inner.next_handle.fetch_add(1, Ordering::Relaxed);
         let job = SealJob {
             shard_id,
@@ -280,6 +288,7 @@ impl VramResidency {
             tensor_parallel,
             progress,
             handle_id,
+            tensors,
         };
         let info = self
             .ask_gpu(device, |reply| GpuMsg::Seal {

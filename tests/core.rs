@@ -126,6 +126,7 @@ async fn a_single_flipped_bit_anywhere_is_caught_and_named() {
                 shard_id,
                 first_bad_chunk,
                 bad_chunks,
+                ..
             } => {
                 assert_eq!(shard_id, &id);
                 assert_eq!(*first_bad_chunk, Some(chunk), "offset {offset}");

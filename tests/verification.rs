@@ -193,3 +193,113 @@ async fn sampled_reports_its_detection_probability() {
     assert_eq!(r.detection_probability(91), 1.0);
     system.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corruption_in_a_safetensors_file_names_the_tensor() {
+    use safetensors::tensor::{Dtype, TensorView};
+    let embed = pattern(3 * 4096);
+    let q = vec![9u8; 2 * 4096 + 100];
+    let bias = vec![1u8; 64];
+    let bytes = safetensors::serialize(
+        [
+            (
+                "model.embed_tokens.weight",
+                TensorView::new(Dtype::U8, vec![embed.len()], &embed).unwrap(),
+            ),
+            (
+                "model.layers.0.self_attn.q_proj.weight",
+                TensorView::new(Dtype::U8, vec![q.len()], &q).unwrap(),
+            ),
+            (
+                "model.layers.0.self_attn.q_proj.bias",
+                TensorView::new(Dtype::U8, vec![bias.len()], &bias).unwrap(),
+            ),
+        ],
+        None,
+    )
+    .unwrap();
+    let header_len = 8 + u64::from_le_bytes(bytes[..8].try_into().unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("model.safetensors");
+    std::fs::write(&path, &bytes).unwrap();
+    let system = start(1, 4 << 20).await;
+    let shard = system
+        .seal(SealRequest::from_file(
+            "st",
+            "file:model.safetensors",
+            0,
+            &path,
+        ))
+        .await
+        .unwrap();
+    // a byte inside the q_proj weight (after the embeddings)
+    let offset = header_len + embed.len() as u64 + 5000;
+    system
+        .inject_fault(
+            0,
+            Fault::FlipBits {
+                shard_id: "st".into(),
+                offset,
+                mask: 4,
+            },
+        )
+        .await
+        .unwrap();
+    let err = system.verify(&shard, VerifyMode::Full).await.unwrap_err();
+    let VramError::SealVerificationFailed {
+        bad_chunks,
+        bad_tensors,
+        ..
+    } = &err
+    else {
+        panic!("{err:?}")
+    };
+    assert_eq!(bad_chunks.len(), 1);
+    let span = bad_chunks[0];
+    assert!(span.offset <= offset && offset < span.offset + span.len);
+    // the 4 KiB chunk holding the flip overlaps exactly the tensors whose bytes it covers
+    assert!(
+        bad_tensors.contains(&"model.layers.0.self_attn.q_proj.weight".to_string()),
+        "{bad_tensors:?}"
+    );
+    assert!(
+        !bad_tensors.contains(&"model.layers.0.self_attn.q_proj.bias".to_string()),
+        "{bad_tensors:?}"
+    );
+    assert!(
+        err.to_string()
+            .contains("model.layers.0.self_attn.q_proj.weight"),
+        "{err}"
+    );
+    let lines = system.audit_lines().await.unwrap();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("SealVerificationFailed") && l.contains("q_proj.weight"))
+    );
+    system.release(shard).await.unwrap();
+    system.reset_device(0).await.unwrap();
+
+    // sealing the same bytes from memory gives the same map; a flip in the header names it
+    let shard = system
+        .seal(SealRequest::new("mem", "m", 0, bytes.clone()))
+        .await
+        .unwrap();
+    system
+        .inject_fault(
+            0,
+            Fault::FlipBits {
+                shard_id: "mem".into(),
+                offset: 20,
+                mask: 1,
+            },
+        )
+        .await
+        .unwrap();
+    let err = system.verify(&shard, VerifyMode::Full).await.unwrap_err();
+    let VramError::SealVerificationFailed { bad_tensors, .. } = &err else {
+        panic!("{err:?}")
+    };
+    assert_eq!(bad_tensors[0], vram_residency::seal::tensors::HEADER_NAME);
+    system.shutdown().await.unwrap();
+}

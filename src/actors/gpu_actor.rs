@@ -27,7 +27,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
 use crate::actors::ask;
-use crate::actors::shard_table::{ShardEntry, ShardTable};
+use crate::actors::shard_table::{Quarantine, ShardEntry, ShardTable};
 use crate::audit::events::{AuditEvent, Severity};
 use crate::error::VramError;
 use crate::gpu::{BackendError, BackendFault, DeviceBackend, DeviceIdentity, DeviceReader};
@@ -36,6 +36,7 @@ use crate::messages::gpu::{ExecuteFn, GpuMsg, LeafCheck, ResidencyQuery, SealJob
 use crate::messages::seal_keeper::SealKeeperMsg;
 use crate::seal::claims::{SEAL_FORMAT, ShardInfo};
 use crate::seal::merkle::{Hash, MerkleTree, chunk_range, leaf_count, leaf_hashes_parallel};
+use crate::seal::tensors::TensorMap;
 use crate::shard::{
     ChunkSpan, DeviceView, Fault, ProgressFn, SealSource, VerifyMode, VerifyReport, VramCapacity,
 };
@@ -255,6 +256,7 @@ impl GpuState {
             tensor_parallel,
             progress,
             handle_id,
+            tensors,
         } = job;
         let job = SealMeta {
             shard_id,
@@ -262,6 +264,7 @@ impl GpuState {
             expected_sha256,
             tensor_parallel,
             handle_id,
+            tensors,
         };
         match self
             .upload_and_hash(source, progress, allocation, len)
@@ -321,6 +324,7 @@ impl GpuState {
                     handle_id: job.handle_id,
                     allocation,
                     tree: Arc::new(tree),
+                    tensors: job.tensors.clone(),
                     quarantine: None,
                     in_flight: 0,
                     pending_release: Vec::new(),
@@ -541,9 +545,15 @@ impl GpuState {
                         .observed_root
                         .map(hex::encode)
                         .unwrap_or_else(|| "not computed (sampled)".into());
-                    entry.quarantine = Some(spans.clone());
+                    let bad = Quarantine {
+                        tensors: tensors_of(entry.tensors.as_deref(), &spans),
+                        chunks: spans,
+                    };
+                    let err = quarantined(&shard.shard_id, &bad);
+                    let spans = bad.chunks.clone();
+                    let bad_tensors = bad.tensors.clone();
+                    entry.quarantine = Some(bad);
                     let expected_root = entry.info.merkle_root.clone();
-                    let err = quarantined(&shard.shard_id, &spans);
                     self.stopped = Some(format!(
                         "seal verification failed for shard {}",
                         shard.shard_id
@@ -556,6 +566,7 @@ impl GpuState {
                         actual_root,
                         first_bad_chunk: spans.first().map(|s| s.index),
                         bad_chunks: spans.len() as u64,
+                        bad_tensors: bad_tensors.into_iter().take(32).collect(),
                         severity: Severity::Critical,
                     });
                     self.audit(AuditEvent::DeviceStopped {
@@ -754,14 +765,30 @@ struct SealMeta {
     expected_sha256: Option<String>,
     tensor_parallel: Option<(u32, u32)>,
     handle_id: u64,
+    tensors: Option<Arc<TensorMap>>,
 }
 
-fn quarantined(shard_id: &str, bad: &[ChunkSpan]) -> VramError {
+fn quarantined(shard_id: &str, bad: &Quarantine) -> VramError {
     VramError::SealVerificationFailed {
         shard_id: shard_id.to_string(),
-        first_bad_chunk: bad.first().map(|s| s.index),
-        bad_chunks: bad.to_vec(),
+        first_bad_chunk: bad.chunks.first().map(|s| s.index),
+        bad_chunks: bad.chunks.clone(),
+        bad_tensors: bad.tensors.clone(),
     }
+}
+
+/// Names of the tensors overlapping any of `spans`, each once, in offset order.
+fn tensors_of(map: Option<&TensorMap>, spans: &[ChunkSpan]) -> Vec<String> {
+    let Some(map) = map else { return Vec::new() };
+    let mut out: Vec<String> = Vec::new();
+    for s in spans {
+        for name in map.overlapping(s.offset, s.len) {
+            if !out.contains(&name) {
+                out.push(name);
+            }
+        }
+    }
+    out
 }
 
 fn file_len(path: &Path) -> Result<u64, VramError> {
@@ -1153,6 +1180,7 @@ mod tests {
             tensor_parallel: None,
             progress: None,
             handle_id,
+            tensors: None,
         })
     }
 

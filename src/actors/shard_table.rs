@@ -14,10 +14,20 @@ use crate::gpu::AllocationId;
 use crate::messages::gpu::ShardRef;
 use crate::seal::claims::ShardInfo;
 use crate::seal::merkle::MerkleTree;
+use crate::seal::tensors::TensorMap;
 use crate::shard::ChunkSpan;
 
 /// A reply owed to a `release` that had to wait for in-flight verifications.
 pub type PendingRelease = Option<RpcReplyPort<Result<u64, VramError>>>;
+
+/// What a failed verification found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Quarantine {
+    /// The bad chunks.
+    pub chunks: Vec<ChunkSpan>,
+    /// Tensors overlapping them (safetensors shards only).
+    pub tensors: Vec<String>,
+}
 
 /// One resident shard.
 pub struct ShardEntry {
@@ -29,9 +39,11 @@ pub struct ShardEntry {
     pub allocation: AllocationId,
     /// Leaf hashes and root, as sealed.
     pub tree: Arc<MerkleTree>,
-    /// Set when a verification failed: the chunks found bad. A quarantined shard is never
+    /// Tensor layout, for shards sealed from safetensors bytes.
+    pub tensors: Option<Arc<TensorMap>>,
+    /// Set when a verification failed: what was found bad. A quarantined shard is never
     /// executed or attested again; it can only be released.
-    pub quarantine: Option<Vec<ChunkSpan>>,
+    pub quarantine: Option<Quarantine>,
     /// Verifications currently hashing this shard off the actor.
     pub in_flight: u32,
     /// Releases waiting for those verifications to finish.

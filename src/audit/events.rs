@@ -77,6 +77,12 @@ pub enum AuditEvent {
         actual_root: String,
         first_bad_chunk: Option<u64>,
         bad_chunks: u64,
+        /// Tensors overlapping the bad chunks (first 32), for safetensors shards.
+        #[serde(
+            skip_serializing_if = "Vec::is_empty",
+            serialize_with = "sanitized_list"
+        )]
+        bad_tensors: Vec<String>,
         severity: Severity,
     },
     /// Device memory was freed.
@@ -206,6 +212,10 @@ pub fn sanitize(input: &str) -> String {
         }
     }
     out
+}
+
+fn sanitized_list<S: Serializer>(values: &[String], serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.collect_seq(values.iter().map(|v| sanitize(v)))
 }
 
 fn sanitized<S: Serializer>(value: &str, serializer: S) -> Result<S::Ok, S::Error> {

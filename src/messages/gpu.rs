@@ -31,6 +31,8 @@ pub struct SealJob {
     pub tensor_parallel: Option<(u32, u32)>,
     pub progress: Option<ProgressFn>,
     pub handle_id: u64,
+    /// Tensor layout, when the source is a safetensors file.
+    pub tensors: Option<std::sync::Arc<crate::seal::tensors::TensorMap>>,
 }
 
 /// The closure an `execute` call runs on the device's actor, type-erased.

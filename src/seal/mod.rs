@@ -11,6 +11,7 @@
 pub mod claims;
 pub mod keys;
 pub mod merkle;
+pub mod tensors;
 
 use sha2::{Digest, Sha256};
 
