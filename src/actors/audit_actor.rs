@@ -83,6 +83,7 @@ impl AuditState {
         if self.buffer.len() >= self.buffer_limit {
             self.pending_dropped = self.pending_dropped.saturating_add(1);
             self.stats.dropped = self.stats.dropped.saturating_add(1);
+            metrics::counter!("vram_audit_events_dropped_total").increment(1);
             if self.drop_reason.is_empty() {
                 self.drop_reason = match &self.last_error {
                     Some(e) => format!("audit buffer full while the sink was failing: {e}"),
@@ -126,6 +127,8 @@ impl AuditState {
         match result {
             Ok(_) => {
                 self.stats.written = self.stats.written.saturating_add(records.len() as u64);
+                metrics::counter!("vram_audit_records_written_total")
+                    .increment(records.len() as u64);
                 self.buffer.clear();
                 self.pending_dropped = 0;
                 self.drop_reason.clear();
@@ -155,6 +158,7 @@ impl AuditState {
     }
 
     fn set_healthy(&mut self, ok: bool) {
+        metrics::gauge!("vram_audit_sink_up").set(if ok { 1.0 } else { 0.0 });
         self.stats.sink_down = !ok;
         self.healthy.store(ok, Ordering::Release);
     }

@@ -96,6 +96,7 @@ impl GpuState {
     }
 
     fn audit(&self, event: AuditEvent) {
+        metrics::counter!("vram_events_total", "type" => event.type_name(), "gpu_device" => self.args.device.to_string()).increment(1);
         // Emission never waits: a cast only queues the event.
         let _ = self.args.audit.cast(AuditMsg::Emit(Utc::now(), event));
     }
