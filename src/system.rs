@@ -325,13 +325,17 @@ impl VramResidency {
         }
         let started = std::time::Instant::now();
         let info = &shard.inner.info;
-        self.check_signature(info).await?;
         let device = info.gpu_device;
         match mode {
             VerifyMode::SignatureOnly => {
+                // The two checks are independent: ask both actors at once.
                 let query = ResidencyQuery::Handle(shard.inner.shard_ref(), Box::new(info.clone()));
-                self.ask_gpu(device, |reply| GpuMsg::Residency { query, reply })
-                    .await??;
+                let (signature, residency) = tokio::join!(
+                    self.check_signature(info),
+                    self.ask_gpu(device, |reply| GpuMsg::Residency { query, reply })
+                );
+                signature?;
+                residency??;
                 Ok(VerifyReport {
                     shard_id: info.shard_id.clone(),
                     gpu_device: device,
@@ -344,6 +348,7 @@ impl VramResidency {
                 })
             }
             VerifyMode::Full | VerifyMode::Sampled { .. } => {
+                self.check_signature(info).await?;
                 let shard_ref = shard.inner.shard_ref();
                 self.ask_gpu(device, |reply| GpuMsg::Verify {
                     shard: shard_ref,
@@ -363,10 +368,14 @@ impl VramResidency {
         let started = std::time::Instant::now();
         validation::validate_identifier("shard_id", &info.shard_id)?;
         validation::validate_device(info.gpu_device, self.inner.device_count)?;
-        self.check_signature(info).await?;
         let query = ResidencyQuery::Info(Box::new(info.clone()));
-        self.ask_gpu(info.gpu_device, |reply| GpuMsg::Residency { query, reply })
-            .await??;
+        let (signature, residency) = tokio::join!(
+            self.check_signature(info),
+            self.ask_gpu(info.gpu_device, |reply| GpuMsg::Residency { query, reply })
+        );
+        // A bad signature is the more important answer: report it first.
+        signature?;
+        residency??;
         Ok(VerifyReport {
             shard_id: info.shard_id.clone(),
             gpu_device: info.gpu_device,
