@@ -5,6 +5,7 @@
 //! an optional `hint:` line and the documented exit code.
 
 pub mod audit;
+pub mod bench;
 pub mod demo;
 pub mod devices;
 pub mod error;
@@ -150,6 +151,15 @@ pub enum Command {
     /// --devices N simulated ones, reports, and shuts down.
     #[command(after_help = AFTER_HELP)]
     Devices(devices::DevicesArgs),
+
+    /// Measure seal and verify throughput and latency, each next to a baseline from this run.
+    ///
+    /// Seals a generated shard of --size bytes on a fresh simulated device and reports seal,
+    /// full-verify and reference-verify (copy back + one SHA-256) throughput against one
+    /// single-threaded SHA-256 over the same bytes, sampled-verify latency and signature-only
+    /// round-trip latency (p50/p99). Needs no worker token.
+    #[command(after_help = AFTER_HELP)]
+    Bench(bench::BenchArgs),
 }
 
 /// `audit` subcommands.
@@ -187,6 +197,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::VerifyInfo(args) => verify_info::run(&global, args),
         Command::Audit(AuditCommand::Verify(args)) => audit::run_verify(&global, args),
         Command::Devices(args) => devices::run(&global, args).await,
+        Command::Bench(args) => bench::run(args).await,
     }
 }
 
