@@ -206,18 +206,31 @@ impl VramResidency {
         .await
     }
 
+    /// Calls one of the long-lived service actors (seal keeper, audit, supervisor); if it is not
+    /// there to answer, the system is shutting down.
+    async fn ask_service<M: ractor::Message, T: Send + 'static>(
+        &self,
+        actor: &ActorRef<M>,
+        build: impl FnOnce(ractor::RpcReplyPort<T>) -> M,
+        what: &str,
+    ) -> Result<T, VramError> {
+        ask(actor, build, self.inner.call_timeout, what, || {
+            VramError::ShuttingDown
+        })
+        .await
+    }
+
     async fn check_signature(&self, info: &ShardInfo) -> Result<(), VramError> {
-        let ok = ask(
-            &self.inner.seal_keeper,
-            |reply| SealKeeperMsg::Verify {
-                info: Box::new(info.clone()),
-                reply,
-            },
-            self.inner.call_timeout,
-            "the seal keeper",
-            || VramError::ShuttingDown,
-        )
-        .await?;
+        let ok = self
+            .ask_service(
+                &self.inner.seal_keeper,
+                |reply| SealKeeperMsg::Verify {
+                    info: Box::new(info.clone()),
+                    reply,
+                },
+                "the seal keeper",
+            )
+            .await?;
         if ok {
             Ok(())
         } else {
@@ -426,17 +439,16 @@ impl VramResidency {
         let verified_at = now_unix_nanos();
         let verified_mode = mode.to_string();
         let stmt = statement(nonce, shard.info(), &verified_mode, verified_at)?;
-        let signature = ask(
-            &self.inner.seal_keeper,
-            |reply| SealKeeperMsg::Attest {
-                statement: stmt,
-                reply,
-            },
-            self.inner.call_timeout,
-            "the seal keeper",
-            || VramError::ShuttingDown,
-        )
-        .await?;
+        let signature = self
+            .ask_service(
+                &self.inner.seal_keeper,
+                |reply| SealKeeperMsg::Attest {
+                    statement: stmt,
+                    reply,
+                },
+                "the seal keeper",
+            )
+            .await?;
         let _ = self.inner.audit.cast(AuditMsg::Emit(
             Utc::now(),
             AuditEvent::AttestationIssued {
@@ -523,40 +535,22 @@ impl VramResidency {
     /// `AuditUnavailable` if the sink is failing (the events stay buffered).
     pub async fn audit_flush(&self) -> Result<AuditStats, VramError> {
         self.live()?;
-        ask(
-            &self.inner.audit,
-            AuditMsg::Flush,
-            self.inner.call_timeout,
-            "the audit actor",
-            || VramError::ShuttingDown,
-        )
-        .await?
+        self.ask_service(&self.inner.audit, AuditMsg::Flush, "the audit actor")
+            .await?
     }
 
     /// Audit counters (written, dropped, buffered, sink state).
     pub async fn audit_stats(&self) -> Result<AuditStats, VramError> {
         self.live()?;
-        ask(
-            &self.inner.audit,
-            AuditMsg::Stats,
-            self.inner.call_timeout,
-            "the audit actor",
-            || VramError::ShuttingDown,
-        )
-        .await
+        self.ask_service(&self.inner.audit, AuditMsg::Stats, "the audit actor")
+            .await
     }
 
     /// The audit lines written so far, when the sink is in memory (flushes first).
     pub async fn audit_lines(&self) -> Result<Vec<String>, VramError> {
         self.audit_flush().await?;
-        ask(
-            &self.inner.audit,
-            AuditMsg::Lines,
-            self.inner.call_timeout,
-            "the audit actor",
-            || VramError::ShuttingDown,
-        )
-        .await
+        self.ask_service(&self.inner.audit, AuditMsg::Lines, "the audit actor")
+            .await
     }
 
     /// Stops everything in order: devices drain their mailboxes and free their memory, the seal
@@ -566,13 +560,7 @@ impl VramResidency {
         if self.inner.shut_down.swap(true, Ordering::AcqRel) {
             return Ok(());
         }
-        ask(
-            &self.inner.supervisor,
-            SupervisorMsg::Shutdown,
-            self.inner.call_timeout,
-            "shutdown",
-            || VramError::ShuttingDown,
-        )
-        .await
+        self.ask_service(&self.inner.supervisor, SupervisorMsg::Shutdown, "shutdown")
+            .await
     }
 }
