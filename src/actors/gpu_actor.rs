@@ -1,13 +1,14 @@
 //! `GpuActor`: one per device; owns the backend, the [`ShardTable`] and the capacity books.
 //!
 //! Every mutation of the device's memory — allocate, upload, free, fault — happens in this
-//! actor's handlers, in mailbox order. Hashing is the expensive part, and it runs elsewhere:
+//! actor's handlers, in mailbox order. Hashing is the expensive part, and it runs elsewhere
+//! (see [`crate::actors::hashing`]):
 //!
 //! * **seal** streams the source through bounded staging buffers on a blocking thread that
 //!   hashes each buffer (plain SHA-256 and Merkle leaves side by side on the rayon pool) and
 //!   hands it over a small channel to this actor, which uploads it. Host memory stays
 //!   O(staging), and hashing overlaps the upload.
-//! * **verify** takes a [`DeviceReader`] for the shard, counts the verification as in flight,
+//! * **verify** takes a [`DeviceReader`](crate::gpu::DeviceReader) for the shard, counts the verification as in flight,
 //!   and hashes on the blocking pool; the actor keeps serving its mailbox and concludes the
 //!   verification when the result comes back as [`GpuMsg::VerifyFinished`]. A release that
 //!   arrives meanwhile waits until no verification is reading the shard.
@@ -23,19 +24,19 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
-use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
 use crate::actors::ask;
+use crate::actors::hashing::{Staged, hash_in_memory, hash_leaves, hash_stream, sample_indices};
 use crate::actors::shard_table::{Quarantine, ShardEntry, ShardTable};
 use crate::audit::events::{AuditEvent, Severity};
 use crate::error::VramError;
-use crate::gpu::{BackendError, BackendFault, DeviceBackend, DeviceIdentity, DeviceReader};
+use crate::gpu::{BackendError, BackendFault, DeviceBackend, DeviceIdentity};
 use crate::messages::audit::AuditMsg;
 use crate::messages::gpu::{ExecuteFn, GpuMsg, LeafCheck, ResidencyQuery, SealJob, ShardRef};
 use crate::messages::seal_keeper::SealKeeperMsg;
 use crate::seal::claims::{SEAL_FORMAT, ShardInfo};
-use crate::seal::merkle::{Hash, MerkleTree, chunk_range, leaf_count, leaf_hashes_parallel};
+use crate::seal::merkle::{Hash, MerkleTree, chunk_range, leaf_count};
 use crate::seal::tensors::TensorMap;
 use crate::shard::{
     ChunkSpan, DeviceView, Fault, ProgressFn, SealSource, VerifyMode, VerifyReport, VramCapacity,
@@ -804,167 +805,6 @@ pub(crate) fn now_unix_nanos() -> u64 {
         .timestamp_nanos_opt()
         .and_then(|n| u64::try_from(n).ok())
         .unwrap_or(0)
-}
-
-/// `k` distinct chunk indices out of `n`, from the thread's CSPRNG (ChaCha, OS-seeded).
-fn sample_indices(n: u64, k: u64) -> Vec<u64> {
-    let (Ok(n), Ok(k)) = (usize::try_from(n), usize::try_from(k)) else {
-        return Vec::new();
-    };
-    let mut rng = rand::thread_rng();
-    rand::seq::index::sample(&mut rng, n, k.min(n))
-        .into_iter()
-        .map(|i| i as u64)
-        .collect()
-}
-
-/// Hashes the chunks of one verification (runs on the blocking pool).
-fn hash_leaves(
-    reader: &dyn DeviceReader,
-    chunk: u64,
-    indices: Option<Vec<u64>>,
-    tree: &MerkleTree,
-    root: &Hash,
-) -> Result<LeafCheck, VramError> {
-    let leaves_match_root = tree.leaves_match_root(root);
-    let map = |e: BackendError| match e {
-        BackendError::DeviceLost => VramError::DeviceLost { device: u32::MAX },
-        other => VramError::Io(format!("device read failed: {other}")),
-    };
-    match indices {
-        None => {
-            let observed = reader.all_leaf_hashes(chunk).map_err(map)?;
-            let observed_root = crate::seal::merkle::root_from_leaves(&observed);
-            Ok(LeafCheck {
-                indices: (0..observed.len() as u64).collect(),
-                observed,
-                leaves_match_root,
-                observed_root: Some(observed_root),
-            })
-        }
-        Some(indices) => {
-            let observed = if indices.is_empty() {
-                Vec::new()
-            } else {
-                reader.leaf_hashes(chunk, &indices).map_err(map)?
-            };
-            Ok(LeafCheck {
-                indices,
-                observed,
-                leaves_match_root,
-                observed_root: None,
-            })
-        }
-    }
-}
-
-/// One staging piece on its way from the hasher to the uploader: a range of a shared buffer
-/// (the caller's whole `Vec` for in-memory seals, one read buffer for streams).
-struct Staged {
-    buf: Arc<Vec<u8>>,
-    range: std::ops::Range<usize>,
-}
-
-impl Staged {
-    fn bytes(&self) -> &[u8] {
-        self.buf.get(self.range.clone()).unwrap_or_default()
-    }
-}
-
-/// Hashes one staging piece: the plain SHA-256 stream and the piece's Merkle leaves side by
-/// side on the rayon pool.
-fn hash_piece(sha: &mut Sha256, leaves: &mut Vec<Hash>, piece: &[u8], chunk: usize) {
-    let (_, piece_leaves) =
-        rayon::join(|| sha.update(piece), || leaf_hashes_parallel(piece, chunk));
-    leaves.extend(piece_leaves);
-}
-
-/// In-memory bytes: hash piece by piece and hand each piece (no copy) to the uploader.
-fn hash_in_memory(
-    bytes: Vec<u8>,
-    chunk: usize,
-    staging: usize,
-    tx: &mpsc::Sender<Staged>,
-    progress: Option<&ProgressFn>,
-) -> Result<(Hash, Vec<Hash>), VramError> {
-    let total = bytes.len();
-    let buf = Arc::new(bytes);
-    let mut sha = Sha256::new();
-    let mut leaves = Vec::new();
-    let mut start = 0usize;
-    while start < total {
-        let end = start.saturating_add(staging).min(total);
-        hash_piece(
-            &mut sha,
-            &mut leaves,
-            buf.get(start..end).unwrap_or_default(),
-            chunk,
-        );
-        tx.blocking_send(Staged {
-            buf: Arc::clone(&buf),
-            range: start..end,
-        })
-        .map_err(|_| VramError::ShuttingDown)?;
-        if let Some(p) = progress {
-            p(end as u64, total as u64);
-        }
-        start = end;
-    }
-    Ok((sha.finalize().into(), leaves))
-}
-
-/// A stream (file or any `Read`): read a staging buffer, hash it, hand it to the uploader. At
-/// most four staging buffers exist at once (one filling, two queued, one uploading), so host
-/// memory stays O(staging) whatever the model size.
-fn hash_stream(
-    mut stream: Box<dyn Read + Send>,
-    expected_len: u64,
-    chunk: usize,
-    staging: usize,
-    tx: &mpsc::Sender<Staged>,
-    progress: Option<&ProgressFn>,
-) -> Result<(Hash, Vec<Hash>), VramError> {
-    let mut sha = Sha256::new();
-    let mut leaves = Vec::new();
-    let mut done = 0u64;
-    loop {
-        let mut buf = vec![0u8; staging];
-        let mut filled = 0usize;
-        while filled < staging {
-            let Some(rest) = buf.get_mut(filled..) else {
-                break;
-            };
-            match stream.read(rest) {
-                Ok(0) => break,
-                Ok(n) => filled = filled.saturating_add(n),
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
-        if filled == 0 {
-            break;
-        }
-        buf.truncate(filled);
-        done = done.saturating_add(filled as u64);
-        if done > expected_len {
-            return Err(VramError::Io(format!(
-                "the source is longer than the {expected_len} bytes it declared (did the file grow while sealing?)"
-            )));
-        }
-        hash_piece(&mut sha, &mut leaves, &buf, chunk);
-        tx.blocking_send(Staged {
-            buf: Arc::new(buf),
-            range: 0..filled,
-        })
-        .map_err(|_| VramError::ShuttingDown)?;
-        if let Some(p) = progress {
-            p(done, expected_len);
-        }
-        if filled < staging {
-            break;
-        }
-    }
-    Ok((sha.finalize().into(), leaves))
 }
 
 impl Actor for GpuActor {

@@ -8,6 +8,7 @@
 pub mod audit_actor;
 pub mod directory;
 pub mod gpu_actor;
+pub mod hashing;
 pub mod seal_keeper;
 pub mod shard_table;
 pub mod supervisor;

@@ -1,0 +1,183 @@
+//! The hashing a `GpuActor` hands off so its mailbox keeps moving.
+//!
+//! * Seal: a blocking thread turns the source (in-memory bytes, a file, any `Read`) into
+//!   staging pieces of whole chunks, hashes each piece — the plain SHA-256 stream and the piece's
+//!   Merkle leaves side by side on the rayon pool — and passes it over a small channel to the
+//!   actor, which uploads it. Hashing piece k+1 overlaps the upload of piece k, and at most a few
+//!   staging buffers exist at once, so host memory stays O(staging) whatever the model size.
+//! * Verify: [`hash_leaves`] re-hashes all leaves (`Full`) or a CSPRNG sample of them
+//!   (`Sampled`) through a [`DeviceReader`] on the blocking pool; the actor compares the result
+//!   when it comes back as `GpuMsg::VerifyFinished`.
+
+use std::io::Read;
+use std::sync::Arc;
+
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
+
+use crate::error::VramError;
+use crate::gpu::{BackendError, DeviceReader};
+use crate::messages::gpu::LeafCheck;
+use crate::seal::merkle::{Hash, MerkleTree, leaf_hashes_parallel};
+use crate::shard::ProgressFn;
+
+/// `k` distinct chunk indices out of `n`, from the thread's CSPRNG (ChaCha, OS-seeded).
+pub(crate) fn sample_indices(n: u64, k: u64) -> Vec<u64> {
+    let (Ok(n), Ok(k)) = (usize::try_from(n), usize::try_from(k)) else {
+        return Vec::new();
+    };
+    let mut rng = rand::thread_rng();
+    rand::seq::index::sample(&mut rng, n, k.min(n))
+        .into_iter()
+        .map(|i| i as u64)
+        .collect()
+}
+
+/// Hashes the chunks of one verification (runs on the blocking pool).
+pub(crate) fn hash_leaves(
+    reader: &dyn DeviceReader,
+    chunk: u64,
+    indices: Option<Vec<u64>>,
+    tree: &MerkleTree,
+    root: &Hash,
+) -> Result<LeafCheck, VramError> {
+    let leaves_match_root = tree.leaves_match_root(root);
+    let map = |e: BackendError| match e {
+        BackendError::DeviceLost => VramError::DeviceLost { device: u32::MAX },
+        other => VramError::Io(format!("device read failed: {other}")),
+    };
+    match indices {
+        None => {
+            let observed = reader.all_leaf_hashes(chunk).map_err(map)?;
+            let observed_root = crate::seal::merkle::root_from_leaves(&observed);
+            Ok(LeafCheck {
+                indices: (0..observed.len() as u64).collect(),
+                observed,
+                leaves_match_root,
+                observed_root: Some(observed_root),
+            })
+        }
+        Some(indices) => {
+            let observed = if indices.is_empty() {
+                Vec::new()
+            } else {
+                reader.leaf_hashes(chunk, &indices).map_err(map)?
+            };
+            Ok(LeafCheck {
+                indices,
+                observed,
+                leaves_match_root,
+                observed_root: None,
+            })
+        }
+    }
+}
+
+/// One staging piece on its way from the hasher to the uploader: a range of a shared buffer
+/// (the caller's whole `Vec` for in-memory seals, one read buffer for streams).
+pub(crate) struct Staged {
+    buf: Arc<Vec<u8>>,
+    range: std::ops::Range<usize>,
+}
+
+impl Staged {
+    pub(crate) fn bytes(&self) -> &[u8] {
+        self.buf.get(self.range.clone()).unwrap_or_default()
+    }
+}
+
+/// Hashes one staging piece: the plain SHA-256 stream and the piece's Merkle leaves side by
+/// side on the rayon pool.
+fn hash_piece(sha: &mut Sha256, leaves: &mut Vec<Hash>, piece: &[u8], chunk: usize) {
+    let (_, piece_leaves) =
+        rayon::join(|| sha.update(piece), || leaf_hashes_parallel(piece, chunk));
+    leaves.extend(piece_leaves);
+}
+
+/// In-memory bytes: hash piece by piece and hand each piece (no copy) to the uploader.
+pub(crate) fn hash_in_memory(
+    bytes: Vec<u8>,
+    chunk: usize,
+    staging: usize,
+    tx: &mpsc::Sender<Staged>,
+    progress: Option<&ProgressFn>,
+) -> Result<(Hash, Vec<Hash>), VramError> {
+    let total = bytes.len();
+    let buf = Arc::new(bytes);
+    let mut sha = Sha256::new();
+    let mut leaves = Vec::new();
+    let mut start = 0usize;
+    while start < total {
+        let end = start.saturating_add(staging).min(total);
+        hash_piece(
+            &mut sha,
+            &mut leaves,
+            buf.get(start..end).unwrap_or_default(),
+            chunk,
+        );
+        tx.blocking_send(Staged {
+            buf: Arc::clone(&buf),
+            range: start..end,
+        })
+        .map_err(|_| VramError::ShuttingDown)?;
+        if let Some(p) = progress {
+            p(end as u64, total as u64);
+        }
+        start = end;
+    }
+    Ok((sha.finalize().into(), leaves))
+}
+
+/// A stream (file or any `Read`): read a staging buffer, hash it, hand it to the uploader. At
+/// most four staging buffers exist at once (one filling, two queued, one uploading), so host
+/// memory stays O(staging) whatever the model size.
+pub(crate) fn hash_stream(
+    mut stream: Box<dyn Read + Send>,
+    expected_len: u64,
+    chunk: usize,
+    staging: usize,
+    tx: &mpsc::Sender<Staged>,
+    progress: Option<&ProgressFn>,
+) -> Result<(Hash, Vec<Hash>), VramError> {
+    let mut sha = Sha256::new();
+    let mut leaves = Vec::new();
+    let mut done = 0u64;
+    loop {
+        let mut buf = vec![0u8; staging];
+        let mut filled = 0usize;
+        while filled < staging {
+            let Some(rest) = buf.get_mut(filled..) else {
+                break;
+            };
+            match stream.read(rest) {
+                Ok(0) => break,
+                Ok(n) => filled = filled.saturating_add(n),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        if filled == 0 {
+            break;
+        }
+        buf.truncate(filled);
+        done = done.saturating_add(filled as u64);
+        if done > expected_len {
+            return Err(VramError::Io(format!(
+                "the source is longer than the {expected_len} bytes it declared (did the file grow while sealing?)"
+            )));
+        }
+        hash_piece(&mut sha, &mut leaves, &buf, chunk);
+        tx.blocking_send(Staged {
+            buf: Arc::new(buf),
+            range: 0..filled,
+        })
+        .map_err(|_| VramError::ShuttingDown)?;
+        if let Some(p) = progress {
+            p(done, expected_len);
+        }
+        if filled < staging {
+            break;
+        }
+    }
+    Ok((sha.finalize().into(), leaves))
+}
