@@ -283,3 +283,99 @@ impl Actor for Supervisor {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::actors::directory;
+    use crate::gpu::sim::SimDevice;
+    use crate::messages::audit::AuditMsg;
+
+    fn args(writer: DirectoryWriter, devices: u32) -> SupervisorArgs {
+        SupervisorArgs {
+            device_count: devices,
+            factory: Box::new(|i| {
+                Ok(Box::new(SimDevice::new(i, 1 << 20)) as Box<dyn DeviceBackend>)
+            }),
+            settings: DeviceSettings {
+                worker_id: "w".into(),
+                chunk_size: 4096,
+                headroom_bytes: 0,
+                staging_bytes: 8192,
+                call_timeout: Duration::from_secs(10),
+                scrub_interval: None,
+                scrub_bytes_per_sec: None,
+            },
+            token: WorkerToken::new(b"supervisor-test-token".to_vec()).unwrap(),
+            audit_sink: AuditSinkConfig::Memory,
+            audit_batch_size: 1,
+            audit_flush_interval: Duration::from_millis(5),
+            audit_buffer_limit: 100,
+            audit_healthy: Arc::new(AtomicBool::new(true)),
+            directory: writer,
+        }
+    }
+
+    #[test]
+    fn starts_children_publishes_devices_restarts_a_crash_and_shuts_down_in_order() {
+        tokio_test::block_on(async {
+            let (writer, dir) = directory::directory(2);
+            let (sup, handle) = Actor::spawn(None, Supervisor, args(writer, 2))
+                .await
+                .unwrap();
+            let (keeper, audit) = sup
+                .call(SupervisorMsg::Children, None)
+                .await
+                .unwrap()
+                .unwrap();
+            let gpu0 = dir.gpu(0).unwrap();
+            assert!(dir.gpu(1).is_some());
+            let status = gpu0
+                .call(|reply| GpuMsg::Status { reply }, None)
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(status.identity.index, 0);
+
+            // a crashed device actor is replaced by a new one in the directory
+            let fault = crate::shard::Fault::CrashActor;
+            let _ = gpu0
+                .call(|reply| GpuMsg::InjectFault { fault, reply }, None)
+                .await;
+            let mut replaced = None;
+            for _ in 0..200 {
+                if let Some(g) = dir.gpu(0) {
+                    if g.get_id() != gpu0.get_id() {
+                        replaced = Some(g);
+                        break;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            let gpu0b = replaced.expect("device 0 was not restarted");
+            let status = gpu0b
+                .call(|reply| GpuMsg::Status { reply }, None)
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(status.shards, 0);
+
+            // shutdown: directory emptied, every child stopped, the log closed last
+            sup.call(SupervisorMsg::Shutdown, None)
+                .await
+                .unwrap()
+                .unwrap();
+            handle.await.unwrap();
+            assert!(dir.gpu(0).is_none() && dir.gpu(1).is_none());
+            assert!(
+                keeper
+                    .cast(SealKeeperMsg::Attest {
+                        statement: vec![],
+                        reply: ractor::concurrency::oneshot().0.into(),
+                    })
+                    .is_err()
+            );
+            assert!(audit.cast(AuditMsg::Tick).is_err());
+        });
+    }
+}
