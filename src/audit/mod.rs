@@ -1,7 +1,7 @@
 //! The `vram-audit-v1` audit trail.
 //!
 //! * [`events`] — what is recorded, and the sanitiser every string passes through;
-//! * [`format`] — one record's line encoding and the HMAC chain;
+//! * [`format`](mod@format) — one record's line encoding and the HMAC chain;
 //! * [`writer`] — the crash-safe, append-only file writer (and the in-memory chain);
 //! * [`verify`] — the offline verifier that names the first bad line.
 //!
