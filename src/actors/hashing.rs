@@ -75,19 +75,56 @@ pub(crate) fn hash_leaves(
 
 /// One staging piece on its way from the hasher to the uploader: a range of a shared buffer
 /// (the caller's whole `Vec` for in-memory seals, one read buffer for streams).
+///
+/// Fresh host memory is expensive to touch (every page faults on first write) and to give back,
+/// so buffers are not thrown away: when the uploader drops the last reference to a stream's
+/// buffer it goes back to the reader for the next piece, and a large in-memory source is freed
+/// on a background thread rather than on the seal's critical path.
 pub(crate) struct Staged {
-    buf: Arc<Vec<u8>>,
+    buf: Option<Arc<Vec<u8>>>,
     range: std::ops::Range<usize>,
+    recycle: Option<std::sync::mpsc::Sender<Vec<u8>>>,
 }
 
 impl Staged {
     pub(crate) fn bytes(&self) -> &[u8] {
-        self.buf.get(self.range.clone()).unwrap_or_default()
+        self.buf
+            .as_ref()
+            .and_then(|b| b.get(self.range.clone()))
+            .unwrap_or_default()
     }
 }
 
-/// Hashes one staging piece: the plain SHA-256 stream and the piece's Merkle leaves side by
-/// side on the rayon pool.
+impl Drop for Staged {
+    fn drop(&mut self) {
+        let Some(buf) = self.buf.take() else { return };
+        let Ok(bytes) = Arc::try_unwrap(buf) else {
+            return; // someone else still holds it and will do this
+        };
+        match &self.recycle {
+            // If the reader has finished, the buffer comes back to us and is freed here.
+            Some(tx) => {
+                if let Err(std::sync::mpsc::SendError(bytes)) = tx.send(bytes) {
+                    free_elsewhere(bytes);
+                }
+            }
+            None => free_elsewhere(bytes),
+        }
+    }
+}
+
+/// Frees a large buffer on a short-lived background thread: unmapping hundreds of MiB takes
+/// tens of milliseconds that a seal should not wait for.
+fn free_elsewhere(bytes: Vec<u8>) {
+    if bytes.capacity() >= 1 << 20 {
+        let _ = std::thread::Builder::new()
+            .name("vram-free".into())
+            .spawn(move || drop(bytes));
+    }
+}
+
+/// Hashes one staging piece: the plain SHA-256 stream on one worker while the piece's Merkle
+/// leaves are spread over the other workers of the rayon pool.
 fn hash_piece(sha: &mut Sha256, leaves: &mut Vec<Hash>, piece: &[u8], chunk: usize) {
     let (_, piece_leaves) =
         rayon::join(|| sha.update(piece), || leaf_hashes_parallel(piece, chunk));
@@ -109,21 +146,27 @@ pub(crate) fn hash_in_memory(
     let mut start = 0usize;
     while start < total {
         let end = start.saturating_add(staging).min(total);
+        // Hand the piece to the uploader first, so its upload overlaps its hashing.
+        tx.blocking_send(Staged {
+            buf: Some(Arc::clone(&buf)),
+            range: start..end,
+            recycle: None,
+        })
+        .map_err(|_| VramError::ShuttingDown)?;
         hash_piece(
             &mut sha,
             &mut leaves,
             buf.get(start..end).unwrap_or_default(),
             chunk,
         );
-        tx.blocking_send(Staged {
-            buf: Arc::clone(&buf),
-            range: start..end,
-        })
-        .map_err(|_| VramError::ShuttingDown)?;
         if let Some(p) = progress {
             p(end as u64, total as u64);
         }
         start = end;
+    }
+    // If the uploader already dropped its pieces, this is the last reference.
+    if let Ok(bytes) = Arc::try_unwrap(buf) {
+        free_elsewhere(bytes);
     }
     Ok((sha.finalize().into(), leaves))
 }
@@ -142,8 +185,11 @@ pub(crate) fn hash_stream(
     let mut sha = Sha256::new();
     let mut leaves = Vec::new();
     let mut done = 0u64;
+    let (recycle_tx, recycle_rx) = std::sync::mpsc::channel::<Vec<u8>>();
     loop {
-        let mut buf = vec![0u8; staging];
+        // Reuse a buffer the uploader has finished with; allocate only while the pipeline fills.
+        let mut buf = recycle_rx.try_recv().unwrap_or_default();
+        buf.resize(staging, 0);
         let mut filled = 0usize;
         while filled < staging {
             let Some(rest) = buf.get_mut(filled..) else {
@@ -166,12 +212,17 @@ pub(crate) fn hash_stream(
                 "the source is longer than the {expected_len} bytes it declared (did the file grow while sealing?)"
             )));
         }
-        hash_piece(&mut sha, &mut leaves, &buf, chunk);
+        // Hand the piece to the uploader first, so its upload overlaps its hashing.
+        let buf = Arc::new(buf);
         tx.blocking_send(Staged {
-            buf: Arc::new(buf),
+            buf: Some(Arc::clone(&buf)),
             range: 0..filled,
+            recycle: Some(recycle_tx.clone()),
         })
         .map_err(|_| VramError::ShuttingDown)?;
+        hash_piece(&mut sha, &mut leaves, &buf, chunk);
+        // Give our reference up now, so the uploader's drop can recycle the buffer.
+        drop(buf);
         if let Some(p) = progress {
             p(done, expected_len);
         }
