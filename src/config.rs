@@ -64,7 +64,7 @@ impl fmt::Debug for Config {
         let token = match &self.token {
             TokenSource::None => "none".to_string(),
             TokenSource::Inline(_) => "<redacted>".to_string(),
-            TokenSource::File(p) => format!("file {}", p.display()),
+            TokenSource::File(p) => format!("file {}", crate::validation::shown_path(p)),
         };
         f.debug_struct("Config")
             .field("backend", &self.backend)
@@ -311,12 +311,15 @@ impl Config {
 /// Reads a token file, refusing one that group or others can read.
 pub fn read_token_file(path: &Path) -> Result<WorkerToken, VramError> {
     let meta = std::fs::metadata(path).map_err(|e| {
-        VramError::invalid(format!("cannot read token file {}: {e}", path.display()))
+        VramError::invalid(format!(
+            "cannot read token file {}: {e}",
+            crate::validation::shown_path(path)
+        ))
     })?;
     if !meta.is_file() {
         return Err(VramError::invalid(format!(
             "token file {} is not a regular file",
-            path.display()
+            crate::validation::shown_path(path)
         )));
     }
     #[cfg(unix)]
@@ -326,12 +329,15 @@ pub fn read_token_file(path: &Path) -> Result<WorkerToken, VramError> {
         if mode & 0o077 != 0 {
             return Err(VramError::invalid(format!(
                 "token file {} is readable by group or others (mode {mode:04o}); run chmod 600 on it",
-                path.display()
+                crate::validation::shown_path(path)
             )));
         }
     }
     let mut bytes = std::fs::read(path).map_err(|e| {
-        VramError::invalid(format!("cannot read token file {}: {e}", path.display()))
+        VramError::invalid(format!(
+            "cannot read token file {}: {e}",
+            crate::validation::shown_path(path)
+        ))
     })?;
     if bytes.last() == Some(&b'\n') {
         bytes.pop();

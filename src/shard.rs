@@ -120,7 +120,7 @@ impl fmt::Debug for SealRequest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let source = match &self.source {
             SealSource::Bytes(b) => format!("{} bytes in memory", b.len()),
-            SealSource::File(p) => format!("file {}", p.display()),
+            SealSource::File(p) => format!("file {}", crate::validation::shown_path(p)),
             SealSource::Reader(_, len) => format!("stream of {len} bytes"),
         };
         f.debug_struct("SealRequest")

@@ -269,12 +269,15 @@ impl VramResidency {
             SealSource::Reader(_, n) => *n,
             SealSource::File(p) => {
                 let meta = std::fs::metadata(p).map_err(|e| {
-                    VramError::invalid(format!("cannot read model file {}: {e}", p.display()))
+                    VramError::invalid(format!(
+                        "cannot read model file {}: {e}",
+                        crate::validation::shown_path(p)
+                    ))
                 })?;
                 if !meta.is_file() {
                     return Err(VramError::invalid(format!(
                         "model file {} is not a regular file",
-                        p.display()
+                        crate::validation::shown_path(p)
                     )));
                 }
                 meta.len()

@@ -25,6 +25,12 @@ fn preview(s: &str) -> String {
     format!("{:?}{more}", sanitize(&short))
 }
 
+/// A path as it may appear in an error message: control characters and escape sequences in a
+/// file name must not reach a terminal or a log through our errors.
+pub fn shown_path(path: &std::path::Path) -> String {
+    sanitize(&path.display().to_string())
+}
+
 /// IV-003: ids are 1..=256 characters of `[A-Za-z0-9_-]`.
 pub fn validate_identifier(field: &str, value: &str) -> Result<(), VramError> {
     if value.is_empty() {
@@ -167,6 +173,17 @@ mod tests {
                 "{e:?}"
             );
         }
+    }
+
+    #[test]
+    fn paths_are_sanitised_for_messages() {
+        let p = std::path::Path::new("/tmp/evil\u{1b}[2J\nname");
+        let shown = shown_path(p);
+        assert!(
+            !shown.contains('\u{1b}') && !shown.contains('\n'),
+            "{shown:?}"
+        );
+        assert!(shown.starts_with("/tmp/evil"));
     }
 
     #[test]

@@ -373,7 +373,10 @@ impl GpuState {
                     return hash_in_memory(bytes, chunk, staging, &tx, progress.as_ref());
                 }
                 SealSource::File(path) => Box::new(std::fs::File::open(&path).map_err(|e| {
-                    VramError::invalid(format!("cannot read model file {}: {e}", path.display()))
+                    VramError::invalid(format!(
+                        "cannot read model file {}: {e}",
+                        crate::validation::shown_path(&path)
+                    ))
                 })?),
                 SealSource::Reader(reader, _) => reader,
             };
@@ -794,9 +797,12 @@ fn tensors_of(map: Option<&TensorMap>, spans: &[ChunkSpan]) -> Vec<String> {
 }
 
 fn file_len(path: &Path) -> Result<u64, VramError> {
-    std::fs::metadata(path)
-        .map(|m| m.len())
-        .map_err(|e| VramError::invalid(format!("cannot read model file {}: {e}", path.display())))
+    std::fs::metadata(path).map(|m| m.len()).map_err(|e| {
+        VramError::invalid(format!(
+            "cannot read model file {}: {e}",
+            crate::validation::shown_path(path)
+        ))
+    })
 }
 
 /// Nanoseconds since the Unix epoch, saturating.
