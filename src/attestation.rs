@@ -72,7 +72,9 @@ pub fn verify_attestation(
     expected_nonce: &[u8],
 ) -> Result<(), VramError> {
     let fail = || VramError::SealVerificationFailed {
-        shard_id: att.shard.shard_id.clone(),
+        shard_id: crate::audit::events::sanitize(
+            &att.shard.shard_id.chars().take(256).collect::<String>(),
+        ),
         first_bad_chunk: None,
         bad_chunks: Vec::new(),
         bad_tensors: Vec::new(),
@@ -81,6 +83,15 @@ pub fn verify_attestation(
         return Err(VramError::invalid(format!(
             "attestation format must be {ATTEST_FORMAT}"
         )));
+    }
+    let lower = |s: &str| {
+        s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    };
+    if !lower(&att.nonce) || !lower(&att.signature) {
+        return Err(VramError::invalid(
+            "attestation nonce and signature must be lowercase hex",
+        ));
     }
     let nonce = hex::decode(&att.nonce).map_err(|_| VramError::invalid("nonce must be hex"))?;
     if !bool::from(nonce.as_slice().ct_eq(expected_nonce)) {

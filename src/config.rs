@@ -222,12 +222,30 @@ impl Config {
 
     /// How `execute` verifies before running (default `Full`).
     pub fn execute_verify(mut self, mode: VerifyMode) -> Self {
+        if mode == (VerifyMode::Sampled { chunks: 0 }) {
+            self.errors.push(VramError::invalid(
+                "execute_verify Sampled needs at least 1 chunk",
+            ));
+        }
+        if mode == (VerifyMode::Sampled { chunks: 0 }) {
+            self.errors.push(VramError::invalid(
+                "execute_verify Sampled needs at least 1 chunk",
+            ));
+        }
         self.execute_verify = mode;
         self
     }
 
     /// Upper bound on how long one call waits for an actor (default 300 s).
     pub fn call_timeout(mut self, timeout: Duration) -> Self {
+        if timeout.is_zero() {
+            self.errors
+                .push(VramError::invalid("call timeout must be positive"));
+        }
+        if timeout.is_zero() {
+            self.errors
+                .push(VramError::invalid("call timeout must be positive"));
+        }
         self.call_timeout = timeout;
         self
     }
@@ -243,6 +261,16 @@ impl Config {
         if events == 0 {
             self.errors
                 .push(VramError::invalid("audit batch size must be at least 1"));
+        }
+        if interval < Duration::from_millis(1) {
+            self.errors.push(VramError::invalid(
+                "audit flush interval must be at least 1 ms",
+            ));
+        }
+        if interval < Duration::from_millis(1) {
+            self.errors.push(VramError::invalid(
+                "audit flush interval must be at least 1 ms",
+            ));
         }
         self.audit_batch_size = events;
         self.audit_flush_interval = interval;
@@ -274,9 +302,10 @@ impl Config {
     /// device looks at its next shard (round robin) every `interval`, between requests. A
     /// mismatch takes the fail-closed path exactly as a requested verification does.
     pub fn scrub_interval(mut self, interval: Duration) -> Self {
-        if interval.is_zero() {
-            self.errors
-                .push(VramError::invalid("scrub interval must be positive"));
+        if interval.is_zero() || interval > Duration::from_secs(365 * 86_400) {
+            self.errors.push(VramError::invalid(
+                "scrub interval must be positive and at most a year",
+            ));
         }
         self.scrub_interval = Some(interval);
         self

@@ -304,6 +304,7 @@ impl VramResidency {
             tensor_parallel,
             progress,
             handle_id,
+            len,
             tensors,
         };
         let info = self
@@ -496,6 +497,11 @@ impl VramResidency {
     /// drop accounting and `fail_closed_audit`.
     pub fn inject_audit_sink_failure(&self, failing: bool) -> Result<(), VramError> {
         self.live()?;
+        if self.inner.backend_kind != crate::gpu::BackendKind::Simulated {
+            return Err(VramError::Unsupported(
+                "audit fault injection is only available with simulated devices".into(),
+            ));
+        }
         self.inner
             .audit
             .cast(AuditMsg::SinkFault(failing))

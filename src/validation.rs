@@ -70,9 +70,12 @@ pub fn validate_model_ref(value: &str) -> Result<(), VramError> {
             value.len()
         )));
     }
-    if let Some((pos, c)) = value.char_indices().find(|(_, c)| c.is_control()) {
+    if let Some((pos, c)) = value
+        .char_indices()
+        .find(|(_, c)| c.is_control() || sanitize(&c.to_string()) != c.to_string())
+    {
         return Err(VramError::invalid(format!(
-            "model_ref contains control character U+{:04X} at byte {pos}",
+            "model_ref contains control or invisible formatting character U+{:04X} at byte {pos}",
             u32::from(c)
         )));
     }

@@ -1169,6 +1169,13 @@ async fn attestation_binds_nonce_and_seal() {
     let mut altered = att.clone();
     altered.verified_at_unix_nanos += 1;
     assert!(vram_residency::verify_attestation(&altered, &token, b"nonce-123").is_err());
+    let mut upper = att.clone();
+    upper.signature = upper.signature.to_uppercase();
+    assert!(vram_residency::verify_attestation(&upper, &token, b"nonce-123").is_err());
+    let mut tp = att.clone();
+    tp.shard.total_shards = Some(u32::MAX);
+    tp.shard.shard_index = Some(0);
+    assert!(vram_residency::verify_attestation(&tp, &token, b"nonce-123").is_err());
     let other = vram_residency::WorkerToken::new(b"some-other-token-123456".to_vec()).unwrap();
     assert!(vram_residency::verify_attestation(&att, &other, b"nonce-123").is_err());
     assert!(
@@ -1190,5 +1197,71 @@ async fn attestation_binds_nonce_and_seal() {
         .await
         .unwrap();
     assert!(system.attest(&shard, b"n").await.is_err());
+    system.shutdown().await.unwrap();
+}
+
+/// A reader that delivers `data` slowly: `pause` before each 64 KiB.
+struct SlowReader {
+    data: std::io::Cursor<Vec<u8>>,
+    pause: Duration,
+}
+
+impl std::io::Read for SlowReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        std::thread::sleep(self.pause);
+        let n = buf.len().min(64 * 1024);
+        self.data.read(&mut buf[..n])
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_seal_whose_caller_gives_up_does_not_leak_capacity() {
+    let system = start(1, 4 * MIB).await;
+    let data = pattern(512 * 1024);
+    let reader = SlowReader {
+        data: std::io::Cursor::new(data.clone()),
+        pause: Duration::from_millis(25),
+    };
+    let req = SealRequest::from_reader("slow", "m", 0, reader, data.len() as u64);
+    // the caller stops waiting long before the 8 slow pieces arrive
+    let r = tokio::time::timeout(Duration::from_millis(50), system.seal(req)).await;
+    assert!(r.is_err(), "the seal should still have been running");
+    // the actor finishes the seal, finds nobody to hand it to, and releases it
+    assert!(
+        eventually(|| async { system.capacity(0).await.unwrap().used_bytes == 0 }).await,
+        "an abandoned seal kept its memory"
+    );
+    // and the id is free again
+    system
+        .seal(SealRequest::new("slow", "m", 0, data))
+        .await
+        .unwrap();
+    system.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_source_times_out_instead_of_holding_the_device() {
+    let system =
+        VramResidency::start(common::config(1, 4 * MIB).call_timeout(Duration::from_millis(300)))
+            .await
+            .unwrap();
+    let reader = SlowReader {
+        data: std::io::Cursor::new(pattern(1000)),
+        pause: Duration::from_secs(2),
+    };
+    let err = system
+        .seal(SealRequest::from_reader("stalled", "m", 0, reader, 1000))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, VramError::Timeout(_)), "{err:?}");
+    // the device answers again and its books are back to zero
+    assert!(
+        eventually(|| async { matches!(system.capacity(0).await, Ok(c) if c.used_bytes == 0) })
+            .await
+    );
+    system
+        .seal(SealRequest::new("next", "m", 0, pattern(10)))
+        .await
+        .unwrap();
     system.shutdown().await.unwrap();
 }

@@ -122,7 +122,15 @@ impl AuditState {
         let result = if self.injected_failure {
             Err("injected sink failure".to_string())
         } else {
-            self.sink.append(&records).map_err(|e| e.to_string())
+            match self.sink.append(&records) {
+                Ok(n) => Ok(n),
+                Err(AuditLogError::InvalidRecord { index, reason }) => {
+                    // Not a sink outage: one record can never be written. Retrying would wedge
+                    // the log forever, so drop that record, count it, and write the rest.
+                    return self.drop_invalid(index, &reason);
+                }
+                Err(e) => Err(e.to_string()),
+            }
         };
         match result {
             Ok(_) => {
@@ -145,6 +153,25 @@ impl AuditState {
                 Err(VramError::AuditUnavailable(e))
             }
         }
+    }
+
+    /// Removes the buffered event at `index` (it cannot be encoded), counts it as dropped, and
+    /// writes the remaining buffer.
+    fn drop_invalid(&mut self, index: usize, reason: &str) -> Result<(), VramError> {
+        tracing::error!(%reason, "audit record cannot be encoded; dropping it");
+        let dropped = if index < self.buffer.len() {
+            self.buffer.remove(index).is_some()
+        } else {
+            // The drop report itself was rejected: forget it rather than loop.
+            self.pending_dropped = 0;
+            false
+        };
+        if dropped {
+            self.pending_dropped = self.pending_dropped.saturating_add(1);
+            self.stats.dropped = self.stats.dropped.saturating_add(1);
+            self.drop_reason = format!("an event could not be encoded: {reason}");
+        }
+        self.write_batch()
     }
 
     fn sync(&mut self) -> Result<(), VramError> {
@@ -240,7 +267,9 @@ impl Actor for AuditActor {
         match message {
             AuditMsg::Emit(ts, event) => {
                 state.emit(ts, event);
-                if state.buffer.len() >= state.batch_size {
+                // While the sink is failing, retries happen on the timer only (not on every
+                // event, which would re-encode the whole buffer each time).
+                if state.buffer.len() >= state.batch_size && !state.stats.sink_down {
                     if state.write_batch().is_err() {
                         state.arm_timer(&myself);
                     }

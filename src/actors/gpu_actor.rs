@@ -18,12 +18,12 @@
 
 use std::io::Read;
 use std::panic::AssertUnwindSafe;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
+use subtle::ConstantTimeEq;
 use tokio::sync::mpsc;
 
 use crate::actors::ask;
@@ -208,11 +208,7 @@ impl GpuState {
                 job.shard_id
             )));
         }
-        let len = match &job.source {
-            SealSource::Bytes(b) => b.len() as u64,
-            SealSource::File(p) => file_len(p)?,
-            SealSource::Reader(_, n) => *n,
-        };
+        let len = job.len;
         let available = self.available();
         if len > available {
             self.audit(AuditEvent::VramAllocationFailed {
@@ -259,6 +255,7 @@ impl GpuState {
             progress,
             handle_id,
             tensors,
+            len: _,
         } = job;
         let job = SealMeta {
             shard_id,
@@ -276,6 +273,13 @@ impl GpuState {
                 let digest_hex = hex::encode(digest);
                 if let Some(expected) = &job.expected_sha256 {
                     if *expected != digest_hex {
+                        self.audit(AuditEvent::SealRejected {
+                            shard_id: job.shard_id.clone(),
+                            gpu_device: device,
+                            reason: "the bytes do not match the expected SHA-256".into(),
+                            expected_digest: expected.clone(),
+                            actual_digest: digest_hex.clone(),
+                        });
                         self.abort_seal(&job.shard_id, allocation, len);
                         return Err(VramError::DigestMismatch {
                             expected: expected.clone(),
@@ -384,16 +388,32 @@ impl GpuState {
         });
         let mut offset = 0u64;
         let mut upload_err = None;
-        while let Some(piece) = rx.recv().await {
-            if upload_err.is_some() {
-                continue; // keep draining so the hasher can finish
-            }
+        // A source that stops delivering (a stalled socket or disk) must not hold this device's
+        // mailbox forever: each piece has `call_timeout` to arrive.
+        let idle = self.args.call_timeout;
+        loop {
+            let piece = match tokio::time::timeout(idle, rx.recv()).await {
+                Ok(Some(piece)) => piece,
+                Ok(None) => break,
+                Err(_) => {
+                    // Dropping the receiver ends the hasher at its next hand-over; we do not
+                    // wait for it (it may be stuck in a read).
+                    return Err(VramError::Timeout(format!(
+                        "the seal source (no data for {} s)",
+                        idle.as_secs()
+                    )));
+                }
+            };
             let bytes = piece.bytes();
             match self.args.backend.write(allocation, offset, bytes) {
                 Ok(()) => offset = offset.saturating_add(bytes.len() as u64),
-                Err(e) => upload_err = Some(self.map(e)),
+                Err(e) => {
+                    upload_err = Some(self.map(e));
+                    break; // dropping the receiver stops the hasher
+                }
             }
         }
+        drop(rx);
         let hashed = hasher
             .await
             .map_err(|_| VramError::Io("the hashing thread failed".into()))?;
@@ -495,6 +515,20 @@ impl GpuState {
             Ok(check) => {
                 let len = entry.info.vram_bytes;
                 let chunk = entry.info.chunk_size;
+                let expected_count = match mode {
+                    VerifyMode::Full => leaf_count(len, chunk),
+                    _ => check.indices.len() as u64,
+                };
+                // A backend that returns fewer hashes than asked for must not pass by omission,
+                // and a full verify also recomputes the root and compares it with the signed one.
+                let complete = check.observed.len() as u64 == expected_count
+                    && check.indices.len() as u64 == expected_count
+                    && (expected_count > 0 || matches!(mode, VerifyMode::SignatureOnly));
+                let root_ok = match (check.observed_root, entry.info.merkle_root_bytes()) {
+                    (Some(observed), Ok(signed)) => bool::from(observed.ct_eq(&signed)),
+                    (None, Ok(_)) => true,
+                    (_, Err(_)) => false,
+                };
                 let mut bad: Vec<u64> = if check.leaves_match_root {
                     check
                         .indices
@@ -513,7 +547,13 @@ impl GpuState {
                     .filter_map(|&i| chunk_range(i, chunk, len))
                     .map(|(_, n)| n)
                     .fold(0u64, u64::saturating_add);
-                if bad.is_empty() && check.leaves_match_root {
+                if !complete {
+                    Err(VramError::Io(format!(
+                        "the device returned {} leaf hashes for {} requested; verification incomplete",
+                        check.observed.len(),
+                        expected_count
+                    )))
+                } else if bad.is_empty() && check.leaves_match_root && root_ok {
                     let total = leaf_count(len, chunk);
                     let checked = check.indices.len() as u64;
                     Ok(VerifyReport {
@@ -591,17 +631,28 @@ impl GpuState {
                 }
             }
         };
-        if let Ok(r) = &result {
-            self.audit(AuditEvent::SealVerified {
+        let trigger = if scrub { "scrub" } else { "request" };
+        match &result {
+            Ok(r) => self.audit(AuditEvent::SealVerified {
                 shard_id: shard.shard_id.clone(),
                 gpu_device: device,
                 mode: mode.to_string(),
                 chunks_checked: r.chunks_checked,
-                trigger: if scrub { "scrub" } else { "request" }.into(),
-            });
+                trigger: trigger.into(),
+            }),
+            // Integrity failures were recorded above; anything else (a read error, a lost
+            // device, an incomplete answer) means the shard could not be checked: say so too.
+            Err(VramError::SealVerificationFailed { .. }) => {}
+            Err(e) => self.audit(AuditEvent::VerificationError {
+                shard_id: shard.shard_id.clone(),
+                gpu_device: device,
+                mode: mode.to_string(),
+                error: e.to_string(),
+                trigger: trigger.into(),
+            }),
         }
         // A release that waited for this verification can go ahead now.
-        if let Ok(entry) = self.table.get(&shard) {
+        if let Ok(entry) = self.table.get_mut(&shard) {
             if entry.in_flight == 0 && !entry.pending_release.is_empty() {
                 let _ = self.release_now(&shard.shard_id);
             }
@@ -692,6 +743,11 @@ impl GpuState {
             Fault::FailNextAlloc => BackendFault::FailNextAlloc,
             Fault::LoseDevice => BackendFault::LoseDevice,
             Fault::SlowDevice { millis_per_read } => BackendFault::SlowDevice { millis_per_read },
+            Fault::CrashActor if self.identity.backend != crate::gpu::BackendKind::Simulated => {
+                return Err(VramError::Unsupported(
+                    "fault injection needs the simulated backend".into(),
+                ));
+            }
             Fault::CrashActor => {
                 // Deliberate: this fault exists to exercise the supervisor's crash handling.
                 #[allow(clippy::panic)]
@@ -782,27 +838,27 @@ fn quarantined(shard_id: &str, bad: &Quarantine) -> VramError {
     }
 }
 
-/// Names of the tensors overlapping any of `spans`, each once, in offset order.
+/// Most tensor names kept for one failure (errors and audit records stay small whatever the
+/// model's header holds).
+const MAX_BAD_TENSORS: usize = 64;
+
+/// Names of the tensors overlapping any of `spans`, each once, in offset order, at most
+/// [`MAX_BAD_TENSORS`].
 fn tensors_of(map: Option<&TensorMap>, spans: &[ChunkSpan]) -> Vec<String> {
     let Some(map) = map else { return Vec::new() };
+    let mut seen = std::collections::HashSet::new();
     let mut out: Vec<String> = Vec::new();
     for s in spans {
         for name in map.overlapping(s.offset, s.len) {
-            if !out.contains(&name) {
+            if out.len() >= MAX_BAD_TENSORS {
+                return out;
+            }
+            if seen.insert(name.clone()) {
                 out.push(name);
             }
         }
     }
     out
-}
-
-fn file_len(path: &Path) -> Result<u64, VramError> {
-    std::fs::metadata(path).map(|m| m.len()).map_err(|e| {
-        VramError::invalid(format!(
-            "cannot read model file {}: {e}",
-            crate::validation::shown_path(path)
-        ))
-    })
 }
 
 /// Nanoseconds since the Unix epoch, saturating.
@@ -846,8 +902,17 @@ impl Actor for GpuActor {
     ) -> Result<(), ActorProcessingErr> {
         match message {
             GpuMsg::Seal { job, reply } => {
+                if reply.is_closed() {
+                    return Ok(()); // the caller gave up before we started: allocate nothing
+                }
                 let r = state.seal(*job).await;
-                let _ = reply.send(r);
+                if let Err(ractor::MessagingErr::SendErr(Ok(info))) = reply.send(r) {
+                    // The caller is gone (timed out, dropped its future): no handle will ever
+                    // release this shard, so release it now rather than leak the capacity.
+                    tracing::warn!(gpu_device = state.device(), shard_id = %info.shard_id,
+                        "seal finished after its caller left; releasing it");
+                    let _ = state.release_now(&info.shard_id);
+                }
             }
             GpuMsg::Verify {
                 shard,
@@ -1028,6 +1093,7 @@ mod tests {
             progress: None,
             handle_id,
             tensors: None,
+            len: len as u64,
         })
     }
 

@@ -89,11 +89,12 @@ impl ShardTable {
         Some(e)
     }
 
-    /// The shard this handle sealed, or `UnknownShard`.
+    /// The shard this handle sealed, or `UnknownShard` — also once its release was requested
+    /// (it only waits for in-flight verifications to finish before its memory is freed).
     pub fn get(&self, r: &ShardRef) -> Result<&ShardEntry, VramError> {
         self.entries
             .get(&r.shard_id)
-            .filter(|e| e.handle_id == r.handle_id)
+            .filter(|e| e.handle_id == r.handle_id && e.pending_release.is_empty())
             .ok_or_else(|| VramError::UnknownShard(r.shard_id.clone()))
     }
 
@@ -105,9 +106,11 @@ impl ShardTable {
             .ok_or_else(|| VramError::UnknownShard(r.shard_id.clone()))
     }
 
-    /// The shard with this id, whoever sealed it.
+    /// The shard with this id, whoever sealed it (unless its release is pending).
     pub fn by_id(&self, shard_id: &str) -> Option<&ShardEntry> {
-        self.entries.get(shard_id)
+        self.entries
+            .get(shard_id)
+            .filter(|e| e.pending_release.is_empty())
     }
 
     /// Shard ids in order.

@@ -85,6 +85,29 @@ pub enum AuditEvent {
         bad_tensors: Vec<String>,
         severity: Severity,
     },
+    /// A seal was refused after hashing (the bytes did not match the caller's expected digest).
+    SealRejected {
+        #[serde(serialize_with = "sanitized")]
+        shard_id: String,
+        gpu_device: u32,
+        #[serde(serialize_with = "sanitized")]
+        reason: String,
+        #[serde(serialize_with = "sanitized")]
+        expected_digest: String,
+        actual_digest: String,
+    },
+    /// A verification could not be completed (read error, lost device, incomplete answer).
+    VerificationError {
+        #[serde(serialize_with = "sanitized")]
+        shard_id: String,
+        gpu_device: u32,
+        #[serde(serialize_with = "sanitized")]
+        mode: String,
+        #[serde(serialize_with = "sanitized")]
+        error: String,
+        #[serde(serialize_with = "sanitized")]
+        trigger: String,
+    },
     /// Device memory was freed.
     VramDeallocated {
         #[serde(serialize_with = "sanitized")]
@@ -140,6 +163,8 @@ impl AuditEvent {
             Self::VramSealed { .. } => "VramSealed",
             Self::SealVerified { .. } => "SealVerified",
             Self::SealVerificationFailed { .. } => "SealVerificationFailed",
+            Self::SealRejected { .. } => "SealRejected",
+            Self::VerificationError { .. } => "VerificationError",
             Self::VramDeallocated { .. } => "VramDeallocated",
             Self::PolicyViolation { .. } => "PolicyViolation",
             Self::AttestationIssued { .. } => "AttestationIssued",
@@ -205,7 +230,7 @@ pub fn sanitize(input: &str) -> String {
                 None => {}
             }
             out.push('\u{FFFD}');
-        } else if c.is_control() {
+        } else if c.is_control() || is_invisible_format(c) {
             out.push('\u{FFFD}');
         } else {
             out.push(c);
@@ -214,12 +239,34 @@ pub fn sanitize(input: &str) -> String {
     out
 }
 
+/// Characters that are not control characters but still change how a line reads: bidi
+/// overrides and isolates, zero-width characters, and the Unicode line/paragraph separators.
+fn is_invisible_format(c: char) -> bool {
+    matches!(c,
+        '\u{200B}'..='\u{200F}' | '\u{2028}'..='\u{202E}' | '\u{2060}'..='\u{2069}' | '\u{FEFF}')
+}
+
 fn sanitized_list<S: Serializer>(values: &[String], serializer: S) -> Result<S::Ok, S::Error> {
-    serializer.collect_seq(values.iter().map(|v| sanitize(v)))
+    serializer.collect_seq(values.iter().take(32).map(|v| capped(v)))
+}
+
+/// Longest string field written to the log, in characters; longer values are cut and marked
+/// with `…`. Keeps every record far below the format's line limit whatever a model file's
+/// header or a caller's string contains.
+pub const MAX_FIELD_CHARS: usize = 512;
+
+fn capped(value: &str) -> String {
+    let clean = sanitize(value);
+    if clean.chars().count() <= MAX_FIELD_CHARS {
+        return clean;
+    }
+    let mut cut: String = clean.chars().take(MAX_FIELD_CHARS).collect();
+    cut.push('…');
+    cut
 }
 
 fn sanitized<S: Serializer>(value: &str, serializer: S) -> Result<S::Ok, S::Error> {
-    serializer.serialize_str(&sanitize(value))
+    serializer.serialize_str(&capped(value))
 }
 
 #[cfg(test)]
@@ -249,6 +296,21 @@ mod tests {
         assert_eq!(sanitize("q\"uote"), "q\"uote");
         assert_eq!(sanitize("modèle"), "modèle");
         assert_eq!(sanitize("\u{85}\u{7f}"), "\u{FFFD}\u{FFFD}");
+        assert_eq!(
+            sanitize("a\u{202E}b\u{2028}c\u{200B}"),
+            "a\u{FFFD}b\u{FFFD}c\u{FFFD}"
+        );
+    }
+
+    #[test]
+    fn long_strings_are_capped() {
+        let e = AuditEvent::DeviceStopped {
+            gpu_device: 0,
+            reason: "x".repeat(100_000),
+        };
+        let j = e.to_json();
+        assert!(j.len() < 700, "{}", j.len());
+        assert!(j.contains('…'));
     }
 
     #[test]

@@ -31,6 +31,9 @@ pub struct SealJob {
     pub tensor_parallel: Option<(u32, u32)>,
     pub progress: Option<ProgressFn>,
     pub handle_id: u64,
+    /// The length validated by the handle (against `max_model_size`); the source must deliver
+    /// exactly this many bytes.
+    pub len: u64,
     /// Tensor layout, when the source is a safetensors file.
     pub tensors: Option<std::sync::Arc<crate::seal::tensors::TensorMap>>,
 }

@@ -61,6 +61,15 @@ impl ShardInfo {
                 crate::audit::events::sanitize(&self.format.chars().take(32).collect::<String>())
             )));
         }
+        match (self.shard_index, self.total_shards) {
+            (None, None) => {}
+            (Some(i), Some(t)) if i < t && t != ABSENT_U32 => {}
+            _ => {
+                return Err(VramError::invalid(
+                    "shard_index and total_shards must both be absent, or both set with shard_index < total_shards",
+                ));
+            }
+        }
         let digest = decode32("digest", &self.digest)?;
         let root = decode32("merkle_root", &self.merkle_root)?;
         let mut out = Vec::with_capacity(
@@ -147,4 +156,47 @@ pub fn verify(key: &SealKey, info: &ShardInfo) -> bool {
     mac.update(&claims);
     let expected = mac.finalize().into_bytes();
     expected.as_slice().ct_eq(&given).into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info() -> ShardInfo {
+        ShardInfo {
+            format: SEAL_FORMAT.into(),
+            worker_id: "w".into(),
+            shard_id: "s".into(),
+            model_ref: "m".into(),
+            gpu_device: 0,
+            vram_bytes: 1,
+            digest: "00".repeat(32),
+            merkle_root: "11".repeat(32),
+            chunk_size: 4096,
+            sealed_at_unix_nanos: 1,
+            shard_index: None,
+            total_shards: None,
+            signature: String::new(),
+        }
+    }
+
+    #[test]
+    fn one_spelling_per_claim() {
+        assert!(info().claims().is_ok());
+        // `Some(u32::MAX)` would encode like "absent"; half-set pairs are meaningless
+        for (i, t) in [
+            (Some(0), Some(u32::MAX)),
+            (Some(0), None),
+            (None, Some(2)),
+            (Some(2), Some(2)),
+        ] {
+            let mut x = info();
+            x.shard_index = i;
+            x.total_shards = t;
+            assert!(x.claims().is_err(), "{i:?}/{t:?}");
+        }
+        let mut upper = info();
+        upper.digest = "AA".repeat(32);
+        assert!(upper.claims().is_err());
+    }
 }

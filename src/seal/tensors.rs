@@ -55,6 +55,12 @@ impl TensorMap {
             let (s, e) = info.data_offsets;
             let (s, e) = (u64::try_from(s).ok()?, u64::try_from(e).ok()?);
             data_end = data_end.max(e);
+            // Names come from the file: keep them printable and bounded before they can reach
+            // an error message or the audit log.
+            let mut name = crate::audit::events::sanitize(&name);
+            if name.chars().count() > 256 {
+                name = name.chars().take(256).chain(std::iter::once('…')).collect();
+            }
             spans.push(TensorSpan {
                 name,
                 start: data_start.checked_add(s)?,
