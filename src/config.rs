@@ -25,7 +25,9 @@ pub enum BackendChoice {
 /// Where audit events go.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AuditSinkConfig {
-    /// Kept in memory (read back with `VramResidency::audit_lines`).
+    /// Kept in memory (read back with `VramResidency::audit_lines`). Every record is kept for
+    /// the life of the system: meant for tests, demos and short jobs; a long-running worker
+    /// should use [`Config::audit_log`].
     Memory,
     /// Appended to a `vram-audit-v1` file.
     File(PathBuf),

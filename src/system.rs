@@ -569,7 +569,17 @@ impl VramResidency {
         if self.inner.shut_down.swap(true, Ordering::AcqRel) {
             return Ok(());
         }
-        self.ask_service(&self.inner.supervisor, SupervisorMsg::Shutdown, "shutdown")
-            .await
+        // Each device may take up to a call timeout to drain (then another to be killed),
+        // followed by the seal keeper and the audit log.
+        let steps = self.inner.device_count.saturating_mul(2).saturating_add(3);
+        let budget = self.inner.call_timeout.saturating_mul(steps);
+        ask(
+            &self.inner.supervisor,
+            SupervisorMsg::Shutdown,
+            budget,
+            "shutdown",
+            || VramError::ShuttingDown,
+        )
+        .await
     }
 }

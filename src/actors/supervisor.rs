@@ -131,7 +131,20 @@ impl SupervisorState {
             self.directory
                 .set(u32::try_from(i).unwrap_or(u32::MAX), None);
             if let Some(g) = gpu.take() {
-                let _ = g.drain_and_wait(timeout).await;
+                if g.drain_and_wait(timeout).await.is_err() {
+                    // A device that cannot finish its queue in time is killed, so that nothing it
+                    // emits can arrive after the audit log is closed. Its memory goes with its
+                    // context; the missing per-shard records are explained by this one.
+                    let _ = self.audit.cast(AuditMsg::Emit(
+                        Utc::now(),
+                        AuditEvent::DeviceStopped {
+                            gpu_device: u32::try_from(i).unwrap_or(u32::MAX),
+                            reason: "did not drain within the call timeout at shutdown; killed"
+                                .into(),
+                        },
+                    ));
+                    let _ = g.kill_and_wait(timeout).await;
+                }
             }
         }
         let _ = self.seal_keeper.drain_and_wait(timeout).await;
