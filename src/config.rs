@@ -51,6 +51,7 @@ pub struct Config {
     pub(crate) headroom_bytes: u64,
     pub(crate) execute_verify: VerifyMode,
     pub(crate) call_timeout: Duration,
+    pub(crate) seal_stall_timeout: Duration,
     pub(crate) fail_closed_audit: bool,
     pub(crate) audit_batch_size: usize,
     pub(crate) audit_flush_interval: Duration,
@@ -95,6 +96,7 @@ impl Config {
             headroom_bytes: 0,
             execute_verify: VerifyMode::Full,
             call_timeout: Duration::from_secs(300),
+            seal_stall_timeout: Duration::from_secs(30),
             fail_closed_audit: false,
             audit_batch_size: 256,
             audit_flush_interval: Duration::from_millis(50),
@@ -249,6 +251,18 @@ impl Config {
                 .push(VramError::invalid("call timeout must be positive"));
         }
         self.call_timeout = timeout;
+        self
+    }
+
+    /// How long a seal waits for the next staging piece from its source before it gives up
+    /// with `Timeout` (default 30 s). A seal's upload runs in its device's mailbox (device
+    /// memory is only written there), so a stalled source holds that device at most this long.
+    pub fn seal_stall_timeout(mut self, timeout: Duration) -> Self {
+        if timeout.is_zero() {
+            self.errors
+                .push(VramError::invalid("seal stall timeout must be positive"));
+        }
+        self.seal_stall_timeout = timeout;
         self
     }
 

@@ -101,6 +101,7 @@ impl VramResidency {
                 headroom_bytes: config.headroom_bytes,
                 staging_bytes: config.staging_bytes,
                 call_timeout: config.call_timeout,
+                seal_stall_timeout: config.seal_stall_timeout,
                 scrub_interval: config.scrub_interval,
                 scrub_bytes_per_sec: config.scrub_bytes_per_sec,
             },

@@ -1241,10 +1241,11 @@ async fn a_seal_whose_caller_gives_up_does_not_leak_capacity() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_source_times_out_instead_of_holding_the_device() {
-    let system =
-        VramResidency::start(common::config(1, 4 * MIB).call_timeout(Duration::from_millis(300)))
-            .await
-            .unwrap();
+    let system = VramResidency::start(
+        common::config(1, 4 * MIB).seal_stall_timeout(Duration::from_millis(300)),
+    )
+    .await
+    .unwrap();
     let reader = SlowReader {
         data: std::io::Cursor::new(pattern(1000)),
         pause: Duration::from_secs(2),

@@ -57,6 +57,7 @@ pub struct GpuArgs {
     pub headroom_bytes: u64,
     pub staging_bytes: usize,
     pub call_timeout: Duration,
+    pub seal_stall_timeout: Duration,
     pub scrub_interval: Option<Duration>,
     pub scrub_bytes_per_sec: Option<u64>,
     pub seal_keeper: ActorRef<SealKeeperMsg>,
@@ -389,8 +390,8 @@ impl GpuState {
         let mut offset = 0u64;
         let mut upload_err = None;
         // A source that stops delivering (a stalled socket or disk) must not hold this device's
-        // mailbox forever: each piece has `call_timeout` to arrive.
-        let idle = self.args.call_timeout;
+        // mailbox forever: each piece has `seal_stall_timeout` to arrive.
+        let idle = self.args.seal_stall_timeout;
         loop {
             let piece = match tokio::time::timeout(idle, rx.recv()).await {
                 Ok(Some(piece)) => piece,
@@ -399,8 +400,8 @@ impl GpuState {
                     // Dropping the receiver ends the hasher at its next hand-over; we do not
                     // wait for it (it may be stuck in a read).
                     return Err(VramError::Timeout(format!(
-                        "the seal source (no data for {} s)",
-                        idle.as_secs()
+                        "the seal source (no data for {:.1} s)",
+                        idle.as_secs_f64()
                     )));
                 }
             };
@@ -1072,6 +1073,7 @@ mod tests {
                 headroom_bytes: 0,
                 staging_bytes: 8192,
                 call_timeout: Duration::from_secs(10),
+                seal_stall_timeout: Duration::from_secs(10),
                 scrub_interval: None,
                 scrub_bytes_per_sec: None,
                 seal_keeper: keeper,

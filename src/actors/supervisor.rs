@@ -51,6 +51,7 @@ pub struct DeviceSettings {
     pub headroom_bytes: u64,
     pub staging_bytes: usize,
     pub call_timeout: Duration,
+    pub seal_stall_timeout: Duration,
     pub scrub_interval: Option<Duration>,
     pub scrub_bytes_per_sec: Option<u64>,
 }
@@ -100,6 +101,7 @@ impl SupervisorState {
                 headroom_bytes: s.headroom_bytes,
                 staging_bytes: s.staging_bytes,
                 call_timeout: s.call_timeout,
+                seal_stall_timeout: s.seal_stall_timeout,
                 scrub_interval: s.scrub_interval,
                 scrub_bytes_per_sec: s.scrub_bytes_per_sec,
                 seal_keeper: self.seal_keeper.clone(),
@@ -316,6 +318,7 @@ mod tests {
                 headroom_bytes: 0,
                 staging_bytes: 8192,
                 call_timeout: Duration::from_secs(10),
+                seal_stall_timeout: Duration::from_secs(10),
                 scrub_interval: None,
                 scrub_bytes_per_sec: None,
             },
