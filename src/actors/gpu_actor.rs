@@ -387,6 +387,7 @@ impl GpuState {
             };
             hash_stream(stream, len, chunk, staging, &tx, progress.as_ref())
         });
+        let uploader = self.args.backend.uploader(allocation);
         let mut offset = 0u64;
         let mut upload_err = None;
         // A source that stops delivering (a stalled socket or disk) must not hold this device's
@@ -405,9 +406,26 @@ impl GpuState {
                     )));
                 }
             };
-            let bytes = piece.bytes();
-            match self.args.backend.write(allocation, offset, bytes) {
-                Ok(()) => offset = offset.saturating_add(bytes.len() as u64),
+            let n = piece.bytes().len() as u64;
+            let written = match &uploader {
+                Some(up) => {
+                    // The copy runs on the hashing pool while this handler waits for it.
+                    let up = Arc::clone(up);
+                    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+                    let at = offset;
+                    rayon::spawn(move || {
+                        let _ = done_tx.send(up.write(at, piece.bytes()));
+                    });
+                    done_rx.await.unwrap_or_else(|_| {
+                        Err(BackendError::Driver(
+                            "the upload task ended without a result".into(),
+                        ))
+                    })
+                }
+                None => self.args.backend.write(allocation, offset, piece.bytes()),
+            };
+            match written {
+                Ok(()) => offset = offset.saturating_add(n),
                 Err(e) => {
                     upload_err = Some(self.map(e));
                     break; // dropping the receiver stops the hasher

@@ -137,6 +137,14 @@ pub trait DeviceBackend: Send + 'static {
     fn write(&mut self, id: AllocationId, offset: u64, data: &[u8]) -> Result<(), BackendError>;
     /// A shareable read-only view of the allocation.
     fn reader(&self, id: AllocationId) -> Result<Arc<dyn DeviceReader>, BackendError>;
+    /// A handle that copies into the allocation from a worker thread. The `GpuActor` awaits each
+    /// copy inside its seal handler (so the write is still part of that handler, in mailbox
+    /// order) but runs it on the hashing pool, where it shares cores with the hashing by work
+    /// stealing instead of preempting it. `None`: the actor calls [`DeviceBackend::write`].
+    fn uploader(&self, id: AllocationId) -> Option<Arc<dyn DeviceUploader>> {
+        let _ = id;
+        None
+    }
     /// The allocation's device address.
     fn device_ptr(&self, id: AllocationId) -> Result<DevicePtr, BackendError>;
     /// Frees the allocation, returning its size.
@@ -152,6 +160,12 @@ pub trait DeviceBackend: Send + 'static {
     fn recover(&mut self) -> Result<(), BackendError> {
         Ok(())
     }
+}
+
+/// Write access to one allocation, handed out only for the duration of a seal's upload.
+pub trait DeviceUploader: Send + Sync {
+    /// Copies `data` into the allocation at `offset` (host → device).
+    fn write(&self, offset: u64, data: &[u8]) -> Result<(), BackendError>;
 }
 
 /// Read access to one allocation, usable from any thread.

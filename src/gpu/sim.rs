@@ -18,7 +18,7 @@ use rayon::prelude::*;
 
 use super::{
     AllocationId, BackendError, BackendFault, BackendKind, DeviceBackend, DeviceIdentity,
-    DevicePtr, DeviceReader,
+    DevicePtr, DeviceReader, DeviceUploader,
 };
 use crate::seal::merkle::{Hash, chunk_range, leaf_hash};
 
@@ -208,6 +208,13 @@ impl DeviceBackend for SimDevice {
         }))
     }
 
+    fn uploader(&self, id: AllocationId) -> Option<Arc<dyn DeviceUploader>> {
+        let (_, buf) = self.buffer(id).ok()?;
+        Some(Arc::new(SimUploader {
+            buf: Arc::clone(buf),
+        }))
+    }
+
     fn device_ptr(&self, id: AllocationId) -> Result<DevicePtr, BackendError> {
         self.live()?;
         Ok(DevicePtr::new(self.buffer(id)?.0))
@@ -263,6 +270,26 @@ impl DeviceBackend for SimDevice {
                 Ok(())
             }
         }
+    }
+}
+
+/// Copies into one simulated allocation (see [`DeviceBackend::uploader`]).
+struct SimUploader {
+    buf: Arc<SimBuffer>,
+}
+
+impl DeviceUploader for SimUploader {
+    fn write(&self, offset: u64, data: &[u8]) -> Result<(), BackendError> {
+        if self.buf.faults.lost.load(Ordering::Acquire) {
+            return Err(BackendError::DeviceLost);
+        }
+        let mut bytes = self.buf.bytes.write().unwrap_or_else(|p| p.into_inner());
+        let r = range(offset, data.len(), bytes.len())?;
+        bytes
+            .get_mut(r)
+            .ok_or(BackendError::UnknownAllocation)?
+            .copy_from_slice(data);
+        Ok(())
     }
 }
 
