@@ -52,6 +52,20 @@ struct SimBuffer {
 }
 
 impl SimBuffer {
+    /// Host → "device" copy; refused once the device is lost.
+    fn write(&self, offset: u64, data: &[u8]) -> Result<(), BackendError> {
+        if self.faults.lost.load(Ordering::Acquire) {
+            return Err(BackendError::DeviceLost);
+        }
+        let mut bytes = self.bytes.write().unwrap_or_else(|p| p.into_inner());
+        let r = range(offset, data.len(), bytes.len())?;
+        bytes
+            .get_mut(r)
+            .ok_or(BackendError::UnknownAllocation)?
+            .copy_from_slice(data);
+        Ok(())
+    }
+
     fn read_guard(&self) -> RwLockReadGuard<'_, Vec<u8>> {
         // A poisoned lock only means a writer panicked mid-copy; the bytes are still the bytes
         // (and verification will say whether they are the right ones).
@@ -189,15 +203,7 @@ impl DeviceBackend for SimDevice {
     }
 
     fn write(&mut self, id: AllocationId, offset: u64, data: &[u8]) -> Result<(), BackendError> {
-        self.live()?;
-        let (_, buf) = self.buffer(id)?;
-        let mut bytes = buf.bytes.write().unwrap_or_else(|p| p.into_inner());
-        let r = range(offset, data.len(), bytes.len())?;
-        bytes
-            .get_mut(r)
-            .ok_or(BackendError::UnknownAllocation)?
-            .copy_from_slice(data);
-        Ok(())
+        self.buffer(id)?.1.write(offset, data)
     }
 
     fn reader(&self, id: AllocationId) -> Result<Arc<dyn DeviceReader>, BackendError> {
@@ -280,16 +286,7 @@ struct SimUploader {
 
 impl DeviceUploader for SimUploader {
     fn write(&self, offset: u64, data: &[u8]) -> Result<(), BackendError> {
-        if self.buf.faults.lost.load(Ordering::Acquire) {
-            return Err(BackendError::DeviceLost);
-        }
-        let mut bytes = self.buf.bytes.write().unwrap_or_else(|p| p.into_inner());
-        let r = range(offset, data.len(), bytes.len())?;
-        bytes
-            .get_mut(r)
-            .ok_or(BackendError::UnknownAllocation)?
-            .copy_from_slice(data);
-        Ok(())
+        self.buf.write(offset, data)
     }
 }
 
