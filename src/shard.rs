@@ -367,7 +367,9 @@ impl DeviceView {
         &self.shard_id
     }
 
-    /// The weights' device address, for kernel launches. Never log it.
+    /// The weights' device address, for kernel launches. Never log it. It is valid only while
+    /// the closure runs: after it returns the shard may be released or quarantined, so do not
+    /// keep it.
     pub fn device_ptr(&self) -> DevicePtr {
         self.ptr
     }

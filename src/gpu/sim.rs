@@ -83,7 +83,7 @@ pub struct SimDevice {
     allocations: HashMap<AllocationId, (u64, Arc<SimBuffer>)>,
     /// Freed buffers kept for reuse, like a device's caching allocator: once touched, simulated
     /// device memory stays resident, so a new allocation does not pay host page faults that a
-    /// real device never would. Their total never exceeds `capacity - used`.
+    /// real device never would. Cached plus live buffers never exceed `capacity`.
     cached: Vec<Vec<u8>>,
     fail_next_alloc: bool,
     faults: Arc<SharedFaults>,
@@ -113,19 +113,19 @@ impl SimDevice {
         }
     }
 
-    /// The smallest cached buffer that can hold `n` bytes, cut to length `n`. Its old contents
-    /// are not cleared — device memory is not zeroed either — and every byte is overwritten by
-    /// the upload before a seal is made.
+    /// A cached buffer of exactly `n` bytes (the common case: the same shard sealed again). Its
+    /// old contents are not cleared — device memory is not zeroed either — and every byte is
+    /// overwritten by the upload before a seal is made. Without an exact fit the cache is
+    /// emptied, so host memory never exceeds the device's capacity: cached plus live buffers
+    /// were all live at once before, and fresh memory is only taken once the cache is empty.
     fn take_cached(&mut self, n: usize) -> Option<Vec<u8>> {
-        let (i, _) = self
-            .cached
-            .iter()
-            .enumerate()
-            .filter(|(_, b)| b.len() >= n)
-            .min_by_key(|(_, b)| b.len())?;
-        let mut buf = self.cached.swap_remove(i);
-        buf.truncate(n);
-        Some(buf)
+        match self.cached.iter().position(|b| b.len() == n) {
+            Some(i) => Some(self.cached.swap_remove(i)),
+            None => {
+                self.cached.clear();
+                None
+            }
+        }
     }
 
     fn buffer(&self, id: AllocationId) -> Result<&(u64, Arc<SimBuffer>), BackendError> {
@@ -362,6 +362,21 @@ mod tests {
         assert_eq!(d.free(a).unwrap(), 6_000);
         assert_eq!(d.free_bytes().unwrap(), 10_000);
         assert_eq!(d.free(a), Err(BackendError::UnknownAllocation));
+    }
+
+    #[test]
+    fn freed_memory_is_reused_only_when_it_fits_exactly() {
+        let mut d = SimDevice::new(0, 10_000);
+        let a = d.allocate(6_000).unwrap();
+        d.write(a, 0, &[7u8; 6_000]).unwrap();
+        d.free(a).unwrap();
+        assert_eq!(d.cached.len(), 1);
+        let b = d.allocate(6_000).unwrap(); // reused
+        assert!(d.cached.is_empty());
+        d.free(b).unwrap();
+        let _c = d.allocate(3_000).unwrap(); // no exact fit: the cache is emptied first
+        assert!(d.cached.is_empty());
+        assert_eq!(d.free_bytes().unwrap(), 7_000);
     }
 
     #[test]
