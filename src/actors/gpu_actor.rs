@@ -52,6 +52,15 @@ type VerifyReply = ractor::RpcReplyPort<Result<VerifyReport, VramError>>;
 pub struct GpuArgs {
     pub device: u32,
     pub backend: Box<dyn DeviceBackend>,
+    pub settings: DeviceSettings,
+    pub seal_keeper: ActorRef<SealKeeperMsg>,
+    pub audit: ActorRef<AuditMsg>,
+}
+
+/// Settings every device actor is started with (the same for all devices; the supervisor keeps
+/// one copy to start replacements from).
+#[derive(Debug, Clone)]
+pub struct DeviceSettings {
     pub worker_id: String,
     pub chunk_size: u64,
     pub headroom_bytes: u64,
@@ -60,8 +69,6 @@ pub struct GpuArgs {
     pub seal_stall_timeout: Duration,
     pub scrub_interval: Option<Duration>,
     pub scrub_bytes_per_sec: Option<u64>,
-    pub seal_keeper: ActorRef<SealKeeperMsg>,
-    pub audit: ActorRef<AuditMsg>,
 }
 
 /// The actor's state.
@@ -139,11 +146,11 @@ impl GpuState {
         let total = self.identity.total_bytes;
         let books = total
             .saturating_sub(self.table.used_bytes())
-            .saturating_sub(self.args.headroom_bytes);
+            .saturating_sub(self.args.settings.headroom_bytes);
         // A real device may have less free than our books say (other processes); trust the
         // smaller figure.
         match self.args.backend.free_bytes() {
-            Ok(free) => books.min(free.saturating_sub(self.args.headroom_bytes)),
+            Ok(free) => books.min(free.saturating_sub(self.args.settings.headroom_bytes)),
             Err(_) => books,
         }
     }
@@ -154,7 +161,7 @@ impl GpuState {
             total_bytes: self.identity.total_bytes,
             used_bytes: self.table.used_bytes(),
             available_bytes: self.available(),
-            headroom_bytes: self.args.headroom_bytes,
+            headroom_bytes: self.args.settings.headroom_bytes,
         }
     }
 
@@ -294,14 +301,14 @@ impl GpuState {
                 };
                 let mut info = ShardInfo {
                     format: SEAL_FORMAT.to_string(),
-                    worker_id: self.args.worker_id.clone(),
+                    worker_id: self.args.settings.worker_id.clone(),
                     shard_id: job.shard_id.clone(),
                     model_ref: job.model_ref.clone(),
                     gpu_device: device,
                     vram_bytes: len,
                     digest: digest_hex,
                     merkle_root: hex::encode(tree.root()),
-                    chunk_size: self.args.chunk_size,
+                    chunk_size: self.args.settings.chunk_size,
                     sealed_at_unix_nanos: now_unix_nanos(),
                     shard_index,
                     total_shards,
@@ -313,7 +320,7 @@ impl GpuState {
                         info: Box::new(info.clone()),
                         reply,
                     },
-                    self.args.call_timeout,
+                    self.args.settings.call_timeout,
                     "the seal keeper",
                     || VramError::ShuttingDown,
                 )
@@ -362,11 +369,12 @@ impl GpuState {
         allocation: crate::gpu::AllocationId,
         len: u64,
     ) -> Result<(Hash, MerkleTree), VramError> {
-        let chunk = usize::try_from(self.args.chunk_size)
+        let chunk = usize::try_from(self.args.settings.chunk_size)
             .map_err(|_| VramError::invalid("chunk_size does not fit this platform"))?;
         // Staging pieces hold whole chunks so leaves never straddle two pieces.
         let staging = self
             .args
+            .settings
             .staging_bytes
             .div_ceil(chunk)
             .max(1)
@@ -392,7 +400,7 @@ impl GpuState {
         let mut upload_err = None;
         // A source that stops delivering (a stalled socket or disk) must not hold this device's
         // mailbox forever: each piece has `seal_stall_timeout` to arrive.
-        let idle = self.args.seal_stall_timeout;
+        let idle = self.args.settings.seal_stall_timeout;
         loop {
             let piece = match tokio::time::timeout(idle, rx.recv()).await {
                 Ok(Some(piece)) => piece,
@@ -459,7 +467,7 @@ impl GpuState {
         if self.lost {
             return Err((VramError::DeviceLost { device }, reply));
         }
-        let chunk = self.args.chunk_size;
+        let chunk = self.args.settings.chunk_size;
         let entry = match self.table.get(&shard) {
             Ok(e) => e,
             Err(e) => return Err((e, reply)),
@@ -826,7 +834,7 @@ impl GpuState {
             shard_id: id.clone(),
             handle_id: entry.handle_id,
         };
-        if let Some(rate) = self.args.scrub_bytes_per_sec.filter(|r| *r > 0) {
+        if let Some(rate) = self.args.settings.scrub_bytes_per_sec.filter(|r| *r > 0) {
             let secs = entry.info.vram_bytes as f64 / rate as f64;
             let wait = Duration::from_secs_f64(secs.clamp(0.0, 86_400.0));
             self.scrub_not_before = Instant::now()
@@ -899,7 +907,7 @@ impl Actor for GpuActor {
         args: GpuArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
         let identity = args.backend.identity();
-        if let Some(interval) = args.scrub_interval {
+        if let Some(interval) = args.settings.scrub_interval {
             myself.send_interval(interval, || GpuMsg::ScrubTick);
         }
         Ok(GpuState {
@@ -1086,14 +1094,16 @@ mod tests {
             GpuArgs {
                 device: 0,
                 backend: Box::new(SimDevice::new(0, capacity)),
-                worker_id: "w".into(),
-                chunk_size: 4096,
-                headroom_bytes: 0,
-                staging_bytes: 8192,
-                call_timeout: Duration::from_secs(10),
-                seal_stall_timeout: Duration::from_secs(10),
-                scrub_interval: None,
-                scrub_bytes_per_sec: None,
+                settings: DeviceSettings {
+                    worker_id: "w".into(),
+                    chunk_size: 4096,
+                    headroom_bytes: 0,
+                    staging_bytes: 8192,
+                    call_timeout: Duration::from_secs(10),
+                    seal_stall_timeout: Duration::from_secs(10),
+                    scrub_interval: None,
+                    scrub_bytes_per_sec: None,
+                },
                 seal_keeper: keeper,
                 audit: audit.clone(),
             },

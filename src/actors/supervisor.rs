@@ -24,6 +24,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 
 use crate::actors::audit_actor::{AuditActor, AuditArgs};
 use crate::actors::directory::DirectoryWriter;
+pub use crate::actors::gpu_actor::DeviceSettings;
 use crate::actors::gpu_actor::{GpuActor, GpuArgs};
 use crate::actors::seal_keeper::SealKeeper;
 use crate::audit::events::AuditEvent;
@@ -43,18 +44,6 @@ pub type BackendFactory = Box<dyn Fn(u32) -> Result<Box<dyn DeviceBackend>, Stri
 
 /// The actor.
 pub struct Supervisor;
-
-/// Settings every device actor is started with.
-pub struct DeviceSettings {
-    pub worker_id: String,
-    pub chunk_size: u64,
-    pub headroom_bytes: u64,
-    pub staging_bytes: usize,
-    pub call_timeout: Duration,
-    pub seal_stall_timeout: Duration,
-    pub scrub_interval: Option<Duration>,
-    pub scrub_bytes_per_sec: Option<u64>,
-}
 
 /// What the supervisor needs to start the system.
 pub struct SupervisorArgs {
@@ -89,21 +78,13 @@ impl SupervisorState {
         device: u32,
     ) -> Result<ActorRef<GpuMsg>, ActorProcessingErr> {
         let backend = (self.factory)(device)?;
-        let s = &self.settings;
         let (gpu, _) = Actor::spawn_linked(
             None,
             GpuActor,
             GpuArgs {
                 device,
                 backend,
-                worker_id: s.worker_id.clone(),
-                chunk_size: s.chunk_size,
-                headroom_bytes: s.headroom_bytes,
-                staging_bytes: s.staging_bytes,
-                call_timeout: s.call_timeout,
-                seal_stall_timeout: s.seal_stall_timeout,
-                scrub_interval: s.scrub_interval,
-                scrub_bytes_per_sec: s.scrub_bytes_per_sec,
+                settings: self.settings.clone(),
                 seal_keeper: self.seal_keeper.clone(),
                 audit: self.audit.clone(),
             },
