@@ -162,7 +162,7 @@ async fn serve(
             let _permit = permit;
             let checksum = handle(&system, &shard, request).await?;
             let n = served.fetch_add(1, Ordering::Relaxed).saturating_add(1);
-            if n % report_every == 0 {
+            if n.checked_rem(report_every) == Some(0) {
                 println!(
                     "served {n:>6} requests ({:.0}/s), last checksum {checksum:016x}",
                     n as f64 / window.elapsed().as_secs_f64().max(1e-9)

@@ -40,9 +40,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                     x ^= x << 17;
                     *b = x as u8;
                 }
-                let n = (size - written).min(piece.len() as u64) as usize;
-                f.write_all(&piece[..n])?;
-                written += n as u64;
+                let n = size.saturating_sub(written).min(piece.len() as u64) as usize;
+                f.write_all(piece.get(..n).unwrap_or_default())?;
+                written = written.saturating_add(n as u64);
             }
             f.flush()?;
             (p, Some(dir))
@@ -51,7 +51,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let file_len = std::fs::metadata(&path)?.len();
     let before = peak_rss_kib().unwrap_or(0);
     let system = VramResidency::start(
-        Config::simulated(1, file_len + (64 << 20))
+        Config::simulated(1, file_len.saturating_add(64 << 20))
             .worker_id("rss-check")
             .worker_token("rss-check-token-0123456789"),
     )

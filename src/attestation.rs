@@ -72,9 +72,7 @@ pub fn verify_attestation(
     expected_nonce: &[u8],
 ) -> Result<(), VramError> {
     let fail = || VramError::SealVerificationFailed {
-        shard_id: crate::audit::events::sanitize(
-            &att.shard.shard_id.chars().take(256).collect::<String>(),
-        ),
+        shard_id: crate::text::sanitize(&att.shard.shard_id.chars().take(256).collect::<String>()),
         first_bad_chunk: None,
         bad_chunks: Vec::new(),
         bad_tensors: Vec::new(),

@@ -179,7 +179,7 @@ pub async fn run(opts: BenchOptions, say: impl Fn(&str)) -> Result<BenchReport, 
             t.elapsed()
         })
         .await
-        .map_err(|_| VramError::Io("benchmark thread failed".into()))?;
+        .map_err(|_| VramError::Internal("benchmark thread failed".into()))?;
         best = best.min(t);
     }
     let baseline = Throughput::new(opts.size_bytes, best);
@@ -220,7 +220,7 @@ pub async fn run(opts: BenchOptions, say: impl Fn(&str)) -> Result<BenchReport, 
             })
             .await?;
         if !t.0 {
-            return Err(VramError::Io("reference read-back failed".into()));
+            return Err(VramError::Internal("reference read-back failed".into()));
         }
         best = best.min(t.1);
     }
@@ -267,7 +267,7 @@ pub async fn run(opts: BenchOptions, say: impl Fn(&str)) -> Result<BenchReport, 
         Ok::<_, VramError>(samples)
     })
     .await
-    .map_err(|_| VramError::Io("benchmark task failed".into()))??;
+    .map_err(|_| VramError::Internal("benchmark task failed".into()))??;
     let sig = Latency::from(samples);
 
     let backend = system.backend_description().to_string();

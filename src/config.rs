@@ -10,14 +10,19 @@ use std::time::Duration;
 
 use crate::error::VramError;
 use crate::seal::keys::WorkerToken;
-use crate::shard::VerifyMode;
+use crate::types::VerifyMode;
 use crate::validation;
 
 /// Which devices to run on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BackendChoice {
     /// `count` simulated devices of `capacity` bytes each.
-    Simulated { count: u32, capacity: u64 },
+    Simulated {
+        /// How many devices.
+        count: u32,
+        /// Bytes of memory each.
+        capacity: u64,
+    },
     /// CUDA devices.
     Cuda,
 }

@@ -7,7 +7,7 @@
 
 use thiserror::Error;
 
-use crate::shard::ChunkSpan;
+use crate::types::{ChunkSpan, StopCause};
 
 fn describe_tensors(names: &[String]) -> String {
     const SHOWN: usize = 8;
@@ -50,15 +50,30 @@ pub enum VramError {
 
     /// The device does not have room for the shard (after the configured headroom).
     #[error("insufficient VRAM on the device: needed {needed} bytes, available {available} bytes")]
-    InsufficientVram { needed: u64, available: u64 },
+    InsufficientVram {
+        /// Bytes the shard needs.
+        needed: u64,
+        /// Bytes a seal may use on the device now.
+        available: u64,
+    },
 
     /// The device could not allocate (driver error or injected fault); capacity was not the cause.
     #[error("allocation failed on device {device}: {reason}")]
-    AllocationFailed { device: u32, reason: String },
+    AllocationFailed {
+        /// The device.
+        device: u32,
+        /// What the backend said.
+        reason: String,
+    },
 
     /// The bytes did not hash to the digest the caller expected. The allocation was freed.
     #[error("digest mismatch: expected sha256 {expected}, got {actual}")]
-    DigestMismatch { expected: String, actual: String },
+    DigestMismatch {
+        /// The SHA-256 the caller expected (lowercase hex).
+        expected: String,
+        /// The SHA-256 of the bytes received (lowercase hex).
+        actual: String,
+    },
 
     /// The shard in device memory no longer matches its seal, or the seal itself is not valid.
     /// The shard is quarantined and its device stopped (fail-closed).
@@ -72,30 +87,44 @@ pub enum VramError {
         describe_tensors(bad_tensors)
     )]
     SealVerificationFailed {
+        /// The shard.
         shard_id: String,
+        /// Index of the first chunk found to differ.
         first_bad_chunk: Option<u64>,
+        /// The chunks found to differ, in index order.
         bad_chunks: Vec<ChunkSpan>,
+        /// Tensors overlapping them (safetensors shards only).
         bad_tensors: Vec<String>,
     },
 
     /// The `execute` closure panicked. The device and the shard are unaffected.
     #[error("the execute closure panicked while running on shard {shard_id}")]
-    ExecutionPanicked { shard_id: String },
+    ExecutionPanicked {
+        /// The shard the closure ran on.
+        shard_id: String,
+    },
 
     /// No resident shard matches this handle or id (released, never sealed, or lost in a crash).
     #[error("unknown shard: {0}")]
     UnknownShard(String),
 
-    /// The device refuses new seals and executions after a failed verification until
-    /// `reset_device` is called.
-    #[error(
-        "device {device} is stopped (fail-closed after an integrity failure); call reset_device after investigating"
-    )]
-    DeviceStopped { device: u32 },
+    /// The device refuses the call; `cause` says why and what to do: after a failed
+    /// verification it refuses seals and executions until `reset_device` is called; while its
+    /// actor is being restarted after a crash, a retry will succeed; at shutdown, nothing will.
+    #[error("device {device} is stopped ({cause})")]
+    DeviceStopped {
+        /// The device.
+        device: u32,
+        /// Why it is stopped.
+        cause: StopCause,
+    },
 
     /// The device is gone (simulated loss, driver failure).
     #[error("device {device} is lost")]
-    DeviceLost { device: u32 },
+    DeviceLost {
+        /// The device.
+        device: u32,
+    },
 
     /// A security policy refused the operation.
     #[error("policy violation: {0}")]
@@ -117,9 +146,33 @@ pub enum VramError {
     #[error("the system is shutting down")]
     ShuttingDown,
 
-    /// Reading a source file failed.
-    #[error("I/O error: {0}")]
-    Io(String),
+    /// Reading or writing a file (or another byte source) failed. `kind` is the
+    /// [`std::io::ErrorKind`] the operating system reported, for callers that branch on it
+    /// (`NotFound`, `PermissionDenied`, …); a source that delivered more or fewer bytes than it
+    /// declared is `UnexpectedEof` or `InvalidData`.
+    #[error("I/O error ({kind}): {message}")]
+    Io {
+        /// What kind of I/O failure.
+        kind: std::io::ErrorKind,
+        /// What failed, in words (never file contents).
+        message: String,
+    },
+
+    /// A verification could not be completed: the device answered with fewer leaf hashes than
+    /// were asked for. Nothing is known to be wrong with the shard, but it was not proven
+    /// intact either; the attempt is audited.
+    #[error("verification of shard {shard_id} incomplete: {reason}")]
+    VerificationIncomplete {
+        /// The shard.
+        shard_id: String,
+        /// What was missing.
+        reason: String,
+    },
+
+    /// Something inside the crate failed that should not have (a worker thread panicked, a
+    /// backend lost track of an allocation). Not the caller's fault; report it.
+    #[error("internal error: {0}")]
+    Internal(String),
 
     /// A device call did not answer in time.
     #[error("timed out waiting for {0}")]
@@ -127,17 +180,30 @@ pub enum VramError {
 }
 
 impl VramError {
-    /// Whether trying again later may succeed: true for capacity and allocation failures and
-    /// timeouts; false for integrity, policy, input and stopped-device errors.
+    /// Whether trying again later may succeed: true for capacity and allocation failures,
+    /// timeouts, a failing audit sink and a device whose actor is restarting; false for integrity, policy, input, stopped or lost
+    /// devices, and permanent backend failures (`Cuda`: a driver that cannot start will not
+    /// start on a retry).
     pub fn is_retriable(&self) -> bool {
         matches!(
             self,
             Self::InsufficientVram { .. }
                 | Self::AllocationFailed { .. }
-                | Self::Cuda(_)
                 | Self::Timeout(_)
                 | Self::AuditUnavailable(_)
+                | Self::DeviceStopped {
+                    cause: StopCause::Restarting,
+                    ..
+                }
         )
+    }
+
+    /// An I/O error of `kind` with a message.
+    pub(crate) fn io(kind: std::io::ErrorKind, message: impl Into<String>) -> Self {
+        Self::Io {
+            kind,
+            message: message.into(),
+        }
     }
 
     /// Whether the error means the weights or their seal cannot be trusted.
@@ -155,6 +221,6 @@ impl VramError {
 
 impl From<std::io::Error> for VramError {
     fn from(e: std::io::Error) -> Self {
-        Self::Io(format!("{}: {e}", e.kind()))
+        Self::io(e.kind(), e.to_string())
     }
 }

@@ -1,29 +1,23 @@
-//! The types a caller holds: requests to seal, handles to sealed shards, verification modes and
-//! reports, capacity figures, faults, and the device view an `execute` closure receives.
+//! The types a caller holds: requests to seal and handles to sealed shards.
+//!
+//! A [`SealedShard`] is the caller's proof of a seal and its way back to the device: dropping
+//! the last clone releases the shard through the device's actor. This module sits above the
+//! actors (its handle talks to them); the plain values it re-exports — verification modes and
+//! reports, capacity figures, faults, the device view — live in lower layers.
 
 use std::fmt;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
-
-use serde::Serialize;
 
 use crate::actors::directory::DeviceDirectory;
-use crate::gpu::{DevicePtr, DeviceReader};
+pub use crate::gpu::DeviceView;
 use crate::messages::gpu::{GpuMsg, ShardRef};
 use crate::seal::claims::ShardInfo;
-
-/// Called with `(bytes_done, bytes_total)` while a shard is being sealed.
-pub type ProgressFn = Arc<dyn Fn(u64, u64) + Send + Sync>;
-
-/// Where a shard's bytes come from.
-pub(crate) enum SealSource {
-    Bytes(Vec<u8>),
-    File(PathBuf),
-    /// Any byte stream of a declared length (network, decompressor, pipe).
-    Reader(Box<dyn std::io::Read + Send>, u64),
-}
+pub(crate) use crate::types::SealSource;
+pub use crate::types::{
+    ChunkSpan, Fault, ProgressFn, VerifyMode, VerifyReport, VramCapacity, detection_probability,
+};
 
 /// A request to copy a model shard into device memory and seal it.
 pub struct SealRequest {
@@ -164,7 +158,7 @@ impl Drop for ShardHandle {
         }
         // A cast never blocks; if the device actor is gone (shutdown, crash) its memory was
         // already freed with it, so there is nothing left to do.
-        if let Some(actor) = self.directory.gpu(self.info.gpu_device) {
+        if let Ok(actor) = self.directory.gpu(self.info.gpu_device) {
             let _ = actor.cast(GpuMsg::Release {
                 shard: self.shard_ref(),
                 reply: None,
@@ -198,212 +192,5 @@ impl fmt::Debug for SealedShard {
             .field("vram_bytes", &self.inner.info.vram_bytes)
             .field("digest", &self.inner.info.digest)
             .finish_non_exhaustive()
-    }
-}
-
-/// How thoroughly to verify.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(tag = "mode", rename_all = "snake_case")]
-pub enum VerifyMode {
-    /// Re-read every byte from device memory and check every leaf against the signed root.
-    Full,
-    /// Check `chunks` leaves drawn at random (CSPRNG, fresh each call) against the signed root.
-    Sampled {
-        /// How many distinct chunks to check (capped at the shard's chunk count).
-        chunks: u32,
-    },
-    /// Check the seal's signature and that the shard is still resident, without reading VRAM.
-    SignatureOnly,
-}
-
-impl fmt::Display for VerifyMode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Full => f.write_str("full"),
-            Self::Sampled { chunks } => write!(f, "sampled({chunks})"),
-            Self::SignatureOnly => f.write_str("signature-only"),
-        }
-    }
-}
-
-/// A chunk of a shard: its Merkle leaf index and byte range.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub struct ChunkSpan {
-    /// Leaf index.
-    pub index: u64,
-    /// First byte.
-    pub offset: u64,
-    /// Length in bytes.
-    pub len: u64,
-}
-
-/// The outcome of a successful verification.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct VerifyReport {
-    /// The shard verified.
-    pub shard_id: String,
-    /// Its device.
-    pub gpu_device: u32,
-    /// The mode used.
-    pub mode: VerifyMode,
-    /// Chunks whose bytes were read back and hashed (0 for signature-only).
-    pub chunks_checked: u64,
-    /// Chunks in the shard.
-    pub total_chunks: u64,
-    /// Bytes read back from device memory.
-    pub bytes_checked: u64,
-    /// The probability that this check would have caught a corruption confined to one chunk:
-    /// `chunks_checked / total_chunks` (1.0 for a full verify, 0.0 for signature-only). For a
-    /// corruption touching `b` chunks, a sampled check of `k` of `n` chunks misses it with
-    /// probability C(n-b, k) / C(n, k); see [`VerifyReport::detection_probability`].
-    pub single_chunk_detection: f64,
-    /// How long the check took.
-    #[serde(with = "duration_micros")]
-    pub elapsed: Duration,
-}
-
-impl VerifyReport {
-    /// Probability that a check like this one (same `chunks_checked` of `total_chunks`, drawn
-    /// uniformly without replacement) detects a corruption that touches `bad_chunks` chunks.
-    pub fn detection_probability(&self, bad_chunks: u64) -> f64 {
-        detection_probability(self.total_chunks, self.chunks_checked, bad_chunks)
-    }
-}
-
-/// P(at least one of `k` distinct chunks drawn from `n` is among `b` bad ones)
-/// = 1 − C(n−b, k) / C(n, k) = 1 − Π_{i=0}^{k−1} (n−b−i)/(n−i).
-pub fn detection_probability(n: u64, k: u64, b: u64) -> f64 {
-    if b == 0 || n == 0 {
-        return 0.0;
-    }
-    if k.saturating_add(b) > n {
-        return 1.0;
-    }
-    let mut miss = 1.0f64;
-    for i in 0..k {
-        miss *= (n.saturating_sub(b).saturating_sub(i)) as f64 / (n.saturating_sub(i)) as f64;
-    }
-    1.0 - miss
-}
-
-mod duration_micros {
-    use serde::Serializer;
-    use std::time::Duration;
-
-    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_u64(u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
-    }
-}
-
-/// Memory figures of one device.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub struct VramCapacity {
-    /// The device.
-    pub gpu_device: u32,
-    /// Device memory in bytes.
-    pub total_bytes: u64,
-    /// Bytes held by sealed shards.
-    pub used_bytes: u64,
-    /// Bytes a new seal may use: total − used − headroom.
-    pub available_bytes: u64,
-    /// Bytes kept free on purpose (`Config::headroom_bytes`).
-    pub headroom_bytes: u64,
-}
-
-/// A fault to inject (simulated backend only; CUDA devices answer `Unsupported`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum Fault {
-    /// XOR `mask` into byte `offset` of the named shard's device memory.
-    FlipBits {
-        /// The shard.
-        shard_id: String,
-        /// Byte offset within the shard.
-        offset: u64,
-        /// Bits to flip.
-        mask: u8,
-    },
-    /// Make the next allocation on the device fail.
-    FailNextAlloc,
-    /// Lose the device: every later operation on it fails with `DeviceLost`.
-    LoseDevice,
-    /// Add a delay to every device read, to exercise slow verification.
-    SlowDevice {
-        /// Milliseconds added to each read.
-        millis_per_read: u64,
-    },
-    /// Make the device's actor panic, to exercise supervision. Its shards are lost, its memory
-    /// freed, and a fresh actor takes over the device.
-    CrashActor,
-}
-
-/// What an `execute` closure sees: the shard's device memory, verified just before the call.
-pub struct DeviceView {
-    pub(crate) gpu_device: u32,
-    pub(crate) shard_id: String,
-    pub(crate) len: u64,
-    pub(crate) ptr: DevicePtr,
-    pub(crate) reader: Arc<dyn DeviceReader>,
-}
-
-impl DeviceView {
-    /// Size of the shard in bytes.
-    pub fn len(&self) -> u64 {
-        self.len
-    }
-
-    /// Whether the shard is empty (never, for a sealed shard).
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    /// The device index.
-    pub fn gpu_device(&self) -> u32 {
-        self.gpu_device
-    }
-
-    /// The shard id.
-    pub fn shard_id(&self) -> &str {
-        &self.shard_id
-    }
-
-    /// The weights' device address, for kernel launches. Never log it. It is valid only while
-    /// the closure runs: after it returns the shard may be released or quarantined, so do not
-    /// keep it.
-    pub fn device_ptr(&self) -> DevicePtr {
-        self.ptr
-    }
-
-    /// Copies `buf.len()` bytes at `offset` from device memory into `buf`.
-    pub fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), crate::VramError> {
-        self.reader
-            .read(offset, buf)
-            .map_err(|e| crate::VramError::InvalidInput(format!("device read: {e}")))
-    }
-}
-
-impl fmt::Debug for DeviceView {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("DeviceView")
-            .field("gpu_device", &self.gpu_device)
-            .field("shard_id", &self.shard_id)
-            .field("len", &self.len)
-            .field("ptr", &self.ptr)
-            .finish()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn detection_probability_math() {
-        assert_eq!(detection_probability(100, 0, 1), 0.0);
-        assert!((detection_probability(100, 10, 1) - 0.10).abs() < 1e-12);
-        assert_eq!(detection_probability(100, 100, 1), 1.0);
-        // 16 of 1024 chunks vs 64 bad chunks: 1 - C(960,16)/C(1024,16) = 0.646725982726774…
-        let p = detection_probability(1024, 16, 64);
-        assert!((p - 0.646_725_982_726_774_5).abs() < 1e-12, "{p}");
     }
 }

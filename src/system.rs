@@ -15,7 +15,7 @@ use ractor::{Actor, ActorRef};
 
 use crate::actors::ask;
 use crate::actors::directory::{self, DeviceDirectory};
-use crate::actors::gpu_actor::{DeviceStatus, now_unix_nanos};
+use crate::actors::gpu_actor::now_unix_nanos;
 use crate::actors::supervisor::{BackendFactory, DeviceSettings, Supervisor, SupervisorArgs};
 use crate::attestation::{ATTEST_FORMAT, Attestation, statement};
 use crate::audit::events::AuditEvent;
@@ -24,7 +24,7 @@ use crate::error::VramError;
 use crate::gpu::DeviceBackend;
 use crate::gpu::sim::SimDevice;
 use crate::messages::audit::{AuditMsg, AuditStats};
-use crate::messages::gpu::{GpuMsg, ResidencyQuery, SealJob};
+use crate::messages::gpu::{GpuMsg, ResidencyQuery, SealJob, SealMeta};
 use crate::messages::seal_keeper::SealKeeperMsg;
 use crate::messages::supervisor::SupervisorMsg;
 use crate::seal::claims::ShardInfo;
@@ -33,6 +33,7 @@ use crate::shard::{
     Fault, SealRequest, SealSource, SealedShard, ShardHandle, VerifyMode, VerifyReport,
     VramCapacity,
 };
+use crate::types::{DeviceStatus, StopCause};
 use crate::validation;
 
 /// A running vram-residency system. Clone it freely; all clones talk to the same actors.
@@ -52,7 +53,6 @@ struct Inner {
     execute_verify: VerifyMode,
     call_timeout: Duration,
     fail_closed_audit: bool,
-    audit_healthy: Arc<AtomicBool>,
     next_handle: AtomicU64,
     shut_down: AtomicBool,
     backend_description: String,
@@ -90,7 +90,6 @@ impl VramResidency {
                 ));
             }
         };
-        let audit_healthy = Arc::new(AtomicBool::new(true));
         let (writer, directory) = directory::directory(device_count);
         let args = SupervisorArgs {
             device_count,
@@ -110,7 +109,6 @@ impl VramResidency {
             audit_batch_size: config.audit_batch_size,
             audit_flush_interval: config.audit_flush_interval,
             audit_buffer_limit: config.audit_buffer_limit,
-            audit_healthy: Arc::clone(&audit_healthy),
             directory: writer,
         };
         let (supervisor, _) = Actor::spawn(None, Supervisor, args)
@@ -137,7 +135,6 @@ impl VramResidency {
                 execute_verify: config.execute_verify,
                 call_timeout: config.call_timeout,
                 fail_closed_audit: config.fail_closed_audit,
-                audit_healthy,
                 next_handle: AtomicU64::new(1),
                 shut_down: AtomicBool::new(false),
                 backend_description,
@@ -180,7 +177,7 @@ impl VramResidency {
         self.inner
             .directory
             .gpu(device)
-            .ok_or(VramError::DeviceStopped { device })
+            .map_err(|cause| VramError::DeviceStopped { device, cause })
     }
 
     async fn ask_gpu<T: Send + 'static>(
@@ -189,19 +186,24 @@ impl VramResidency {
         build: impl FnOnce(ractor::RpcReplyPort<T>) -> GpuMsg,
     ) -> Result<T, VramError> {
         let gpu = self.gpu(device)?;
-        let shutting = Arc::clone(&self.inner);
+        let inner = Arc::clone(&self.inner);
         ask(
             &gpu,
             build,
             self.inner.call_timeout,
             "the device actor",
             move || {
-                if shutting.shut_down.load(Ordering::Acquire) {
-                    VramError::ShuttingDown
-                } else {
-                    // The actor went away mid-call: it crashed (and is being replaced) or stopped.
-                    VramError::DeviceStopped { device }
+                if inner.shut_down.load(Ordering::Acquire) {
+                    return VramError::ShuttingDown;
                 }
+                // The actor went away mid-call: it crashed (and is being replaced, or already
+                // was) or it stopped for good; the directory says which.
+                let cause = inner
+                    .directory
+                    .gpu(device)
+                    .err()
+                    .unwrap_or(StopCause::Restarting);
+                VramError::DeviceStopped { device, cause }
             },
         )
         .await
@@ -285,7 +287,7 @@ impl VramResidency {
             }
         };
         validation::validate_model_size(len, self.inner.max_model_size)?;
-        if self.inner.fail_closed_audit && !self.inner.audit_healthy.load(Ordering::Acquire) {
+        if self.inner.fail_closed_audit && self.audit_stats().await?.sink_down {
             return Err(VramError::AuditUnavailable(
                 "the audit sink is failing and fail_closed_audit is set; refusing to seal".into(),
             ));
@@ -298,15 +300,17 @@ impl VramResidency {
         .map(Arc::new);
         let handle_id = self.inner.next_handle.fetch_add(1, Ordering::Relaxed);
         let job = SealJob {
-            shard_id,
-            model_ref,
+            meta: SealMeta {
+                shard_id,
+                model_ref,
+                expected_sha256,
+                tensor_parallel,
+                handle_id,
+                tensors,
+            },
             source,
-            expected_sha256,
-            tensor_parallel,
             progress,
-            handle_id,
             len,
-            tensors,
         };
         let info = self
             .ask_gpu(device, |reply| GpuMsg::Seal {

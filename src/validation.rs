@@ -5,8 +5,8 @@
 //! rule it broke. Messages quote only short, sanitised prefixes of what the caller sent, so a
 //! hostile value cannot smuggle control characters into logs through an error.
 
-use crate::audit::events::sanitize;
 use crate::error::VramError;
+use crate::text::sanitize;
 
 /// Longest shard or worker id.
 pub const MAX_ID_LEN: usize = 256;

@@ -1,5 +1,12 @@
 //! The core capability through the public API: seal, verify, execute, release, fail-closed,
 //! capacity, validation, faults, supervision and shutdown — all on the simulated backend.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects
+)] // test code: a failing step should fail loudly
 
 mod common;
 
@@ -7,7 +14,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{TOKEN, audit_types, eventually, pattern, start};
-use vram_residency::{ChunkSpan, Config, Fault, SealRequest, VerifyMode, VramError, VramResidency};
+use vram_residency::{
+    ChunkSpan, Config, Fault, SealRequest, StopCause, VerifyMode, VramError, VramResidency,
+};
 
 const MIB: u64 = 1 << 20;
 
@@ -671,11 +680,20 @@ async fn a_stopped_device_refuses_new_work_while_another_device_serves() {
         .seal(SealRequest::new("new", "m", 0, pattern(10)))
         .await
         .unwrap_err();
-    assert_eq!(e, VramError::DeviceStopped { device: 0 });
+    assert_eq!(
+        e,
+        VramError::DeviceStopped {
+            device: 0,
+            cause: StopCause::IntegrityFailure
+        }
+    );
     assert!(!e.is_retriable());
     assert_eq!(
         system.execute(&good0, |v| v.len()).await.unwrap_err(),
-        VramError::DeviceStopped { device: 0 }
+        VramError::DeviceStopped {
+            device: 0,
+            cause: StopCause::IntegrityFailure
+        }
     );
     // intact shards on it can still be verified (diagnosis) and released
     system.verify(&good0, VerifyMode::Full).await.unwrap();

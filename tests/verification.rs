@@ -1,6 +1,13 @@
 //! The verification engine: parallel leaves agree with the sequential definition, streaming
 //! sources seal like in-memory ones, the background scrub catches corruption on its own, and
 //! sampled verification reports its detection probability.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects
+)] // test code: a failing step should fail loudly
 
 mod common;
 
@@ -11,7 +18,7 @@ use proptest::prelude::*;
 use vram_residency::seal::merkle::{
     MerkleTree, leaf_hashes_parallel, leaf_hashes_sequential, root_from_leaves,
 };
-use vram_residency::{Fault, SealRequest, VerifyMode, VramError, VramResidency};
+use vram_residency::{Fault, SealRequest, StopCause, VerifyMode, VramError, VramResidency};
 
 proptest! {
     #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
@@ -65,7 +72,16 @@ async fn streaming_from_a_reader_seals_like_memory_and_rejects_short_or_long_str
             5000,
         ))
         .await;
-    assert!(matches!(short, Err(VramError::Io(_))), "{short:?}");
+    assert!(
+        matches!(
+            short,
+            Err(VramError::Io {
+                kind: std::io::ErrorKind::UnexpectedEof,
+                ..
+            })
+        ),
+        "{short:?}"
+    );
     let long = system
         .seal(SealRequest::from_reader(
             "long",
@@ -75,7 +91,16 @@ async fn streaming_from_a_reader_seals_like_memory_and_rejects_short_or_long_str
             1000,
         ))
         .await;
-    assert!(matches!(long, Err(VramError::Io(_))), "{long:?}");
+    assert!(
+        matches!(
+            long,
+            Err(VramError::Io {
+                kind: std::io::ErrorKind::InvalidData,
+                ..
+            })
+        ),
+        "{long:?}"
+    );
     assert_eq!(system.capacity(0).await.unwrap().used_bytes, used);
     system.shutdown().await.unwrap();
 }
@@ -123,7 +148,10 @@ async fn the_background_scrub_finds_a_flip_without_any_request_touching_the_shar
             system
                 .seal(SealRequest::new("probe2", "m", 0, pattern(10)))
                 .await,
-            Err(VramError::DeviceStopped { device: 0 })
+            Err(VramError::DeviceStopped {
+                device: 0,
+                cause: StopCause::IntegrityFailure
+            })
         )
     })
     .await;

@@ -7,13 +7,12 @@
 //!
 //! Nothing is lost silently. While the sink fails, events stay in a bounded buffer and are
 //! retried on every tick; events beyond the bound are counted, and the first successful write
-//! after that carries an `AuditEventsDropped { count, reason }` record. The shared `healthy` flag
-//! lets `seal` refuse work (`fail_closed_audit`) while the sink is down.
+//! after that carries an `AuditEventsDropped { count, reason }` record. Whether the sink is up is
+//! asked through the mailbox (`AuditMsg::Stats`), so `seal` can refuse work while it is down
+//! (`fail_closed_audit`) without any state shared outside this actor.
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -32,13 +31,18 @@ pub struct AuditActor;
 
 /// What the `AuditActor` needs to start.
 pub struct AuditArgs {
+    /// Where records go.
     pub sink: AuditSinkConfig,
+    /// The worker token (the audit key is derived from it at start).
     pub token: WorkerToken,
+    /// Written into every record.
     pub worker_id: String,
+    /// Write a batch once this many events are buffered.
     pub batch_size: usize,
+    /// … or once the oldest buffered event is this old.
     pub flush_interval: Duration,
+    /// Most events kept while the sink fails; beyond it they are counted and dropped.
     pub buffer_limit: usize,
-    pub healthy: Arc<AtomicBool>,
 }
 
 enum Sink {
@@ -73,7 +77,6 @@ pub struct AuditState {
     batch_size: usize,
     flush_interval: Duration,
     buffer_limit: usize,
-    healthy: Arc<AtomicBool>,
     injected_failure: bool,
     last_error: Option<String>,
 }
@@ -187,7 +190,6 @@ impl AuditState {
     fn set_healthy(&mut self, ok: bool) {
         metrics::gauge!("vram_audit_sink_up").set(if ok { 1.0 } else { 0.0 });
         self.stats.sink_down = !ok;
-        self.healthy.store(ok, Ordering::Release);
     }
 
     fn stats(&self) -> AuditStats {
@@ -248,7 +250,6 @@ impl Actor for AuditActor {
             batch_size: args.batch_size.max(1),
             flush_interval: args.flush_interval,
             buffer_limit: args.buffer_limit.max(1),
-            healthy: args.healthy,
             injected_failure: false,
             last_error: None,
         };
@@ -340,7 +341,7 @@ mod tests {
     use super::*;
     use crate::audit::verify::verify_lines;
 
-    fn args(buffer_limit: usize, healthy: Arc<AtomicBool>) -> AuditArgs {
+    fn args(buffer_limit: usize) -> AuditArgs {
         AuditArgs {
             sink: AuditSinkConfig::Memory,
             token: WorkerToken::new(b"audit-actor-test-token".to_vec()).unwrap(),
@@ -348,7 +349,6 @@ mod tests {
             batch_size: 4,
             flush_interval: Duration::from_millis(5),
             buffer_limit,
-            healthy,
         }
     }
 
@@ -370,10 +370,7 @@ mod tests {
     #[test]
     fn events_are_batched_chained_and_flushed() {
         tokio_test::block_on(async {
-            let healthy = Arc::new(AtomicBool::new(true));
-            let (a, h) = Actor::spawn(None, AuditActor, args(100, healthy))
-                .await
-                .unwrap();
+            let (a, h) = Actor::spawn(None, AuditActor, args(100)).await.unwrap();
             for i in 0..10 {
                 a.cast(AuditMsg::Emit(Utc::now(), ev(i))).unwrap();
             }
@@ -394,17 +391,13 @@ mod tests {
     #[test]
     fn a_failing_sink_buffers_then_reports_exactly_what_it_dropped() {
         tokio_test::block_on(async {
-            let healthy = Arc::new(AtomicBool::new(true));
-            let (a, h) = Actor::spawn(None, AuditActor, args(5, Arc::clone(&healthy)))
-                .await
-                .unwrap();
+            let (a, h) = Actor::spawn(None, AuditActor, args(5)).await.unwrap();
             a.cast(AuditMsg::SinkFault(true)).unwrap();
             for i in 0..12 {
                 a.cast(AuditMsg::Emit(Utc::now(), ev(i))).unwrap();
             }
             let flushed = a.call(AuditMsg::Flush, None).await.unwrap().unwrap();
             assert!(matches!(flushed, Err(VramError::AuditUnavailable(_))));
-            assert!(!healthy.load(Ordering::Acquire));
             let stats = a.call(AuditMsg::Stats, None).await.unwrap().unwrap();
             assert_eq!(
                 (stats.buffered, stats.dropped, stats.sink_down),
@@ -412,7 +405,8 @@ mod tests {
             );
             a.cast(AuditMsg::SinkFault(false)).unwrap();
             let out = lines(&a).await;
-            assert!(healthy.load(Ordering::Acquire));
+            let stats = a.call(AuditMsg::Stats, None).await.unwrap().unwrap();
+            assert!(!stats.sink_down, "the sink is up again");
             // opened + the 5 kept + one drop report
             assert_eq!(out.len(), 7, "{out:#?}");
             let last = out.last().unwrap();
@@ -428,5 +422,55 @@ mod tests {
             a.stop(None);
             h.await.unwrap();
         });
+    }
+
+    async fn stats(a: &ActorRef<AuditMsg>) -> AuditStats {
+        a.call(AuditMsg::Stats, None).await.unwrap().unwrap()
+    }
+
+    /// Paused time: a batch goes out when `batch_size` events are buffered, or when
+    /// `flush_interval` has passed since the first of them, whichever comes first — and not
+    /// a moment before.
+    #[tokio::test(start_paused = true)]
+    async fn batches_are_written_at_the_count_or_the_interval() {
+        let (a, h) = Actor::spawn(None, AuditActor, args(100)).await.unwrap();
+        let base = stats(&a).await.written; // AuditLogOpened
+        for i in 0..3 {
+            a.cast(AuditMsg::Emit(Utc::now(), ev(i))).unwrap();
+        }
+        let s = stats(&a).await;
+        assert_eq!((s.written, s.buffered), (base, 3), "below the count: held");
+        a.cast(AuditMsg::Emit(Utc::now(), ev(3))).unwrap();
+        let s = stats(&a).await;
+        assert_eq!(
+            (s.written, s.buffered),
+            (base + 4, 0),
+            "the 4th event sends the batch"
+        );
+
+        a.cast(AuditMsg::Emit(Utc::now(), ev(4))).unwrap();
+        let mut tick = tokio_test::task::spawn(tokio::time::sleep(Duration::from_millis(4)));
+        tokio_test::assert_pending!(tick.poll());
+        tokio::time::advance(Duration::from_millis(4)).await;
+        tokio_test::assert_ready!(tick.poll());
+        let s = stats(&a).await;
+        assert_eq!(
+            (s.written, s.buffered),
+            (base + 4, 1),
+            "4 ms of 5: still held"
+        );
+        tokio::time::advance(Duration::from_millis(2)).await;
+        // Let the timer task that fired queue its tick ahead of the next question.
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        let s = stats(&a).await;
+        assert_eq!(
+            (s.written, s.buffered),
+            (base + 5, 0),
+            "the interval sends it"
+        );
+        a.stop(None);
+        h.await.unwrap();
     }
 }

@@ -2,8 +2,8 @@
 //!
 //! * Seal: a blocking thread turns the source (in-memory bytes, a file, any `Read`) into
 //!   staging pieces of whole chunks, hashes each piece — the plain SHA-256 stream and the piece's
-//!   Merkle leaves side by side on the rayon pool — and passes it over a small channel to the
-//!   actor, which uploads it. Hashing piece k+1 overlaps the upload of piece k, and at most a few
+//!   Merkle leaves side by side on the rayon pool — after passing it over a small channel to the
+//!   actor, which uploads it. The upload of piece k overlaps its hashing, and at most a few
 //!   staging buffers exist at once, so host memory stays O(staging) whatever the model size.
 //! * Verify: [`hash_leaves`] re-hashes all leaves (`Full`) or a CSPRNG sample of them
 //!   (`Sampled`) through a [`DeviceReader`] on the blocking pool; the actor compares the result
@@ -19,7 +19,7 @@ use crate::error::VramError;
 use crate::gpu::{BackendError, DeviceReader};
 use crate::messages::gpu::LeafCheck;
 use crate::seal::merkle::{Hash, MerkleTree, leaf_hashes_parallel};
-use crate::shard::ProgressFn;
+use crate::types::ProgressFn;
 
 /// `k` distinct chunk indices out of `n`, from the thread's CSPRNG (ChaCha, OS-seeded).
 pub(crate) fn sample_indices(n: u64, k: u64) -> Vec<u64> {
@@ -40,18 +40,14 @@ pub(crate) fn hash_leaves(
     indices: Option<Vec<u64>>,
     tree: &MerkleTree,
     root: &Hash,
-) -> Result<LeafCheck, VramError> {
+) -> Result<LeafCheck, BackendError> {
     // Rechecking the sealed leaf list against the signed root is O(leaves): a full verify does
     // it every time; a sampled verify, whose cost must not grow with the shard, relies on the
     // list held (immutably) in host memory since the seal, where the root was computed from it.
     let leaves_match_root = indices.is_some() || tree.leaves_match_root(root);
-    let map = |e: BackendError| match e {
-        BackendError::DeviceLost => VramError::DeviceLost { device: u32::MAX },
-        other => VramError::Io(format!("device read failed: {other}")),
-    };
     match indices {
         None => {
-            let observed = reader.all_leaf_hashes(chunk).map_err(map)?;
+            let observed = reader.all_leaf_hashes(chunk)?;
             let observed_root = crate::seal::merkle::root_from_leaves(&observed);
             Ok(LeafCheck {
                 indices: (0..observed.len() as u64).collect(),
@@ -64,7 +60,7 @@ pub(crate) fn hash_leaves(
             let observed = if indices.is_empty() {
                 Vec::new()
             } else {
-                reader.leaf_hashes(chunk, &indices).map_err(map)?
+                reader.leaf_hashes(chunk, &indices)?
             };
             Ok(LeafCheck {
                 indices,
@@ -211,9 +207,12 @@ pub(crate) fn hash_stream(
         buf.truncate(filled);
         done = done.saturating_add(filled as u64);
         if done > expected_len {
-            return Err(VramError::Io(format!(
-                "the source is longer than the {expected_len} bytes it declared (did the file grow while sealing?)"
-            )));
+            return Err(VramError::io(
+                std::io::ErrorKind::InvalidData,
+                format!(
+                    "the source is longer than the {expected_len} bytes it declared (did the file grow while sealing?)"
+                ),
+            ));
         }
         // Hand the piece to the uploader first, so its upload overlaps its hashing.
         let buf = Arc::new(buf);

@@ -15,7 +15,7 @@ use crate::messages::gpu::ShardRef;
 use crate::seal::claims::ShardInfo;
 use crate::seal::merkle::MerkleTree;
 use crate::seal::tensors::TensorMap;
-use crate::shard::ChunkSpan;
+use crate::types::ChunkSpan;
 
 /// A reply owed to a `release` that had to wait for in-flight verifications.
 pub type PendingRelease = Option<RpcReplyPort<Result<u64, VramError>>>;

@@ -15,8 +15,6 @@
 //!   key nothing can be sealed or verified, and without the audit actor nothing could be
 //!   proven afterwards.
 
-use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use chrono::Utc;
@@ -35,6 +33,7 @@ use crate::messages::gpu::GpuMsg;
 use crate::messages::seal_keeper::SealKeeperMsg;
 use crate::messages::supervisor::SupervisorMsg;
 use crate::seal::keys::WorkerToken;
+use crate::types::StopCause;
 
 /// How many times one device's actor is restarted before the device is left stopped.
 pub const MAX_DEVICE_RESTARTS: u32 = 8;
@@ -55,7 +54,6 @@ pub struct SupervisorArgs {
     pub audit_batch_size: usize,
     pub audit_flush_interval: Duration,
     pub audit_buffer_limit: usize,
-    pub audit_healthy: Arc<AtomicBool>,
     pub directory: DirectoryWriter,
 }
 
@@ -91,7 +89,7 @@ impl SupervisorState {
             myself.get_cell(),
         )
         .await?;
-        self.directory.set(device, Some(gpu.clone()));
+        self.directory.set(device, Ok(gpu.clone()));
         Ok(gpu)
     }
 
@@ -111,8 +109,10 @@ impl SupervisorState {
         self.shutting_down = true;
         let timeout = Some(self.settings.call_timeout);
         for (i, gpu) in self.gpus.iter_mut().enumerate() {
-            self.directory
-                .set(u32::try_from(i).unwrap_or(u32::MAX), None);
+            self.directory.set(
+                u32::try_from(i).unwrap_or(u32::MAX),
+                Err(StopCause::ShuttingDown),
+            );
             if let Some(g) = gpu.take() {
                 if g.drain_and_wait(timeout).await.is_err() {
                     // A device that cannot finish its queue in time is killed, so that nothing it
@@ -155,7 +155,6 @@ impl Actor for Supervisor {
                 batch_size: args.audit_batch_size,
                 flush_interval: args.audit_flush_interval,
                 buffer_limit: args.audit_buffer_limit,
-                healthy: args.audit_healthy,
             },
             myself.get_cell(),
         )
@@ -232,16 +231,18 @@ impl Actor for Supervisor {
             _ => return Ok(()),
         };
         if let Some(device) = state.device_of(&cell) {
-            state.directory.set(device, None);
-            if let Some(slot) = usize::try_from(device)
-                .ok()
-                .and_then(|i| state.gpus.get_mut(i))
-            {
-                *slot = None;
-            }
             let idx = usize::try_from(device).unwrap_or(usize::MAX);
             let count = state.restarts.get(idx).copied().unwrap_or(u32::MAX);
             let restart = count < MAX_DEVICE_RESTARTS;
+            let cause = if restart {
+                StopCause::Restarting
+            } else {
+                StopCause::Crashed
+            };
+            state.directory.set(device, Err(cause));
+            if let Some(slot) = state.gpus.get_mut(idx) {
+                *slot = None;
+            }
             tracing::error!(gpu_device = device, reason = %why, restart, "device actor ended");
             state.audit(AuditEvent::DeviceStopped {
                 gpu_device: device,
@@ -265,7 +266,12 @@ impl Actor for Supervisor {
                         }
                     }
                     Err(e) => {
-                        tracing::error!(gpu_device = device, error = %e, "device actor restart failed")
+                        tracing::error!(gpu_device = device, error = %e, "device actor restart failed");
+                        state.directory.set(device, Err(StopCause::Crashed));
+                        state.audit(AuditEvent::DeviceStopped {
+                            gpu_device: device,
+                            reason: format!("restarting the device actor failed: {e}"),
+                        });
                     }
                 }
             }
@@ -308,7 +314,6 @@ mod tests {
             audit_batch_size: 1,
             audit_flush_interval: Duration::from_millis(5),
             audit_buffer_limit: 100,
-            audit_healthy: Arc::new(AtomicBool::new(true)),
             directory: writer,
         }
     }
@@ -326,7 +331,7 @@ mod tests {
                 .unwrap()
                 .unwrap();
             let gpu0 = dir.gpu(0).unwrap();
-            assert!(dir.gpu(1).is_some());
+            assert!(dir.gpu(1).is_ok());
             let status = gpu0
                 .call(|reply| GpuMsg::Status { reply }, None)
                 .await
@@ -335,13 +340,13 @@ mod tests {
             assert_eq!(status.identity.index, 0);
 
             // a crashed device actor is replaced by a new one in the directory
-            let fault = crate::shard::Fault::CrashActor;
+            let fault = crate::types::Fault::CrashActor;
             let _ = gpu0
                 .call(|reply| GpuMsg::InjectFault { fault, reply }, None)
                 .await;
             let mut replaced = None;
             for _ in 0..200 {
-                if let Some(g) = dir.gpu(0) {
+                if let Ok(g) = dir.gpu(0) {
                     if g.get_id() != gpu0.get_id() {
                         replaced = Some(g);
                         break;
@@ -363,7 +368,8 @@ mod tests {
                 .unwrap()
                 .unwrap();
             handle.await.unwrap();
-            assert!(dir.gpu(0).is_none() && dir.gpu(1).is_none());
+            assert_eq!(dir.gpu(0).err(), Some(StopCause::ShuttingDown));
+            assert_eq!(dir.gpu(1).err(), Some(StopCause::ShuttingDown));
             assert!(
                 keeper
                     .cast(SealKeeperMsg::Attest {

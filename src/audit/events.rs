@@ -10,57 +10,84 @@
 
 use serde::{Serialize, Serializer};
 
+pub use crate::text::sanitize;
+
 /// One thing that happened, as it is written to the audit log.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "type")]
 pub enum AuditEvent {
     /// The log was opened; `resumed_from_seq` is the last sequence number found (0 for a new log).
     AuditLogOpened {
+        /// The last sequence number found in the log (0 for a new log).
         resumed_from_seq: u64,
         /// Bytes of an incomplete final line (a crash mid-write) that were cut before resuming.
         #[serde(skip_serializing_if = "Option::is_none")]
         torn_tail_bytes: Option<u64>,
     },
     /// The log was closed cleanly at shutdown.
-    AuditLogClosed { records_written: u64 },
+    AuditLogClosed {
+        /// Records this writer appended since it opened the log.
+        records_written: u64,
+    },
     /// Device memory was allocated for a shard.
     VramAllocated {
+        /// The shard concerned.
         #[serde(serialize_with = "sanitized")]
         shard_id: String,
+        /// Bytes asked for.
         requested_bytes: u64,
+        /// Bytes allocated.
         allocated_bytes: u64,
+        /// Bytes a seal could still use on the device at that moment.
         available_bytes: u64,
+        /// Bytes held by sealed shards on the device afterwards.
         used_bytes: u64,
+        /// The device index.
         gpu_device: u32,
     },
     /// An allocation was refused (capacity, injected fault, lost device).
     VramAllocationFailed {
+        /// The shard concerned.
         #[serde(serialize_with = "sanitized")]
         shard_id: String,
+        /// Bytes asked for.
         requested_bytes: u64,
+        /// Bytes a seal could still use on the device at that moment.
         available_bytes: u64,
+        /// Why, in words.
         #[serde(serialize_with = "sanitized")]
         reason: String,
+        /// The device index.
         gpu_device: u32,
     },
     /// A shard was sealed.
     VramSealed {
+        /// The shard concerned.
         #[serde(serialize_with = "sanitized")]
         shard_id: String,
+        /// The device index.
         gpu_device: u32,
+        /// Size of the shard in device memory.
         vram_bytes: u64,
+        /// SHA-256 of the shard bytes (lowercase hex).
         digest: String,
+        /// RFC 6962 Merkle root of the shard (lowercase hex).
         merkle_root: String,
+        /// The model reference the shard was sealed under.
         #[serde(serialize_with = "sanitized")]
         model_ref: String,
     },
     /// A verification passed.
     SealVerified {
+        /// The shard concerned.
         #[serde(serialize_with = "sanitized")]
         shard_id: String,
+        /// The device index.
         gpu_device: u32,
+        /// The verification mode (`full`, `sampled(k)`, `signature-only`).
         #[serde(serialize_with = "sanitized")]
         mode: String,
+        /// Chunks read back and hashed.
         chunks_checked: u64,
         /// `request` (a caller asked) or `scrub` (the background scrub).
         #[serde(serialize_with = "sanitized")]
@@ -68,14 +95,21 @@ pub enum AuditEvent {
     },
     /// A verification failed: the shard is quarantined and its device stopped.
     SealVerificationFailed {
+        /// The shard concerned.
         #[serde(serialize_with = "sanitized")]
         shard_id: String,
+        /// The device index.
         gpu_device: u32,
+        /// Why, in words.
         #[serde(serialize_with = "sanitized")]
         reason: String,
+        /// The signed Merkle root.
         expected_root: String,
+        /// The root recomputed from device memory (full verify only).
         actual_root: String,
+        /// Index of the first chunk found to differ, if any.
         first_bad_chunk: Option<u64>,
+        /// How many chunks were found to differ.
         bad_chunks: u64,
         /// Tensors overlapping the bad chunks (first 32), for safetensors shards.
         #[serde(
@@ -83,70 +117,101 @@ pub enum AuditEvent {
             serialize_with = "sanitized_list"
         )]
         bad_tensors: Vec<String>,
+        /// How serious the event is.
         severity: Severity,
     },
     /// A seal was refused after hashing (the bytes did not match the caller's expected digest).
     SealRejected {
+        /// The shard concerned.
         #[serde(serialize_with = "sanitized")]
         shard_id: String,
+        /// The device index.
         gpu_device: u32,
+        /// Why, in words.
         #[serde(serialize_with = "sanitized")]
         reason: String,
+        /// The digest the caller expected.
         #[serde(serialize_with = "sanitized")]
         expected_digest: String,
+        /// The digest of the bytes received.
         actual_digest: String,
     },
     /// A verification could not be completed (read error, lost device, incomplete answer).
     VerificationError {
+        /// The shard concerned.
         #[serde(serialize_with = "sanitized")]
         shard_id: String,
+        /// The device index.
         gpu_device: u32,
+        /// The verification mode (`full`, `sampled(k)`, `signature-only`).
         #[serde(serialize_with = "sanitized")]
         mode: String,
+        /// The error that stopped the verification.
         #[serde(serialize_with = "sanitized")]
         error: String,
+        /// `request` (a caller asked) or `scrub` (the background scrub).
         #[serde(serialize_with = "sanitized")]
         trigger: String,
     },
     /// Device memory was freed.
     VramDeallocated {
+        /// The shard concerned.
         #[serde(serialize_with = "sanitized")]
         shard_id: String,
+        /// Bytes freed.
         freed_bytes: u64,
+        /// Bytes still held by sealed shards on the device.
         remaining_used: u64,
+        /// The device index.
         gpu_device: u32,
     },
     /// A security policy was violated.
     PolicyViolation {
+        /// The policy (for example `VP-003`).
         #[serde(serialize_with = "sanitized")]
         policy: String,
+        /// What was violated.
         #[serde(serialize_with = "sanitized")]
         violation: String,
+        /// Details, in words.
         #[serde(serialize_with = "sanitized")]
         details: String,
+        /// How serious the event is.
         severity: Severity,
+        /// What the crate did about it.
         #[serde(serialize_with = "sanitized")]
         action_taken: String,
+        /// The device index.
         gpu_device: Option<u32>,
     },
     /// A residency attestation was answered.
     AttestationIssued {
+        /// The shard concerned.
         #[serde(serialize_with = "sanitized")]
         shard_id: String,
+        /// The device index.
         gpu_device: u32,
+        /// SHA-256 of the challenger's nonce (lowercase hex).
         nonce_sha256: String,
     },
     /// A device stopped accepting seals and executions (fail-closed, lost device, crash).
     DeviceStopped {
+        /// The device index.
         gpu_device: u32,
+        /// Why, in words.
         #[serde(serialize_with = "sanitized")]
         reason: String,
     },
     /// An operator reset a stopped device.
-    DeviceReset { gpu_device: u32 },
+    DeviceReset {
+        /// The device index.
+        gpu_device: u32,
+    },
     /// Events were lost (buffer overflow or failing sink); written once the sink works again.
     AuditEventsDropped {
+        /// How many events were lost.
         count: u64,
+        /// Why, in words.
         #[serde(serialize_with = "sanitized")]
         reason: String,
     },
@@ -186,64 +251,12 @@ impl AuditEvent {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Severity {
+    /// Routine.
     Info,
+    /// Worth an operator's look.
     Warning,
+    /// Integrity or policy failure: act on it.
     Critical,
-}
-
-/// Removes what must never reach a log line: control characters (C0, DEL, C1), and ANSI/VT
-/// escape sequences (`ESC [ … final`, `ESC ] … BEL/ST`, and two-byte `ESC x`). Each removed
-/// sequence is replaced by `\u{FFFD}` so the reader can see that something was there.
-pub fn sanitize(input: &str) -> String {
-    let mut out = String::with_capacity(input.len());
-    let mut chars = input.chars().peekable();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            match chars.peek() {
-                Some('[') => {
-                    chars.next();
-                    // CSI: parameters and intermediates until a final byte in 0x40..=0x7E.
-                    for n in chars.by_ref() {
-                        if ('\u{40}'..='\u{7e}').contains(&n) {
-                            break;
-                        }
-                    }
-                }
-                Some(']') => {
-                    chars.next();
-                    // OSC: until BEL or ST (ESC \).
-                    while let Some(n) = chars.next() {
-                        if n == '\u{7}' {
-                            break;
-                        }
-                        if n == '\u{1b}' {
-                            if chars.peek() == Some(&'\\') {
-                                chars.next();
-                            }
-                            break;
-                        }
-                    }
-                }
-                Some(_) => {
-                    chars.next();
-                }
-                None => {}
-            }
-            out.push('\u{FFFD}');
-        } else if c.is_control() || is_invisible_format(c) {
-            out.push('\u{FFFD}');
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
-/// Characters that are not control characters but still change how a line reads: bidi
-/// overrides and isolates, zero-width characters, and the Unicode line/paragraph separators.
-fn is_invisible_format(c: char) -> bool {
-    matches!(c,
-        '\u{200B}'..='\u{200F}' | '\u{2028}'..='\u{202E}' | '\u{2060}'..='\u{2069}' | '\u{FEFF}')
 }
 
 fn sanitized_list<S: Serializer>(values: &[String], serializer: S) -> Result<S::Ok, S::Error> {
@@ -286,20 +299,6 @@ mod tests {
             r#"{"type":"VramDeallocated","shard_id":"s","freed_bytes":3,"remaining_used":0,"gpu_device":1}"#
         );
         assert_eq!(e.type_name(), "VramDeallocated");
-    }
-
-    #[test]
-    fn sanitize_strips_controls_and_ansi() {
-        assert_eq!(sanitize("a\nb"), "a\u{FFFD}b");
-        assert_eq!(sanitize("\u{1b}[31mred\u{1b}[0m"), "\u{FFFD}red\u{FFFD}");
-        assert_eq!(sanitize("x\u{1b}]0;title\u{7}y"), "x\u{FFFD}y");
-        assert_eq!(sanitize("q\"uote"), "q\"uote");
-        assert_eq!(sanitize("modèle"), "modèle");
-        assert_eq!(sanitize("\u{85}\u{7f}"), "\u{FFFD}\u{FFFD}");
-        assert_eq!(
-            sanitize("a\u{202E}b\u{2028}c\u{200B}"),
-            "a\u{FFFD}b\u{FFFD}c\u{FFFD}"
-        );
     }
 
     #[test]

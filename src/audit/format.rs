@@ -25,8 +25,8 @@ use serde::de::{self, IgnoredAny, MapAccess, Visitor};
 use serde_json::value::RawValue;
 use subtle::ConstantTimeEq;
 
-use crate::audit::events::sanitize;
 use crate::seal::keys::AuditKey;
+use crate::text::sanitize;
 
 /// The separator between a line's body and its MAC.
 pub const MAC_SEPARATOR: &str = ",\"mac\":\"";
@@ -275,11 +275,7 @@ pub fn split_record(line: &str) -> Result<(&str, [u8; 32]), MalformedRecord> {
 /// `"type"` with a name of ASCII letters, digits and `_`. It does not check the MAC (that needs
 /// the chain, see [`ChainState::accept`]).
 pub fn parse_record(line: &str) -> Result<ParsedRecord<'_>, MalformedRecord> {
-    if line.len() > MAX_LINE_BYTES {
-        return Err(MalformedRecord::new(format!(
-            "line is longer than {MAX_LINE_BYTES} bytes"
-        )));
-    }
+    check_line_len(line.len())?;
     if line.is_empty() {
         return Err(MalformedRecord::new("empty line"));
     }
@@ -308,6 +304,25 @@ pub fn parse_record(line: &str) -> Result<ParsedRecord<'_>, MalformedRecord> {
         body,
         mac,
     })
+}
+
+/// [`parse_record`] for a line as read from a file (without its `\n`): the length is checked
+/// before anything else, then the bytes must be UTF-8.
+pub fn parse_record_bytes(line: &[u8]) -> Result<ParsedRecord<'_>, MalformedRecord> {
+    check_line_len(line.len())?;
+    let text =
+        std::str::from_utf8(line).map_err(|_| MalformedRecord::new("line is not valid UTF-8"))?;
+    parse_record(text)
+}
+
+/// Refuses a line longer than [`MAX_LINE_BYTES`].
+fn check_line_len(len: usize) -> Result<(), MalformedRecord> {
+    if len > MAX_LINE_BYTES {
+        return Err(MalformedRecord::new(format!(
+            "line is longer than {MAX_LINE_BYTES} bytes"
+        )));
+    }
+    Ok(())
 }
 
 /// Checks that `event_json` is a JSON object whose first member is `"type"` with a valid type
@@ -423,32 +438,10 @@ impl<'de> Visitor<'de> for EventHeadVisitor {
 }
 
 #[cfg(test)]
-#[allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing,
-    clippy::arithmetic_side_effects
-)]
 mod tests {
     use super::*;
-    use crate::seal::keys::WorkerToken;
+    use crate::audit::test_support::{vector_key, vector_lines, vectors};
     use chrono::TimeZone;
-
-    const VECTORS: &str = include_str!(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/vectors/vectors-v1.json"
-    ));
-
-    fn vectors() -> serde_json::Value {
-        serde_json::from_str(VECTORS).unwrap()
-    }
-
-    fn vector_key() -> AuditKey {
-        let v = vectors();
-        let token = v["worker_token"].as_str().unwrap();
-        AuditKey::derive(&WorkerToken::new(token.as_bytes().to_vec()).unwrap())
-    }
 
     #[derive(serde::Deserialize)]
     struct RawLine<'a> {
@@ -457,6 +450,21 @@ mod tests {
         worker_id: String,
         #[serde(borrow)]
         event: &'a RawValue,
+    }
+
+    /// One `DeviceReset` record by `worker_id`, the first of a chain under the vectors' key.
+    fn first_line(worker_id: &str) -> String {
+        encode_record(
+            &vector_key(),
+            &mut ChainState::genesis(),
+            "2026-11-29T09:00:00.000000000Z",
+            worker_id,
+            r#"{"type":"DeviceReset","gpu_device":0}"#,
+        )
+    }
+
+    fn good_line() -> String {
+        first_line("w")
     }
 
     #[test]
@@ -471,14 +479,8 @@ mod tests {
 
     #[test]
     fn vector_lines_reproduced_byte_for_byte() {
-        let v = vectors();
         let key = vector_key();
-        let lines: Vec<String> = v["audit_log_lines"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|l| l.as_str().unwrap().to_owned())
-            .collect();
+        let lines = vector_lines();
         assert_eq!(lines.len(), 3);
         let mut chain = ChainState::genesis();
         for line in &lines {
@@ -492,12 +494,11 @@ mod tests {
 
     #[test]
     fn vector_lines_parse_and_chain() {
-        let v = vectors();
         let key = vector_key();
         let mut chain = ChainState::genesis();
         let mut types = Vec::new();
-        for line in v["audit_log_lines"].as_array().unwrap() {
-            let rec = parse_record(line.as_str().unwrap()).unwrap();
+        for line in &vector_lines() {
+            let rec = parse_record(line).unwrap();
             chain.accept(&key, &rec).unwrap();
             assert_eq!(rec.worker_id, "worker-vec-1");
             types.push(rec.event_type);
@@ -532,31 +533,12 @@ mod tests {
 
     #[test]
     fn worker_id_is_escaped() {
-        let key = vector_key();
-        let mut chain = ChainState::genesis();
-        let line = encode_record(
-            &key,
-            &mut chain,
-            "2026-11-29T09:00:00.000000000Z",
-            "w\"1\n\u{1b}",
-            r#"{"type":"DeviceReset","gpu_device":0}"#,
-        );
+        let line = first_line("w\"1\n\u{1b}");
         assert!(!line.contains('\n'));
         let rec = parse_record(&line).unwrap();
         assert_eq!(rec.worker_id, "w\"1\n\u{1b}");
         assert_eq!(rec.event_type, "DeviceReset");
-        ChainState::genesis().accept(&key, &rec).unwrap();
-    }
-
-    fn good_line() -> String {
-        let key = vector_key();
-        encode_record(
-            &key,
-            &mut ChainState::genesis(),
-            "2026-11-29T09:00:00.000000000Z",
-            "w",
-            r#"{"type":"DeviceReset","gpu_device":0}"#,
-        )
+        ChainState::genesis().accept(&vector_key(), &rec).unwrap();
     }
 
     #[test]

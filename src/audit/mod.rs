@@ -10,6 +10,8 @@
 
 pub mod events;
 pub mod format;
+#[cfg(test)]
+mod test_support;
 pub mod verify;
 pub mod writer;
 

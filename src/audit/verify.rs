@@ -3,8 +3,8 @@
 //! trustworthy.
 //!
 //! Rules:
-//! * every line must be a well-formed record ([`super::format::parse_record`]), carry the next
-//!   sequence number, and carry the MAC that chains it to the line before;
+//! * every line must be a well-formed record ([`super::format::parse_record_bytes`]), carry the
+//!   next sequence number, and carry the MAC that chains it to the line before;
 //! * bytes after the last `\n` that do not form a complete record are a *torn tail* (a crash
 //!   during a write), reported as [`ProblemKind::TornTail`], distinct from tampering; a final
 //!   line without `\n` that is a complete, valid record is accepted;
@@ -25,7 +25,9 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use crate::audit::format::{ChainBreak, ChainState, MAX_LINE_BYTES, parse_record};
+use crate::audit::format::{
+    ChainBreak, ChainState, MAX_LINE_BYTES, MalformedRecord, parse_record_bytes,
+};
 use crate::seal::keys::{AuditKey, WorkerToken};
 
 /// What a verification found.
@@ -220,16 +222,9 @@ impl<'k> Walker<'k> {
             return true;
         }
         self.line_no = self.line_no.saturating_add(1);
-        let parsed = if line.len() > MAX_LINE_BYTES {
-            Err(format!("line is longer than {MAX_LINE_BYTES} bytes"))
-        } else {
-            std::str::from_utf8(line)
-                .map_err(|_| String::from("line is not valid UTF-8"))
-                .and_then(|s| parse_record(s).map_err(|e| e.0))
-        };
-        let record = match parsed {
+        let record = match parse_record_bytes(line) {
             Ok(r) => r,
-            Err(reason) => {
+            Err(MalformedRecord(reason)) => {
                 let kind = if terminated || line.len() > MAX_LINE_BYTES {
                     ProblemKind::Malformed(reason)
                 } else {
@@ -268,49 +263,20 @@ impl<'k> Walker<'k> {
 }
 
 #[cfg(test)]
-#[allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing,
-    clippy::arithmetic_side_effects
-)]
 mod tests {
     use super::*;
     use crate::audit::format::encode_record;
+    use crate::audit::test_support::{
+        check, forged_after, key, log_lines, problem, seq_gap, temp_log, token, vector_key,
+        vector_lines, vector_token, write_lines,
+    };
 
-    const TOKEN: &[u8] = b"verify-test-token-0123456789abcdef";
-    const EV: &[&str] = &[
-        r#"{"type":"AuditLogOpened","resumed_from_seq":0}"#,
-        r#"{"type":"VramAllocated","shard_id":"shard-a","requested_bytes":10,"allocated_bytes":10,"available_bytes":90,"used_bytes":10,"gpu_device":0}"#,
-        r#"{"type":"VramSealed","shard_id":"shard-a","gpu_device":0,"vram_bytes":10,"digest":"d","merkle_root":"m","model_ref":"r"}"#,
-        r#"{"type":"SealVerified","shard_id":"shard-a","gpu_device":0,"mode":"full","chunks_checked":1}"#,
-        r#"{"type":"VramDeallocated","shard_id":"shard-a","freed_bytes":10,"remaining_used":0,"gpu_device":0}"#,
-        r#"{"type":"AuditLogClosed","records_written":6}"#,
-    ];
-
-    fn key() -> AuditKey {
-        AuditKey::derive(&WorkerToken::new(TOKEN.to_vec()).unwrap())
-    }
-
-    fn log_lines(key: &AuditKey) -> Vec<String> {
-        let mut chain = ChainState::genesis();
-        EV.iter()
-            .enumerate()
-            .map(|(i, e)| {
-                let ts = format!("2026-11-29T09:00:0{i}.000000000Z");
-                encode_record(key, &mut chain, &ts, "worker-1", e)
-            })
-            .collect()
-    }
-
-    fn check(lines: &[String], complete: bool) -> AuditReport {
-        verify_lines(lines.iter().map(String::as_str), &key(), complete)
-    }
-
-    fn problem(r: &AuditReport) -> (u64, ProblemKind) {
-        let p = r.first_problem.clone().expect("expected a problem");
-        (p.line, p.kind)
+    /// The six-record test log with line `from` copied in at index `at`.
+    fn with_copy(from: usize, at: usize) -> Vec<String> {
+        let mut lines = log_lines(&key());
+        let copy = lines[from].clone();
+        lines.insert(at, copy);
+        lines
     }
 
     #[test]
@@ -327,32 +293,18 @@ mod tests {
 
     #[test]
     fn vectors_verify() {
-        let v: serde_json::Value = serde_json::from_str(include_str!(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/vectors/vectors-v1.json"
-        )))
-        .unwrap();
-        let token = v["worker_token"].as_str().unwrap();
-        let key = AuditKey::derive(&WorkerToken::new(token.as_bytes().to_vec()).unwrap());
-        let lines: Vec<&str> = v["audit_log_lines"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|l| l.as_str().unwrap())
-            .collect();
-        let r = verify_lines(lines.iter().copied(), &key, true);
+        let lines = vector_lines();
+        let r = verify_lines(lines.iter().map(String::as_str), &vector_key(), true);
         assert!(r.is_intact(), "{:?}", r.first_problem);
         assert_eq!((r.records, r.last_seq), (3, 3));
         assert_eq!(r.counts_by_type["SealVerificationFailed"], 1);
 
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("vectors.log");
-        std::fs::write(&path, lines.join("\n") + "\n").unwrap();
-        let r2 = verify_log(&path, &WorkerToken::new(token.as_bytes().to_vec()).unwrap()).unwrap();
+        let (_dir, path) = temp_log();
+        write_lines(&path, &lines);
+        let r2 = verify_log(&path, &vector_token()).unwrap();
         assert_eq!(r, r2);
         // A different token: the first record already fails.
-        let other = WorkerToken::new(TOKEN.to_vec()).unwrap();
-        let r3 = verify_log(&path, &other).unwrap();
+        let r3 = verify_log(&path, &token()).unwrap();
         assert_eq!(problem(&r3), (1, ProblemKind::MacMismatch));
         assert_eq!(r3.records, 0);
     }
@@ -364,10 +316,9 @@ mod tests {
         assert_eq!((r.records, r.last_seq), (0, 0));
         let r = verify_lines([""], &key(), false);
         assert!(r.is_intact());
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("empty.log");
+        let (_dir, path) = temp_log();
         std::fs::write(&path, "").unwrap();
-        let r = verify_log(&path, &WorkerToken::new(TOKEN.to_vec()).unwrap()).unwrap();
+        let r = verify_log(&path, &token()).unwrap();
         assert!(r.is_intact());
         assert_eq!(r.records, 0);
     }
@@ -387,17 +338,7 @@ mod tests {
     fn edited_seq_is_seq_gap() {
         let mut lines = log_lines(&key());
         lines[3] = lines[3].replacen("\"seq\":4", "\"seq\":5", 1);
-        let r = check(&lines, true);
-        assert_eq!(
-            problem(&r),
-            (
-                4,
-                ProblemKind::SeqGap {
-                    expected: 4,
-                    found: 5
-                }
-            )
-        );
+        assert_eq!(problem(&check(&lines, true)), seq_gap(4, 4, 5));
     }
 
     #[test]
@@ -405,16 +346,7 @@ mod tests {
         let mut lines = log_lines(&key());
         lines.remove(2);
         let r = check(&lines, true);
-        assert_eq!(
-            problem(&r),
-            (
-                3,
-                ProblemKind::SeqGap {
-                    expected: 3,
-                    found: 4
-                }
-            )
-        );
+        assert_eq!(problem(&r), seq_gap(3, 3, 4));
         assert_eq!(r.records, 2);
     }
 
@@ -422,71 +354,26 @@ mod tests {
     fn deleted_first_line() {
         let mut lines = log_lines(&key());
         lines.remove(0);
-        let r = check(&lines, true);
-        assert_eq!(
-            problem(&r),
-            (
-                1,
-                ProblemKind::SeqGap {
-                    expected: 1,
-                    found: 2
-                }
-            )
-        );
+        assert_eq!(problem(&check(&lines, true)), seq_gap(1, 1, 2));
     }
 
     #[test]
     fn inserted_copy() {
-        let mut lines = log_lines(&key());
-        let copy = lines[1].clone();
-        lines.insert(4, copy);
-        let r = check(&lines, true);
-        assert_eq!(
-            problem(&r),
-            (
-                5,
-                ProblemKind::SeqGap {
-                    expected: 5,
-                    found: 2
-                }
-            )
-        );
+        let r = check(&with_copy(1, 4), true);
+        assert_eq!(problem(&r), seq_gap(5, 5, 2));
         assert_eq!(r.records, 4);
     }
 
     #[test]
     fn duplicated_line_in_place() {
-        let mut lines = log_lines(&key());
-        let copy = lines[2].clone();
-        lines.insert(3, copy);
-        let r = check(&lines, true);
-        assert_eq!(
-            problem(&r),
-            (
-                4,
-                ProblemKind::SeqGap {
-                    expected: 4,
-                    found: 3
-                }
-            )
-        );
+        assert_eq!(problem(&check(&with_copy(2, 3), true)), seq_gap(4, 4, 3));
     }
 
     #[test]
     fn swapped_lines() {
         let mut lines = log_lines(&key());
         lines.swap(2, 3);
-        let r = check(&lines, true);
-        assert_eq!(
-            problem(&r),
-            (
-                3,
-                ProblemKind::SeqGap {
-                    expected: 3,
-                    found: 4
-                }
-            )
-        );
+        assert_eq!(problem(&check(&lines, true)), seq_gap(3, 3, 4));
     }
 
     #[test]
@@ -507,23 +394,10 @@ mod tests {
 
     #[test]
     fn forged_line_with_wrong_key() {
-        let k = key();
-        let mut lines = log_lines(&k);
+        let mut lines = log_lines(&key());
         // The forger knows the format and the last MAC but not the key.
-        let last = parse_record(lines.last().unwrap()).unwrap();
-        let mut chain = ChainState {
-            next_seq: 7,
-            prev_mac: last.mac,
-        };
-        let wrong =
-            AuditKey::derive(&WorkerToken::new(b"some-other-token-xxxxxxxx".to_vec()).unwrap());
-        lines.push(encode_record(
-            &wrong,
-            &mut chain,
-            "2026-11-29T09:00:09.000000000Z",
-            "worker-1",
-            r#"{"type":"DeviceReset","gpu_device":0}"#,
-        ));
+        let forged = forged_after(lines.last().unwrap());
+        lines.push(forged);
         let r = check(&lines, true);
         assert_eq!(problem(&r), (7, ProblemKind::MacMismatch));
         assert_eq!(r.records, 6);
@@ -557,9 +431,8 @@ mod tests {
     fn torn_tail_in_file() {
         let lines = log_lines(&key());
         let text = lines.join("\n") + "\n";
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("a.log");
-        let token = WorkerToken::new(TOKEN.to_vec()).unwrap();
+        let (_dir, path) = temp_log();
+        let token = token();
         // Cut at every byte of the last line: never a MAC mismatch.
         let last_start = text.len() - lines[5].len() - 1;
         for cut in last_start + 1..text.len() - 1 {
@@ -595,24 +468,22 @@ mod tests {
         let r = check(&lines, true);
         assert!(matches!(problem(&r), (2, ProblemKind::Malformed(_))));
 
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("b.log");
+        let (_dir, path) = temp_log();
         let mut bytes = log_lines(&key()).join("\n").into_bytes();
         bytes.extend_from_slice(b"\n\xff\xfe\n");
         std::fs::write(&path, &bytes).unwrap();
-        let r = verify_log(&path, &WorkerToken::new(TOKEN.to_vec()).unwrap()).unwrap();
+        let r = verify_log(&path, &token()).unwrap();
         assert!(matches!(problem(&r), (7, ProblemKind::Malformed(_))));
     }
 
     #[test]
     fn overlong_line_is_malformed() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("c.log");
+        let (_dir, path) = temp_log();
         let mut bytes = log_lines(&key()).join("\n").into_bytes();
         bytes.push(b'\n');
         bytes.extend(std::iter::repeat_n(b'x', MAX_LINE_BYTES + 10));
         std::fs::write(&path, &bytes).unwrap();
-        let r = verify_log(&path, &WorkerToken::new(TOKEN.to_vec()).unwrap()).unwrap();
+        let r = verify_log(&path, &token()).unwrap();
         assert!(
             matches!(problem(&r), (7, ProblemKind::Malformed(_))),
             "{r:?}"
@@ -648,29 +519,14 @@ mod tests {
         let k = key();
         let mut chain = ChainState::genesis();
         let ts = "2026-11-29T09:00:00.000000000Z";
-        let mut lines = vec![
-            encode_record(
-                &k,
-                &mut chain,
-                ts,
-                "w",
-                r#"{"type":"AuditLogOpened","resumed_from_seq":0}"#,
-            ),
-            encode_record(
-                &k,
-                &mut chain,
-                ts,
-                "w",
-                r#"{"type":"DeviceReset","gpu_device":0}"#,
-            ),
-        ];
-        lines.push(encode_record(
-            &k,
-            &mut chain,
-            ts,
-            "w",
+        let lines: Vec<String> = [
+            r#"{"type":"AuditLogOpened","resumed_from_seq":0}"#,
+            r#"{"type":"DeviceReset","gpu_device":0}"#,
             r#"{"type":"AuditLogOpened","resumed_from_seq":2,"torn_tail_bytes":17}"#,
-        ));
+        ]
+        .iter()
+        .map(|ev| encode_record(&k, &mut chain, ts, "w", ev))
+        .collect();
         let r = check(&lines, true);
         assert!(r.is_intact());
         assert_eq!(r.resumptions, 1);

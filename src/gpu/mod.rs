@@ -1,57 +1,33 @@
 //! Device backends: the one trait every kind of device memory sits behind.
 //!
 //! A [`DeviceBackend`] is owned by exactly one `GpuActor`, which makes every mutation (allocate,
-//! write, free, fault injection) happen in that actor's mailbox order. Reading a large shard for
-//! verification must not stall the mailbox, so the backend hands out a [`DeviceReader`] — a
-//! shareable, read-only view of one allocation — that a blocking worker can hash while the actor
-//! keeps serving. The actor guarantees an allocation is not freed while a reader of it is in use.
+//! write, free, fault injection) happen in that actor's mailbox order. Memory moves by
+//! ownership, never behind a shared lock:
+//!
+//! * a fresh allocation is written through a [`DeviceUpload`] that the backend lends out
+//!   ([`DeviceBackend::begin_upload`]) and takes back ([`DeviceBackend::finish_upload`]); while
+//!   it is lent, only its holder can write it;
+//! * once the upload is finished the allocation is sealed: read-only, shared by the
+//!   [`DeviceReader`]s handed to verifications (which hash on a blocking worker while the actor
+//!   keeps serving) and to `execute` closures. The actor guarantees an allocation is not freed
+//!   while a reader of it is in use.
 //!
 //! Backends: [`sim`] (device memory simulated in host memory, with a fixed capacity and fault
 //! injection). The CUDA backend (cudarc, dynamically loaded) plugs in behind the same trait.
 
 pub mod sim;
+mod view;
+
+pub use crate::types::{BackendKind, DeviceIdentity};
+pub use view::DeviceView;
 
 use std::fmt;
 use std::sync::Arc;
 
 use rayon::prelude::*;
 
+use crate::error::VramError;
 use crate::seal::merkle::{Hash, chunk_range, leaf_count, leaf_hash};
-
-/// Which kind of backend a device runs on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum BackendKind {
-    /// Device memory simulated in host memory.
-    Simulated,
-    /// A CUDA device.
-    Cuda,
-}
-
-impl fmt::Display for BackendKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Self::Simulated => "simulated",
-            Self::Cuda => "cuda",
-        })
-    }
-}
-
-/// What a device is.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct DeviceIdentity {
-    /// Device index in this system.
-    pub index: u32,
-    /// Human-readable name.
-    pub name: String,
-    /// Backend kind.
-    pub backend: BackendKind,
-    /// Total device memory in bytes.
-    pub total_bytes: u64,
-    /// Whether the device shares memory with the host (integrated GPU). The VRAM-only policy
-    /// refuses such devices.
-    pub integrated: bool,
-}
 
 /// Opaque id of one allocation inside one backend. Not a pointer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -85,7 +61,12 @@ impl fmt::Debug for DevicePtr {
 pub enum BackendError {
     /// Not enough device memory.
     #[error("out of device memory: needed {needed} bytes, available {available} bytes")]
-    OutOfMemory { needed: u64, available: u64 },
+    OutOfMemory {
+        /// Bytes asked for.
+        needed: u64,
+        /// Bytes free.
+        available: u64,
+    },
     /// The allocation failed for another reason (injected fault, driver).
     #[error("allocation failed: {0}")]
     AllocationFailed(String),
@@ -99,13 +80,44 @@ pub enum BackendError {
     #[error(
         "access out of range: offset {offset} + {len} bytes exceeds allocation of {size} bytes"
     )]
-    OutOfRange { offset: u64, len: u64, size: u64 },
+    OutOfRange {
+        /// Where the access started.
+        offset: u64,
+        /// How many bytes it covered.
+        len: u64,
+        /// Size of the allocation.
+        size: u64,
+    },
     /// The backend cannot do this.
     #[error("unsupported: {0}")]
     Unsupported(String),
     /// A driver error.
     #[error("driver error: {0}")]
     Driver(String),
+    /// A worker thread doing device work for the actor failed.
+    #[error("device worker failed: {0}")]
+    Worker(String),
+}
+
+impl BackendError {
+    /// The public error for this backend failure on `device`. A lost device is `DeviceLost`;
+    /// an access out of range is the caller's `InvalidInput`; a driver failure is `Cuda`.
+    pub(crate) fn into_vram(self, device: u32) -> VramError {
+        match self {
+            Self::OutOfMemory { needed, available } => {
+                VramError::InsufficientVram { needed, available }
+            }
+            Self::AllocationFailed(reason) => VramError::AllocationFailed { device, reason },
+            Self::DeviceLost => VramError::DeviceLost { device },
+            Self::UnknownAllocation => {
+                VramError::Internal("the backend lost track of an allocation".into())
+            }
+            e @ Self::OutOfRange { .. } => VramError::InvalidInput(e.to_string()),
+            Self::Unsupported(m) => VramError::Unsupported(m),
+            Self::Driver(m) => VramError::Cuda(m),
+            Self::Worker(m) => VramError::Internal(m),
+        }
+    }
 }
 
 /// A fault injected into a backend (simulated backend only).
@@ -113,8 +125,11 @@ pub enum BackendError {
 pub enum BackendFault {
     /// XOR `mask` into the byte at `offset` of an allocation.
     FlipBits {
+        /// The allocation.
         allocation: AllocationId,
+        /// Byte offset within it.
         offset: u64,
+        /// Bits to flip.
         mask: u8,
     },
     /// Fail the next allocation.
@@ -122,7 +137,10 @@ pub enum BackendFault {
     /// Lose the device: every later operation fails with `DeviceLost`.
     LoseDevice,
     /// Add this many milliseconds to every read operation.
-    SlowDevice { millis_per_read: u64 },
+    SlowDevice {
+        /// Milliseconds added to each read.
+        millis_per_read: u64,
+    },
 }
 
 /// Device memory behind one device, owned by one `GpuActor`.
@@ -133,18 +151,20 @@ pub trait DeviceBackend: Send + 'static {
     fn free_bytes(&self) -> Result<u64, BackendError>;
     /// Allocates `len` bytes of device memory.
     fn allocate(&mut self, len: u64) -> Result<AllocationId, BackendError>;
-    /// Copies `data` into the allocation at `offset`.
-    fn write(&mut self, id: AllocationId, offset: u64, data: &[u8]) -> Result<(), BackendError>;
-    /// A shareable read-only view of the allocation.
+    /// Lends the memory of a fresh allocation to its uploader: until it comes back through
+    /// [`DeviceBackend::finish_upload`], only the holder of the returned handle can write it,
+    /// and it cannot be read. The actor moves the handle to a copy job and back, so the copy
+    /// runs off the actor while the upload stays part of the seal handler.
+    fn begin_upload(&mut self, id: AllocationId) -> Result<Box<dyn DeviceUpload>, BackendError>;
+    /// Takes the memory back after its upload and seals it: from here on it is read-only and
+    /// can be shared with readers.
+    fn finish_upload(
+        &mut self,
+        id: AllocationId,
+        upload: Box<dyn DeviceUpload>,
+    ) -> Result<(), BackendError>;
+    /// A shareable read-only view of a sealed allocation.
     fn reader(&self, id: AllocationId) -> Result<Arc<dyn DeviceReader>, BackendError>;
-    /// A handle that copies into the allocation from a worker thread. The `GpuActor` awaits each
-    /// copy inside its seal handler (so the write is still part of that handler, in mailbox
-    /// order) but runs it on the hashing pool, where it shares cores with the hashing by work
-    /// stealing instead of preempting it. `None`: the actor calls [`DeviceBackend::write`].
-    fn uploader(&self, id: AllocationId) -> Option<Arc<dyn DeviceUploader>> {
-        let _ = id;
-        None
-    }
     /// The allocation's device address.
     fn device_ptr(&self, id: AllocationId) -> Result<DevicePtr, BackendError>;
     /// Frees the allocation, returning its size.
@@ -162,10 +182,13 @@ pub trait DeviceBackend: Send + 'static {
     }
 }
 
-/// Write access to one allocation, handed out only for the duration of a seal's upload.
-pub trait DeviceUploader: Send + Sync {
+/// Write access to one allocation, lent out only for the duration of a seal's upload. It is
+/// owned, not shared: whoever holds it is the only writer.
+pub trait DeviceUpload: Send {
     /// Copies `data` into the allocation at `offset` (host → device).
-    fn write(&self, offset: u64, data: &[u8]) -> Result<(), BackendError>;
+    fn write(&mut self, offset: u64, data: &[u8]) -> Result<(), BackendError>;
+    /// Lets the backend that lent the handle take its memory back.
+    fn into_any(self: Box<Self>) -> Box<dyn std::any::Any + Send>;
 }
 
 /// Read access to one allocation, usable from any thread.

@@ -5,20 +5,24 @@
 //! a lost device really refuses everything after. It lets the whole actor system — seal, verify,
 //! fail-closed, release, supervision — run and be tested on machines without a GPU.
 //!
-//! Each allocation is an `Arc<SimBuffer>`; readers hold a clone, so a verification that is still
-//! hashing keeps the bytes alive even if the owner frees them (the `GpuActor` additionally defers
-//! frees until in-flight verifications finish, which is what a real device needs).
+//! Memory moves by ownership, as the backend trait describes: a fresh allocation's bytes are a
+//! `Vec<u8>` that is lent to the uploader and given back; once sealed they are frozen in an
+//! `Arc<Vec<u8>>` that readers share read-only (no lock anywhere). A reader that is still
+//! hashing keeps the bytes alive even if the owner frees them (the `GpuActor` additionally
+//! defers frees until in-flight verifications finish, which is what a real device needs).
+//! Fault injection on sealed memory copies on write if a reader holds it, so a verification
+//! already running keeps seeing the bytes it started with.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, RwLock, RwLockReadGuard};
 use std::time::Duration;
 
 use rayon::prelude::*;
 
 use super::{
     AllocationId, BackendError, BackendFault, BackendKind, DeviceBackend, DeviceIdentity,
-    DevicePtr, DeviceReader, DeviceUploader,
+    DevicePtr, DeviceReader, DeviceUpload,
 };
 use crate::seal::merkle::{Hash, chunk_range, leaf_hash};
 
@@ -46,31 +50,20 @@ impl SharedFaults {
     }
 }
 
-struct SimBuffer {
-    bytes: RwLock<Vec<u8>>,
-    faults: Arc<SharedFaults>,
+/// Where one allocation's bytes are.
+enum Memory {
+    /// Allocated, not yet lent out or sealed.
+    Fresh(Vec<u8>),
+    /// Lent to an uploader ([`SimUpload`]); the bytes are with it.
+    Lent,
+    /// Sealed: read-only, shared with readers.
+    Sealed(Arc<Vec<u8>>),
 }
 
-impl SimBuffer {
-    /// Host → "device" copy; refused once the device is lost.
-    fn write(&self, offset: u64, data: &[u8]) -> Result<(), BackendError> {
-        if self.faults.lost.load(Ordering::Acquire) {
-            return Err(BackendError::DeviceLost);
-        }
-        let mut bytes = self.bytes.write().unwrap_or_else(|p| p.into_inner());
-        let r = range(offset, data.len(), bytes.len())?;
-        bytes
-            .get_mut(r)
-            .ok_or(BackendError::UnknownAllocation)?
-            .copy_from_slice(data);
-        Ok(())
-    }
-
-    fn read_guard(&self) -> RwLockReadGuard<'_, Vec<u8>> {
-        // A poisoned lock only means a writer panicked mid-copy; the bytes are still the bytes
-        // (and verification will say whether they are the right ones).
-        self.bytes.read().unwrap_or_else(|p| p.into_inner())
-    }
+struct SimAllocation {
+    addr: u64,
+    len: u64,
+    memory: Memory,
 }
 
 /// One simulated device.
@@ -80,7 +73,7 @@ pub struct SimDevice {
     used: u64,
     next_id: u64,
     next_addr: u64,
-    allocations: HashMap<AllocationId, (u64, Arc<SimBuffer>)>,
+    allocations: HashMap<AllocationId, SimAllocation>,
     /// Freed buffers kept for reuse, like a device's caching allocator: once touched, simulated
     /// device memory stays resident, so a new allocation does not pay host page faults that a
     /// real device never would. Cached plus live buffers never exceed `capacity`.
@@ -128,9 +121,15 @@ impl SimDevice {
         }
     }
 
-    fn buffer(&self, id: AllocationId) -> Result<&(u64, Arc<SimBuffer>), BackendError> {
+    fn allocation(&self, id: AllocationId) -> Result<&SimAllocation, BackendError> {
         self.allocations
             .get(&id)
+            .ok_or(BackendError::UnknownAllocation)
+    }
+
+    fn allocation_mut(&mut self, id: AllocationId) -> Result<&mut SimAllocation, BackendError> {
+        self.allocations
+            .get_mut(&id)
             .ok_or(BackendError::UnknownAllocation)
     }
 }
@@ -194,54 +193,88 @@ impl DeviceBackend for SimDevice {
             .saturating_add(len.div_ceil(256).saturating_mul(256))
             .saturating_add(256);
         self.used = self.used.saturating_add(len);
-        let buf = Arc::new(SimBuffer {
-            bytes: RwLock::new(bytes),
-            faults: Arc::clone(&self.faults),
-        });
-        self.allocations.insert(id, (self.next_addr, buf));
+        let allocation = SimAllocation {
+            addr: self.next_addr,
+            len,
+            memory: Memory::Fresh(bytes),
+        };
+        self.allocations.insert(id, allocation);
         Ok(id)
     }
 
-    fn write(&mut self, id: AllocationId, offset: u64, data: &[u8]) -> Result<(), BackendError> {
-        self.buffer(id)?.1.write(offset, data)
+    fn begin_upload(&mut self, id: AllocationId) -> Result<Box<dyn DeviceUpload>, BackendError> {
+        self.live()?;
+        let faults = Arc::clone(&self.faults);
+        let a = self.allocation_mut(id)?;
+        match std::mem::replace(&mut a.memory, Memory::Lent) {
+            Memory::Fresh(bytes) => Ok(Box::new(SimUpload { bytes, faults })),
+            other => {
+                a.memory = other;
+                Err(BackendError::Unsupported(
+                    "only a fresh allocation can be uploaded to".into(),
+                ))
+            }
+        }
+    }
+
+    fn finish_upload(
+        &mut self,
+        id: AllocationId,
+        upload: Box<dyn DeviceUpload>,
+    ) -> Result<(), BackendError> {
+        self.live()?;
+        let upload = upload
+            .into_any()
+            .downcast::<SimUpload>()
+            .map_err(|_| BackendError::Unsupported("an upload from another backend".into()))?;
+        let a = self.allocation_mut(id)?;
+        if !matches!(a.memory, Memory::Lent) || upload.bytes.len() as u64 != a.len {
+            return Err(BackendError::Unsupported(
+                "this upload does not belong to this allocation".into(),
+            ));
+        }
+        a.memory = Memory::Sealed(Arc::new(upload.bytes));
+        Ok(())
     }
 
     fn reader(&self, id: AllocationId) -> Result<Arc<dyn DeviceReader>, BackendError> {
         self.live()?;
-        let (_, buf) = self.buffer(id)?;
-        Ok(Arc::new(SimReader {
-            buf: Arc::clone(buf),
-        }))
-    }
-
-    fn uploader(&self, id: AllocationId) -> Option<Arc<dyn DeviceUploader>> {
-        let (_, buf) = self.buffer(id).ok()?;
-        Some(Arc::new(SimUploader {
-            buf: Arc::clone(buf),
-        }))
+        match &self.allocation(id)?.memory {
+            Memory::Sealed(bytes) => Ok(Arc::new(SimReader {
+                bytes: Arc::clone(bytes),
+                faults: Arc::clone(&self.faults),
+            })),
+            Memory::Fresh(_) | Memory::Lent => Err(BackendError::Unsupported(
+                "the allocation is not sealed yet".into(),
+            )),
+        }
     }
 
     fn device_ptr(&self, id: AllocationId) -> Result<DevicePtr, BackendError> {
         self.live()?;
-        Ok(DevicePtr::new(self.buffer(id)?.0))
+        Ok(DevicePtr::new(self.allocation(id)?.addr))
     }
 
     fn free(&mut self, id: AllocationId) -> Result<u64, BackendError> {
         // Freeing works even on a lost device: the memory is gone either way, and the
         // accounting must return to its starting value.
-        let (_, buf) = self
+        let a = self
             .allocations
             .remove(&id)
             .ok_or(BackendError::UnknownAllocation)?;
-        let len = buf.read_guard().len() as u64;
-        self.used = self.used.saturating_sub(len);
+        self.used = self.used.saturating_sub(a.len);
         // Keep the memory for reuse unless a reader still holds it (then it is dropped when the
-        // reader finishes).
-        if let Ok(b) = Arc::try_unwrap(buf) {
-            let bytes = b.bytes.into_inner().unwrap_or_else(|p| p.into_inner());
-            self.cached.push(bytes);
+        // reader finishes) or an uploader has it (dropped with the upload handle).
+        match a.memory {
+            Memory::Fresh(bytes) => self.cached.push(bytes),
+            Memory::Sealed(bytes) => {
+                if let Ok(bytes) = Arc::try_unwrap(bytes) {
+                    self.cached.push(bytes);
+                }
+            }
+            Memory::Lent => {}
         }
-        Ok(len)
+        Ok(a.len)
     }
 
     fn inject_fault(&mut self, fault: BackendFault) -> Result<(), BackendError> {
@@ -252,10 +285,17 @@ impl DeviceBackend for SimDevice {
                 mask,
             } => {
                 self.live()?;
-                let (_, buf) = self.buffer(allocation)?;
-                let mut bytes = buf.bytes.write().unwrap_or_else(|p| p.into_inner());
-                let size = bytes.len();
-                let r = range(offset, 1, size)?;
+                let bytes: &mut Vec<u8> = match &mut self.allocation_mut(allocation)?.memory {
+                    Memory::Fresh(bytes) => bytes,
+                    // Copy on write if a reader still holds the sealed bytes.
+                    Memory::Sealed(bytes) => Arc::make_mut(bytes),
+                    Memory::Lent => {
+                        return Err(BackendError::Unsupported(
+                            "the allocation is being uploaded".into(),
+                        ));
+                    }
+                };
+                let r = range(offset, 1, bytes.len())?;
                 if let Some(b) = bytes.get_mut(r.start) {
                     *b ^= mask;
                 }
@@ -279,40 +319,60 @@ impl DeviceBackend for SimDevice {
     }
 }
 
-/// Copies into one simulated allocation (see [`DeviceBackend::uploader`]).
-struct SimUploader {
-    buf: Arc<SimBuffer>,
+/// The memory of one simulated allocation, lent out for its upload (see
+/// [`DeviceBackend::begin_upload`]).
+struct SimUpload {
+    bytes: Vec<u8>,
+    faults: Arc<SharedFaults>,
 }
 
-impl DeviceUploader for SimUploader {
-    fn write(&self, offset: u64, data: &[u8]) -> Result<(), BackendError> {
-        self.buf.write(offset, data)
+impl DeviceUpload for SimUpload {
+    fn write(&mut self, offset: u64, data: &[u8]) -> Result<(), BackendError> {
+        if self.faults.lost.load(Ordering::Acquire) {
+            return Err(BackendError::DeviceLost);
+        }
+        let r = range(offset, data.len(), self.bytes.len())?;
+        self.bytes
+            .get_mut(r)
+            .ok_or(BackendError::UnknownAllocation)?
+            .copy_from_slice(data);
+        Ok(())
+    }
+
+    fn into_any(self: Box<Self>) -> Box<dyn std::any::Any + Send> {
+        self
     }
 }
 
-/// A read-only view of one simulated allocation. Hashes in place (no copy back), the way a
-/// device-side hashing kernel would on CUDA.
+/// A read-only view of one sealed simulated allocation. Hashes in place (no copy back), the
+/// way a device-side hashing kernel would on CUDA.
 struct SimReader {
-    buf: Arc<SimBuffer>,
+    bytes: Arc<Vec<u8>>,
+    faults: Arc<SharedFaults>,
+}
+
+impl SimReader {
+    /// The bytes `offset .. offset + len` (after the simulated faults: lost, slow).
+    fn slice(&self, offset: u64, len: usize) -> Result<&[u8], BackendError> {
+        let r = range(offset, len, self.bytes.len())?;
+        self.bytes.get(r).ok_or(BackendError::UnknownAllocation)
+    }
 }
 
 impl DeviceReader for SimReader {
     fn len(&self) -> u64 {
-        self.buf.read_guard().len() as u64
+        self.bytes.len() as u64
     }
 
     fn read(&self, offset: u64, out: &mut [u8]) -> Result<(), BackendError> {
-        self.buf.faults.check()?;
-        let bytes = self.buf.read_guard();
-        let r = range(offset, out.len(), bytes.len())?;
-        out.copy_from_slice(bytes.get(r).ok_or(BackendError::UnknownAllocation)?);
+        self.faults.check()?;
+        out.copy_from_slice(self.slice(offset, out.len())?);
         Ok(())
     }
 
     fn leaf_hashes(&self, chunk_size: u64, indices: &[u64]) -> Result<Vec<Hash>, BackendError> {
-        self.buf.faults.check()?;
-        let bytes = self.buf.read_guard();
-        let size = bytes.len() as u64;
+        self.faults.check()?;
+        let size = self.len();
         indices
             .par_iter()
             .map(|&i| {
@@ -322,23 +382,21 @@ impl DeviceReader for SimReader {
                         len: chunk_size,
                         size,
                     })?;
-                let r = range(off, usize::try_from(n).unwrap_or(usize::MAX), bytes.len())?;
                 Ok(leaf_hash(
-                    bytes.get(r).ok_or(BackendError::UnknownAllocation)?,
+                    self.slice(off, usize::try_from(n).unwrap_or(usize::MAX))?,
                 ))
             })
             .collect()
     }
 
     fn all_leaf_hashes(&self, chunk_size: u64) -> Result<Vec<Hash>, BackendError> {
-        self.buf.faults.check()?;
-        let bytes = self.buf.read_guard();
+        self.faults.check()?;
         let chunk = usize::try_from(chunk_size)
             .map_err(|_| BackendError::Unsupported("chunk too large".into()))?;
         if chunk == 0 {
             return Ok(Vec::new());
         }
-        Ok(bytes.par_chunks(chunk).map(leaf_hash).collect())
+        Ok(self.bytes.par_chunks(chunk).map(leaf_hash).collect())
     }
 }
 
@@ -346,6 +404,12 @@ impl DeviceReader for SimReader {
 mod tests {
     use super::*;
     use crate::seal::merkle::leaf_hashes_sequential;
+
+    fn upload(d: &mut SimDevice, a: AllocationId, data: &[u8]) {
+        let mut up = d.begin_upload(a).unwrap();
+        up.write(0, data).unwrap();
+        d.finish_upload(a, up).unwrap();
+    }
 
     #[test]
     fn capacity_is_enforced_and_returned() {
@@ -368,7 +432,7 @@ mod tests {
     fn freed_memory_is_reused_only_when_it_fits_exactly() {
         let mut d = SimDevice::new(0, 10_000);
         let a = d.allocate(6_000).unwrap();
-        d.write(a, 0, &[7u8; 6_000]).unwrap();
+        upload(&mut d, a, &[7u8; 6_000]);
         d.free(a).unwrap();
         assert_eq!(d.cached.len(), 1);
         let b = d.allocate(6_000).unwrap(); // reused
@@ -384,11 +448,15 @@ mod tests {
         let mut d = SimDevice::new(0, 1 << 20);
         let data: Vec<u8> = (0..20_000u32).map(|i| (i % 251) as u8).collect();
         let a = d.allocate(data.len() as u64).unwrap();
-        d.write(a, 0, &data).unwrap();
+        assert!(d.reader(a).is_err(), "not readable before it is sealed");
+        let mut up = d.begin_upload(a).unwrap();
+        assert!(d.begin_upload(a).is_err(), "lent once");
+        up.write(0, &data).unwrap();
         assert!(matches!(
-            d.write(a, 19_999, &[1, 2]),
+            up.write(19_999, &[1, 2]),
             Err(BackendError::OutOfRange { .. })
         ));
+        d.finish_upload(a, up).unwrap();
         let r = d.reader(a).unwrap();
         let mut back = vec![0u8; 100];
         r.read(4_000, &mut back).unwrap();
@@ -403,7 +471,11 @@ mod tests {
             mask: 4,
         })
         .unwrap();
-        let h = r.leaf_hashes(4096, &[2, 4]).unwrap();
+        // A reader that was already hashing keeps the bytes it started with (copy on write);
+        // a new reader sees the flip.
+        let before = r.leaf_hashes(4096, &[2]).unwrap();
+        assert_eq!(before[0], leaf_hashes_sequential(&data, 4096)[2]);
+        let h = d.reader(a).unwrap().leaf_hashes(4096, &[2, 4]).unwrap();
         assert_ne!(h[0], leaf_hashes_sequential(&data, 4096)[2]);
         assert_eq!(h[1], leaf_hashes_sequential(&data, 4096)[4]);
     }
@@ -417,6 +489,7 @@ mod tests {
             Err(BackendError::AllocationFailed(_))
         ));
         let a = d.allocate(10).unwrap();
+        upload(&mut d, a, &[1; 10]);
         let r = d.reader(a).unwrap();
         d.inject_fault(BackendFault::LoseDevice).unwrap();
         assert_eq!(d.allocate(10), Err(BackendError::DeviceLost));

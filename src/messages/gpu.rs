@@ -6,11 +6,10 @@ use std::time::Instant;
 use ractor::RpcReplyPort;
 
 use crate::error::VramError;
+use crate::gpu::{BackendError, DeviceView};
 use crate::seal::claims::ShardInfo;
 use crate::seal::merkle::Hash;
-use crate::shard::{
-    DeviceView, Fault, ProgressFn, SealSource, VerifyMode, VerifyReport, VramCapacity,
-};
+use crate::types::{Fault, ProgressFn, SealSource, VerifyMode, VerifyReport, VramCapacity};
 
 /// Names one resident shard as a particular handle saw it: a stale handle (released, or from
 /// before a crash) never matches a newer shard that reuses the id.
@@ -24,16 +23,30 @@ pub struct ShardRef {
 
 /// A validated seal request, ready for the device.
 pub struct SealJob {
-    pub shard_id: String,
-    pub model_ref: String,
+    /// What the seal will say, and how it will be recorded.
+    pub meta: SealMeta,
+    /// Where the bytes come from.
     pub source: SealSource,
-    pub expected_sha256: Option<String>,
-    pub tensor_parallel: Option<(u32, u32)>,
+    /// Called as pieces are hashed.
     pub progress: Option<ProgressFn>,
-    pub handle_id: u64,
     /// The length validated by the handle (against `max_model_size`); the source must deliver
     /// exactly this many bytes.
     pub len: u64,
+}
+
+/// The parts of a seal job that stay with the device actor once the source has been handed to
+/// the hasher.
+pub struct SealMeta {
+    /// The shard id (validated).
+    pub shard_id: String,
+    /// The model reference (validated).
+    pub model_ref: String,
+    /// Refuse the seal unless the bytes hash to this (lowercase hex).
+    pub expected_sha256: Option<String>,
+    /// `(index, total)` in a tensor-parallel group.
+    pub tensor_parallel: Option<(u32, u32)>,
+    /// The handle's unique number.
+    pub handle_id: u64,
     /// Tensor layout, when the source is a safetensors file.
     pub tensors: Option<std::sync::Arc<crate::seal::tensors::TensorMap>>,
 }
@@ -80,7 +93,7 @@ pub enum GpuMsg {
         shard: ShardRef,
         mode: VerifyMode,
         started: Instant,
-        outcome: Result<LeafCheck, VramError>,
+        outcome: Result<LeafCheck, BackendError>,
         reply: Option<RpcReplyPort<Result<VerifyReport, VramError>>>,
     },
     /// Is this shard resident, unquarantined and described by this info?
@@ -114,7 +127,7 @@ pub enum GpuMsg {
     },
     /// Describe the device.
     Status {
-        reply: RpcReplyPort<crate::actors::gpu_actor::DeviceStatus>,
+        reply: RpcReplyPort<crate::types::DeviceStatus>,
     },
     /// Internal: time for the background scrub to look at the next shard.
     ScrubTick,

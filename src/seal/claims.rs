@@ -58,7 +58,7 @@ impl ShardInfo {
         if self.format != SEAL_FORMAT {
             return Err(VramError::invalid(format!(
                 "format must be {SEAL_FORMAT:?}, got {:?}",
-                crate::audit::events::sanitize(&self.format.chars().take(32).collect::<String>())
+                crate::text::sanitize(&self.format.chars().take(32).collect::<String>())
             )));
         }
         match (self.shard_index, self.total_shards) {

@@ -57,7 +57,7 @@ impl TensorMap {
             data_end = data_end.max(e);
             // Names come from the file: keep them printable and bounded before they can reach
             // an error message or the audit log.
-            let mut name = crate::audit::events::sanitize(&name);
+            let mut name = crate::text::sanitize(&name);
             if name.chars().count() > 256 {
                 name = name.chars().take(256).chain(std::iter::once('…')).collect();
             }

@@ -1,0 +1,166 @@
+//! The device actor's mailbox: which handler each [`GpuMsg`] goes to, and its start and stop.
+//!
+//! Handlers live beside the concern they serve (`seal`, `verify`, `access`, `scrub`, `faults`);
+//! this file only routes, answers the small messages (capacity, reset, status) and owns the
+//! shutdown path: when the actor stops, every shard it holds is freed and audited, after any
+//! verification still reading it has been let go (the reader holds its own reference).
+
+use std::time::Instant;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+
+use super::{GpuActor, GpuArgs, GpuState};
+use crate::actors::shard_table::ShardTable;
+use crate::audit::events::AuditEvent;
+use crate::error::VramError;
+use crate::messages::gpu::{GpuMsg, ShardRef};
+
+impl Actor for GpuActor {
+    type Msg = GpuMsg;
+    type State = GpuState;
+    type Arguments = GpuArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<GpuMsg>,
+        args: GpuArgs,
+    ) -> Result<GpuState, ActorProcessingErr> {
+        let identity = args.backend.identity();
+        if let Some(interval) = args.settings.scrub_interval {
+            myself.send_interval(interval, || GpuMsg::ScrubTick);
+        }
+        Ok(GpuState {
+            args,
+            identity,
+            table: ShardTable::default(),
+            stopped: None,
+            lost: false,
+            scrub_cursor: 0,
+            scrub_not_before: Instant::now(),
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<GpuMsg>,
+        message: GpuMsg,
+        state: &mut GpuState,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            GpuMsg::Seal { job, reply } => {
+                if reply.is_closed() {
+                    return Ok(()); // the caller gave up before we started: allocate nothing
+                }
+                let r = state.seal(*job).await;
+                if let Err(ractor::MessagingErr::SendErr(Ok(info))) = reply.send(r) {
+                    // The caller is gone (timed out, dropped its future): no handle will ever
+                    // release this shard, so release it now rather than leak the capacity.
+                    tracing::warn!(gpu_device = state.device(), shard_id = %info.shard_id,
+                        "seal finished after its caller left; releasing it");
+                    let _ = state.release_now(&info.shard_id);
+                }
+            }
+            GpuMsg::Verify {
+                shard,
+                info,
+                mode,
+                reply,
+            } => state.verify_request(&myself, shard, &info, mode, reply),
+            GpuMsg::VerifyFinished {
+                shard,
+                mode,
+                started,
+                outcome,
+                reply,
+            } => {
+                let outcome = outcome.map_err(|e| state.map(e));
+                let scrub = reply.is_none();
+                let r = state.finish_verify(shard, mode, started, outcome, scrub);
+                if let Some(reply) = reply {
+                    let _ = reply.send(r);
+                }
+            }
+            GpuMsg::Residency { query, reply } => {
+                let _ = reply.send(state.residency(query));
+            }
+            GpuMsg::Execute { shard, job, reply } => {
+                let _ = reply.send(state.execute(&shard, job));
+            }
+            GpuMsg::Release { shard, reply } => state.release_request(shard, reply),
+            GpuMsg::Capacity { reply } => {
+                let r = state.live().map(|()| state.capacity());
+                let _ = reply.send(r);
+            }
+            GpuMsg::InjectFault { fault, reply } => {
+                let r = state.inject(fault);
+                let _ = reply.send(r);
+            }
+            GpuMsg::Reset { reply } => {
+                let r = state.live().map(|()| state.reset());
+                let _ = reply.send(r);
+            }
+            GpuMsg::Status { reply } => {
+                let _ = reply.send(state.status());
+            }
+            GpuMsg::ScrubTick => state.scrub_next(&myself),
+        }
+        Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<GpuMsg>,
+        state: &mut GpuState,
+    ) -> Result<(), ActorProcessingErr> {
+        // Shutdown frees everything the device holds, and says so in the audit log.
+        for id in state.table.ids() {
+            let _ = state.release_now(&id);
+        }
+        Ok(())
+    }
+}
+
+impl GpuState {
+    /// `Err(DeviceLost)` once the device is gone.
+    pub(super) fn live(&self) -> Result<(), VramError> {
+        if self.lost {
+            Err(VramError::DeviceLost {
+                device: self.device(),
+            })
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Accept seals and executions again after a fail-closed stop.
+    fn reset(&mut self) {
+        if self.stopped.take().is_some() {
+            self.audit(AuditEvent::DeviceReset {
+                gpu_device: self.device(),
+            });
+        }
+    }
+
+    /// A release from a caller (`reply`) or from the last dropped handle (`None`): now, or once
+    /// the verifications reading the shard have finished.
+    fn release_request(
+        &mut self,
+        shard: ShardRef,
+        reply: Option<ractor::RpcReplyPort<Result<u64, VramError>>>,
+    ) {
+        match self.table.get_mut(&shard) {
+            Err(e) => {
+                if let Some(reply) = reply {
+                    let _ = reply.send(Err(e));
+                }
+            }
+            Ok(entry) if entry.in_flight > 0 => entry.pending_release.push(reply),
+            Ok(_) => {
+                let r = self.release_now(&shard.shard_id);
+                if let Some(reply) = reply {
+                    let _ = reply.send(r);
+                }
+            }
+        }
+    }
+}

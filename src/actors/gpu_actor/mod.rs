@@ -1,0 +1,209 @@
+//! `GpuActor`: one per device; owns the backend, the [`ShardTable`] and the capacity books.
+//!
+//! Every mutation of the device's memory — allocate, upload, free, fault — happens in this
+//! actor's handlers, in mailbox order. The actor is split by concern:
+//!
+//! * [`dispatch`](self::dispatch) — the mailbox: which handler each [`GpuMsg`] goes to, and the
+//!   shutdown path (`post_stop` frees what the device holds);
+//! * [`seal`](self::seal) — the seal pipeline: a blocking thread hashes the source piece by
+//!   piece (see [`crate::actors::hashing`]) and hands each piece to this actor, which lends the
+//!   allocation's memory to an upload job on the rayon pool and takes it back, so the copy of
+//!   piece k overlaps the hashing of piece k and host memory stays O(staging);
+//! * [`verify`](self::verify) — verification: the actor takes a read-only
+//!   [`DeviceReader`](crate::gpu::DeviceReader), counts the check as in flight and hashes off the
+//!   actor; the verdict on the result is a pure function ([`verify::verdict`]); a release that
+//!   arrives meanwhile waits until no verification is reading the shard;
+//! * [`access`](self::access) — residency checks and `execute`;
+//! * [`scrub`](self::scrub) — the background scrub, round robin between requests;
+//! * [`faults`](self::faults) — fault injection.
+//!
+//! Fail-closed: a verification that finds a bad chunk quarantines the shard, stops the device for
+//! new seals and executions until `reset_device`, and emits a critical audit event.
+
+mod access;
+mod dispatch;
+mod faults;
+mod scrub;
+mod seal;
+#[cfg(test)]
+mod tests;
+pub(crate) mod verify;
+
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use ractor::ActorRef;
+
+use crate::actors::shard_table::ShardTable;
+use crate::audit::events::AuditEvent;
+use crate::error::VramError;
+use crate::gpu::{BackendError, BackendKind, DeviceBackend, DeviceIdentity};
+use crate::messages::audit::AuditMsg;
+use crate::messages::seal_keeper::SealKeeperMsg;
+use crate::types::{DeviceStatus, StopCause, VerifyReport, VramCapacity};
+
+/// The actor.
+pub struct GpuActor;
+
+/// Where a verification's result goes (`None` for background scrubs).
+type VerifyReply = ractor::RpcReplyPort<Result<VerifyReport, VramError>>;
+
+/// What a `GpuActor` needs to start.
+pub struct GpuArgs {
+    /// The device index.
+    pub device: u32,
+    /// The device's backend; the actor owns it (and with it every allocation) from here on.
+    pub backend: Box<dyn DeviceBackend>,
+    /// Settings shared by every device.
+    pub settings: DeviceSettings,
+    /// Signs seals.
+    pub seal_keeper: ActorRef<SealKeeperMsg>,
+    /// Receives audit events.
+    pub audit: ActorRef<AuditMsg>,
+}
+
+/// Settings every device actor is started with (the same for all devices; the supervisor keeps
+/// one copy to start replacements from).
+#[derive(Debug, Clone)]
+pub struct DeviceSettings {
+    /// This worker's id, written into every seal.
+    pub worker_id: String,
+    /// Merkle leaf size.
+    pub chunk_size: u64,
+    /// Bytes kept free on purpose.
+    pub headroom_bytes: u64,
+    /// Size of one staging piece of a seal.
+    pub staging_bytes: usize,
+    /// How long a call to another actor may take.
+    pub call_timeout: Duration,
+    /// How long a seal waits for the next piece of its source.
+    pub seal_stall_timeout: Duration,
+    /// How often the background scrub looks at the next shard.
+    pub scrub_interval: Option<Duration>,
+    /// The scrub's read budget.
+    pub scrub_bytes_per_sec: Option<u64>,
+}
+
+/// The actor's state.
+pub struct GpuState {
+    args: GpuArgs,
+    identity: DeviceIdentity,
+    table: ShardTable,
+    stopped: Option<String>,
+    lost: bool,
+    scrub_cursor: usize,
+    scrub_not_before: Instant,
+}
+
+impl GpuState {
+    fn device(&self) -> u32 {
+        self.args.device
+    }
+
+    fn audit(&self, event: AuditEvent) {
+        metrics::counter!("vram_events_total", "type" => event.type_name(), "gpu_device" => self.args.device.to_string()).increment(1);
+        // Emission never waits: a cast only queues the event.
+        let _ = self.args.audit.cast(AuditMsg::Emit(Utc::now(), event));
+    }
+
+    /// The public error for a backend failure; a lost device is also marked lost here.
+    fn map(&mut self, e: BackendError) -> VramError {
+        if e == BackendError::DeviceLost {
+            self.mark_lost("the backend reported the device lost");
+        }
+        e.into_vram(self.device())
+    }
+
+    fn mark_lost(&mut self, why: &str) {
+        if !self.lost {
+            self.lost = true;
+            self.audit(AuditEvent::DeviceStopped {
+                gpu_device: self.device(),
+                reason: format!("device lost: {why}"),
+            });
+        }
+    }
+
+    fn available(&self) -> u64 {
+        let total = self.identity.total_bytes;
+        let books = total
+            .saturating_sub(self.table.used_bytes())
+            .saturating_sub(self.args.settings.headroom_bytes);
+        // A real device may have less free than our books say (other processes); trust the
+        // smaller figure.
+        match self.args.backend.free_bytes() {
+            Ok(free) => books.min(free.saturating_sub(self.args.settings.headroom_bytes)),
+            Err(_) => books,
+        }
+    }
+
+    fn capacity(&self) -> VramCapacity {
+        VramCapacity {
+            gpu_device: self.device(),
+            total_bytes: self.identity.total_bytes,
+            used_bytes: self.table.used_bytes(),
+            available_bytes: self.available(),
+            headroom_bytes: self.args.settings.headroom_bytes,
+        }
+    }
+
+    fn accepting_work(&self) -> Result<(), VramError> {
+        let device = self.device();
+        if self.lost {
+            return Err(VramError::DeviceLost { device });
+        }
+        if self.stopped.is_some() {
+            return Err(VramError::DeviceStopped {
+                device,
+                cause: StopCause::IntegrityFailure,
+            });
+        }
+        Ok(())
+    }
+
+    /// Frees a shard's memory, drops it from the table and audits it; answers waiting releases.
+    fn release_now(&mut self, shard_id: &str) -> Result<u64, VramError> {
+        let Some(entry) = self.table.remove(shard_id) else {
+            return Err(VramError::UnknownShard(shard_id.to_string()));
+        };
+        // Free even when the device is lost: the memory is gone either way and the books must
+        // come back to their starting value.
+        let _ = self.args.backend.free(entry.allocation);
+        let freed = entry.info.vram_bytes;
+        self.audit(AuditEvent::VramDeallocated {
+            shard_id: shard_id.to_string(),
+            freed_bytes: freed,
+            remaining_used: self.table.used_bytes(),
+            gpu_device: self.device(),
+        });
+        for reply in entry.pending_release.into_iter().flatten() {
+            let _ = reply.send(Ok(freed));
+        }
+        Ok(freed)
+    }
+
+    fn status(&self) -> DeviceStatus {
+        DeviceStatus {
+            identity: self.identity.clone(),
+            stopped: self.stopped.clone(),
+            lost: self.lost,
+            shards: self.table.len(),
+            used_bytes: self.table.used_bytes(),
+            policy: match self.identity.backend {
+                BackendKind::Simulated => {
+                    "simulated device memory (VRAM-only policy not applicable)".into()
+                }
+                BackendKind::Cuda if self.identity.integrated => "violation: integrated GPU".into(),
+                BackendKind::Cuda => "ok: dedicated device memory".into(),
+            },
+        }
+    }
+}
+
+/// Nanoseconds since the Unix epoch, saturating.
+pub(crate) fn now_unix_nanos() -> u64 {
+    Utc::now()
+        .timestamp_nanos_opt()
+        .and_then(|n| u64::try_from(n).ok())
+        .unwrap_or(0)
+}

@@ -1,0 +1,278 @@
+//! The device actor driven through its mailbox, without the public handle: seal, verify,
+//! release and fail-closed, and — in the tokio-test style, polling futures step by step — the
+//! promises the mailbox makes while work is in flight.
+
+use std::time::Duration;
+
+use ractor::{Actor, ActorRef};
+use tokio_test::{assert_pending, assert_ready, task};
+
+use super::{DeviceSettings, GpuActor, GpuArgs};
+use crate::actors::audit_actor::{AuditActor, AuditArgs};
+use crate::actors::seal_keeper::SealKeeper;
+use crate::config::AuditSinkConfig;
+use crate::error::VramError;
+use crate::gpu::sim::SimDevice;
+use crate::messages::gpu::{GpuMsg, ResidencyQuery, SealJob, SealMeta, ShardRef};
+use crate::seal::claims::ShardInfo;
+use crate::seal::keys::WorkerToken;
+use crate::types::{
+    ChunkSpan, Fault, SealSource, StopCause, VerifyMode, VerifyReport, VramCapacity,
+};
+
+fn token() -> WorkerToken {
+    WorkerToken::new(b"gpu-actor-test-token".to_vec()).unwrap()
+}
+
+/// One device actor on a simulated device of `capacity` bytes (4 KiB chunks), with its seal
+/// keeper and an in-memory audit actor.
+async fn spawn_gpu(capacity: u64) -> ActorRef<GpuMsg> {
+    let (audit, _) = Actor::spawn(
+        None,
+        AuditActor,
+        AuditArgs {
+            sink: AuditSinkConfig::Memory,
+            token: token(),
+            worker_id: "w".into(),
+            batch_size: 1,
+            flush_interval: Duration::from_millis(5),
+            buffer_limit: 1000,
+        },
+    )
+    .await
+    .unwrap();
+    let (keeper, _) = Actor::spawn(None, SealKeeper, token()).await.unwrap();
+    let (gpu, _) = Actor::spawn(
+        None,
+        GpuActor,
+        GpuArgs {
+            device: 0,
+            backend: Box::new(SimDevice::new(0, capacity)),
+            settings: DeviceSettings {
+                worker_id: "w".into(),
+                chunk_size: 4096,
+                headroom_bytes: 0,
+                staging_bytes: 8192,
+                call_timeout: Duration::from_secs(10),
+                seal_stall_timeout: Duration::from_secs(10),
+                scrub_interval: None,
+                scrub_bytes_per_sec: None,
+            },
+            seal_keeper: keeper,
+            audit,
+        },
+    )
+    .await
+    .unwrap();
+    gpu
+}
+
+/// Calls the actor and unwraps the messaging layer (the actor is alive in these tests).
+async fn call<T: Send + 'static>(
+    gpu: &ActorRef<GpuMsg>,
+    build: impl FnOnce(ractor::RpcReplyPort<T>) -> GpuMsg,
+) -> T {
+    gpu.call(build, None).await.unwrap().unwrap()
+}
+
+fn shard(id: &str, handle_id: u64) -> ShardRef {
+    ShardRef {
+        shard_id: id.into(),
+        handle_id,
+    }
+}
+
+async fn seal(
+    gpu: &ActorRef<GpuMsg>,
+    id: &str,
+    len: usize,
+    handle_id: u64,
+) -> Result<ShardInfo, VramError> {
+    let job = Box::new(SealJob {
+        meta: SealMeta {
+            shard_id: id.into(),
+            model_ref: "m".into(),
+            expected_sha256: None,
+            tensor_parallel: None,
+            handle_id,
+            tensors: None,
+        },
+        source: SealSource::Bytes((0..len).map(|i| (i % 251) as u8).collect()),
+        progress: None,
+        len: len as u64,
+    });
+    call(gpu, |reply| GpuMsg::Seal { job, reply }).await
+}
+
+async fn verify(
+    gpu: &ActorRef<GpuMsg>,
+    shard: ShardRef,
+    info: &ShardInfo,
+    mode: VerifyMode,
+) -> Result<VerifyReport, VramError> {
+    let info = Box::new(info.clone());
+    call(gpu, |reply| GpuMsg::Verify {
+        shard,
+        info,
+        mode,
+        reply,
+    })
+    .await
+}
+
+async fn release(gpu: &ActorRef<GpuMsg>, shard: ShardRef) -> Result<u64, VramError> {
+    call(gpu, |reply| GpuMsg::Release {
+        shard,
+        reply: Some(reply),
+    })
+    .await
+}
+
+async fn inject(gpu: &ActorRef<GpuMsg>, fault: Fault) -> Result<(), VramError> {
+    call(gpu, |reply| GpuMsg::InjectFault { fault, reply }).await
+}
+
+async fn capacity(gpu: &ActorRef<GpuMsg>) -> VramCapacity {
+    call(gpu, |reply| GpuMsg::Capacity { reply }).await.unwrap()
+}
+
+fn flip(shard_id: &str, offset: u64) -> Fault {
+    Fault::FlipBits {
+        shard_id: shard_id.into(),
+        offset,
+        mask: 1,
+    }
+}
+
+#[tokio::test]
+async fn seal_verify_release_through_the_mailbox() {
+    let gpu = spawn_gpu(100_000).await;
+    let info = seal(&gpu, "a", 10_000, 7).await.unwrap();
+    assert_eq!(info.vram_bytes, 10_000);
+    let report = verify(&gpu, shard("a", 7), &info, VerifyMode::Full).await;
+    assert_eq!(report.unwrap().chunks_checked, 3);
+    // A wrong handle id is unknown, and changes nothing.
+    let r = release(&gpu, shard("a", 8)).await;
+    assert!(matches!(r, Err(VramError::UnknownShard(_))));
+    assert_eq!(capacity(&gpu).await.used_bytes, 10_000);
+    assert_eq!(release(&gpu, shard("a", 7)).await, Ok(10_000));
+    assert_eq!(capacity(&gpu).await.used_bytes, 0);
+    let status = call(&gpu, |reply| GpuMsg::Status { reply }).await;
+    assert_eq!(status.shards, 0);
+    assert!(status.stopped.is_none());
+    gpu.stop(None);
+}
+
+#[tokio::test]
+async fn a_failed_verify_quarantines_and_stops_until_reset() {
+    let gpu = spawn_gpu(100_000).await;
+    let info = seal(&gpu, "a", 9_000, 1).await.unwrap();
+    inject(&gpu, flip("a", 8_999)).await.unwrap();
+    match verify(&gpu, shard("a", 1), &info, VerifyMode::Full).await {
+        Err(VramError::SealVerificationFailed {
+            first_bad_chunk,
+            bad_chunks,
+            ..
+        }) => {
+            assert_eq!(first_bad_chunk, Some(2));
+            let span = ChunkSpan {
+                index: 2,
+                offset: 8192,
+                len: 808,
+            };
+            assert_eq!(bad_chunks, vec![span]);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        seal(&gpu, "b", 10, 2).await,
+        Err(VramError::DeviceStopped {
+            device: 0,
+            cause: StopCause::IntegrityFailure
+        })
+    );
+    call(&gpu, |reply| GpuMsg::Reset { reply }).await.unwrap();
+    seal(&gpu, "b", 10, 2).await.unwrap();
+    // The quarantined shard stays refused after the reset.
+    let query = ResidencyQuery::Handle(shard("a", 1), Box::new(info));
+    let r = call(&gpu, |reply| GpuMsg::Residency { query, reply }).await;
+    assert!(matches!(r, Err(VramError::SealVerificationFailed { .. })));
+    gpu.stop(None);
+}
+
+/// A device whose every read takes a second: long enough that a verification is certainly still
+/// hashing while the next messages are handled.
+async fn slow_device_with(id: &str, len: usize) -> (ActorRef<GpuMsg>, ShardInfo) {
+    let gpu = spawn_gpu(1 << 20).await;
+    let info = seal(&gpu, id, len, 1).await.unwrap();
+    let slow = Fault::SlowDevice {
+        millis_per_read: 1_000,
+    };
+    inject(&gpu, slow).await.unwrap();
+    (gpu, info)
+}
+
+#[tokio::test]
+async fn capacity_is_answered_while_a_long_verification_is_pending() {
+    let (gpu, info) = slow_device_with("a", 20_000).await;
+    let mut verifying = task::spawn(verify(&gpu, shard("a", 1), &info, VerifyMode::Full));
+    assert_pending!(verifying.poll()); // sent; the actor hands the hashing off
+    // The mailbox keeps answering while the shard is being hashed.
+    let cap = capacity(&gpu).await;
+    assert_eq!(cap.used_bytes, 20_000);
+    assert_pending!(verifying.poll());
+    let report = verifying.await.unwrap();
+    assert_eq!(report.chunks_checked, 5);
+    gpu.stop(None);
+}
+
+#[tokio::test]
+async fn a_release_waits_for_the_verification_reading_the_shard() {
+    let (gpu, info) = slow_device_with("a", 20_000).await;
+    let mut verifying = task::spawn(verify(&gpu, shard("a", 1), &info, VerifyMode::Full));
+    assert_pending!(verifying.poll());
+    let mut releasing = task::spawn(release(&gpu, shard("a", 1)));
+    assert_pending!(releasing.poll());
+    // The release is deferred, not refused: the memory is still held…
+    assert_eq!(capacity(&gpu).await.used_bytes, 20_000);
+    assert_pending!(releasing.poll());
+    assert!(!releasing.is_woken());
+    // …until the verification that is reading it has finished.
+    verifying.await.unwrap();
+    let freed = releasing.await;
+    assert_eq!(freed, Ok(20_000));
+    assert_eq!(capacity(&gpu).await.used_bytes, 0);
+    gpu.stop(None);
+}
+
+#[tokio::test]
+async fn writes_to_one_device_happen_in_mailbox_order() {
+    let gpu = spawn_gpu(1 << 20).await;
+    // Three requests sent before any is answered: seal, then a fault on what it seals, then a
+    // second seal. The fault can only find the shard if the seal ran first.
+    let mut sealing = task::spawn(seal(&gpu, "a", 300_000, 1));
+    let mut faulting = task::spawn(inject(&gpu, flip("a", 5)));
+    let mut second = task::spawn(seal(&gpu, "b", 1_000, 2));
+    assert_pending!(sealing.poll());
+    assert_pending!(faulting.poll());
+    assert_pending!(second.poll());
+    let info = sealing.await.unwrap();
+    assert_eq!(faulting.await, Ok(()));
+    second.await.unwrap();
+    // The flip landed after the upload, so verification sees it.
+    let r = verify(&gpu, shard("a", 1), &info, VerifyMode::Full).await;
+    assert!(matches!(r, Err(VramError::SealVerificationFailed { .. })));
+    gpu.stop(None);
+}
+
+#[tokio::test]
+async fn a_verification_answer_is_ready_only_after_the_hashing() {
+    let (gpu, info) = slow_device_with("a", 4096).await;
+    let mut verifying = task::spawn(verify(&gpu, shard("a", 1), &info, VerifyMode::Full));
+    assert_pending!(verifying.poll());
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    // By now the slow read has finished and the actor has answered.
+    let report = assert_ready!(verifying.poll()).unwrap();
+    assert!(report.elapsed >= Duration::from_millis(1_000));
+    gpu.stop(None);
+}

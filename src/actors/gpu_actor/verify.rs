@@ -1,0 +1,526 @@
+//! Verification on the device actor: start a check, hash off the actor, conclude it here.
+//!
+//! [`GpuState::start_verify`] takes a read-only [`DeviceReader`](crate::gpu::DeviceReader) for
+//! the shard, counts the check as in flight (so a release waits for it) and hands the hashing
+//! to the blocking pool; the mailbox keeps answering meanwhile. The result comes back as
+//! `GpuMsg::VerifyFinished`, and [`verdict`] — a pure function of the sealed record, the sealed
+//! leaf list and what the device returned — decides. Only then does the actor act on it: a
+//! report, or fail-closed (quarantine the shard, stop the device, audit it critically).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use ractor::ActorRef;
+use subtle::ConstantTimeEq;
+
+use super::{GpuState, VerifyReply};
+use crate::actors::hashing::{hash_leaves, sample_indices};
+use crate::actors::shard_table::Quarantine;
+use crate::audit::events::{AuditEvent, Severity};
+use crate::error::VramError;
+use crate::gpu::BackendError;
+use crate::messages::gpu::{GpuMsg, LeafCheck, ShardRef};
+use crate::seal::claims::ShardInfo;
+use crate::seal::merkle::{Hash, MerkleTree, chunk_range, leaf_count};
+use crate::seal::tensors::TensorMap;
+use crate::types::{ChunkSpan, VerifyMode, VerifyReport};
+
+/// What a finished check says about a shard.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    /// Every leaf checked matched, the sealed leaf list matches the signed root, and (full
+    /// verify) the leaves read back hash to the signed root.
+    Intact {
+        /// Leaves read back and hashed.
+        chunks_checked: u64,
+        /// Leaves in the shard.
+        total_chunks: u64,
+        /// Bytes those leaves cover.
+        bytes_checked: u64,
+    },
+    /// The device answered with fewer (or more) hashes than were asked for: not a pass.
+    Incomplete {
+        /// Hashes returned.
+        returned: u64,
+        /// Hashes asked for.
+        expected: u64,
+    },
+    /// The shard does not match its seal.
+    Corrupt {
+        /// Leaves whose bytes differ, in index order (empty when the leaf list or the root is
+        /// what failed).
+        bad: Vec<u64>,
+        /// Whether the sealed leaf list still hashes to the signed root.
+        leaves_match_root: bool,
+        /// The root recomputed from device memory (full verify only).
+        observed_root: Option<Hash>,
+    },
+}
+
+/// Judges one finished check. Pure: the same inputs always give the same verdict, and nothing
+/// here touches the device or the actor.
+pub(crate) fn verdict(
+    info: &ShardInfo,
+    tree: &MerkleTree,
+    mode: VerifyMode,
+    check: &LeafCheck,
+) -> Verdict {
+    let (len, chunk) = (info.vram_bytes, info.chunk_size);
+    let total = leaf_count(len, chunk);
+    let expected = match mode {
+        VerifyMode::Full => total,
+        _ => check.indices.len() as u64,
+    };
+    // A backend that returns fewer hashes than asked for must not pass by omission.
+    let returned = check.observed.len() as u64;
+    if returned != expected
+        || check.indices.len() as u64 != expected
+        || (expected == 0 && !matches!(mode, VerifyMode::SignatureOnly))
+    {
+        return Verdict::Incomplete { returned, expected };
+    }
+    // A full verify also recomputes the root and compares it with the signed one.
+    let root_ok = match (check.observed_root, info.merkle_root_bytes()) {
+        (Some(observed), Ok(signed)) => bool::from(observed.ct_eq(&signed)),
+        (None, Ok(_)) => true,
+        (_, Err(_)) => false,
+    };
+    let mut bad: Vec<u64> = if check.leaves_match_root {
+        check
+            .indices
+            .iter()
+            .zip(&check.observed)
+            .filter(|(i, h)| !tree.leaf_matches(**i, h))
+            .map(|(i, _)| *i)
+            .collect()
+    } else {
+        Vec::new()
+    };
+    bad.sort_unstable();
+    if bad.is_empty() && check.leaves_match_root && root_ok {
+        Verdict::Intact {
+            chunks_checked: check.indices.len() as u64,
+            total_chunks: total,
+            bytes_checked: check
+                .indices
+                .iter()
+                .filter_map(|&i| chunk_range(i, chunk, len))
+                .map(|(_, n)| n)
+                .fold(0u64, u64::saturating_add),
+        }
+    } else {
+        Verdict::Corrupt {
+            bad,
+            leaves_match_root: check.leaves_match_root,
+            observed_root: check.observed_root,
+        }
+    }
+}
+
+impl GpuState {
+    /// A caller's `Verify`: the record it holds must be exactly the resident one.
+    pub(super) fn verify_request(
+        &mut self,
+        myself: &ActorRef<GpuMsg>,
+        shard: ShardRef,
+        info: &ShardInfo,
+        mode: VerifyMode,
+        reply: VerifyReply,
+    ) {
+        let r = match self.table.get(&shard).map(|e| e.info == *info) {
+            Ok(true) => match self.start_verify(myself, shard, mode, Some(reply)) {
+                Err((e, Some(reply))) => (e, reply),
+                _ => return,
+            },
+            Ok(false) => (VramError::UnknownShard(shard.shard_id), reply),
+            Err(e) => (e, reply),
+        };
+        let (e, reply) = r;
+        let _ = reply.send(Err(e));
+    }
+
+    /// Starts hashing the shard off the actor; the result arrives as `VerifyFinished`. On a
+    /// refusal the reply port comes back with the error.
+    pub(super) fn start_verify(
+        &mut self,
+        myself: &ActorRef<GpuMsg>,
+        shard: ShardRef,
+        mode: VerifyMode,
+        reply: Option<VerifyReply>,
+    ) -> Result<(), (VramError, Option<VerifyReply>)> {
+        if let Err(e) = self.live() {
+            return Err((e, reply));
+        }
+        let chunk = self.args.settings.chunk_size;
+        let entry = match self.table.get(&shard) {
+            Ok(e) => e,
+            Err(e) => return Err((e, reply)),
+        };
+        if let Some(bad) = &entry.quarantine {
+            return Err((quarantined(&shard.shard_id, bad), reply));
+        }
+        let n = leaf_count(entry.info.vram_bytes, entry.info.chunk_size);
+        let indices: Option<Vec<u64>> = match mode {
+            VerifyMode::Full => None,
+            VerifyMode::Sampled { chunks: 0 } => {
+                let e = VramError::invalid("Sampled verification needs at least 1 chunk");
+                return Err((e, reply));
+            }
+            VerifyMode::Sampled { chunks } => Some(sample_indices(n, u64::from(chunks).min(n))),
+            VerifyMode::SignatureOnly => Some(Vec::new()),
+        };
+        let root = match entry.info.merkle_root_bytes() {
+            Ok(r) => r,
+            Err(e) => return Err((e, reply)),
+        };
+        let tree = Arc::clone(&entry.tree);
+        let reader = match self.args.backend.reader(entry.allocation) {
+            Ok(r) => r,
+            Err(e) => return Err((self.map(e), reply)),
+        };
+        if let Ok(entry) = self.table.get_mut(&shard) {
+            entry.in_flight = entry.in_flight.saturating_add(1);
+        }
+        let started = Instant::now();
+        let myself = myself.clone();
+        tokio::spawn(async move {
+            let job = tokio::task::spawn_blocking(move || {
+                hash_leaves(&*reader, chunk, indices, &tree, &root)
+            });
+            let outcome = job.await.unwrap_or_else(|_| {
+                Err(BackendError::Worker(
+                    "the verification thread failed".into(),
+                ))
+            });
+            // If the actor is gone, the reply port is dropped with the message and the caller
+            // sees the system shutting down.
+            let _ = myself.cast(GpuMsg::VerifyFinished {
+                shard,
+                mode,
+                started,
+                outcome,
+                reply,
+            });
+        });
+        Ok(())
+    }
+
+    /// Concludes a verification: judges it, acts on the verdict, audits it, and lets a release
+    /// that was waiting for it go ahead.
+    pub(super) fn finish_verify(
+        &mut self,
+        shard: ShardRef,
+        mode: VerifyMode,
+        started: Instant,
+        outcome: Result<LeafCheck, VramError>,
+        scrub: bool,
+    ) -> Result<VerifyReport, VramError> {
+        let device = self.device();
+        let entry = self.table.get_mut(&shard)?;
+        entry.in_flight = entry.in_flight.saturating_sub(1);
+        let judged = outcome.map(|check| verdict(&entry.info, &entry.tree, mode, &check));
+        let result = match judged {
+            Err(e) => Err(e),
+            Ok(Verdict::Intact {
+                chunks_checked,
+                total_chunks,
+                bytes_checked,
+            }) => Ok(VerifyReport {
+                shard_id: shard.shard_id.clone(),
+                gpu_device: device,
+                mode,
+                chunks_checked,
+                total_chunks,
+                bytes_checked,
+                single_chunk_detection: if total_chunks == 0 {
+                    0.0
+                } else {
+                    chunks_checked as f64 / total_chunks as f64
+                },
+                elapsed: started.elapsed(),
+            }),
+            Ok(Verdict::Incomplete { returned, expected }) => {
+                Err(VramError::VerificationIncomplete {
+                    shard_id: shard.shard_id.clone(),
+                    reason: format!(
+                        "the device returned {returned} leaf hashes for {expected} requested"
+                    ),
+                })
+            }
+            Ok(Verdict::Corrupt {
+                bad,
+                leaves_match_root,
+                observed_root,
+            }) => Err(self.fail_closed(&shard, &bad, leaves_match_root, observed_root)),
+        };
+        let trigger = if scrub { "scrub" } else { "request" };
+        match &result {
+            Ok(r) => self.audit(AuditEvent::SealVerified {
+                shard_id: shard.shard_id.clone(),
+                gpu_device: device,
+                mode: mode.to_string(),
+                chunks_checked: r.chunks_checked,
+                trigger: trigger.into(),
+            }),
+            // Integrity failures were recorded by `fail_closed`; anything else (a read error, a
+            // lost device, an incomplete answer) means the shard could not be checked: say so.
+            Err(VramError::SealVerificationFailed { .. }) => {}
+            Err(e) => self.audit(AuditEvent::VerificationError {
+                shard_id: shard.shard_id.clone(),
+                gpu_device: device,
+                mode: mode.to_string(),
+                error: e.to_string(),
+                trigger: trigger.into(),
+            }),
+        }
+        // A release that waited for this verification can go ahead now.
+        if let Ok(entry) = self.table.get_mut(&shard) {
+            if entry.in_flight == 0 && !entry.pending_release.is_empty() {
+                let _ = self.release_now(&shard.shard_id);
+            }
+        }
+        result
+    }
+
+    /// Fail-closed on a corrupt shard: quarantine it, stop the device for new seals and
+    /// executions until `reset_device`, and audit both critically. Returns the caller's error.
+    fn fail_closed(
+        &mut self,
+        shard: &ShardRef,
+        bad: &[u64],
+        leaves_match_root: bool,
+        observed_root: Option<Hash>,
+    ) -> VramError {
+        let device = self.device();
+        let Ok(entry) = self.table.get_mut(shard) else {
+            return VramError::UnknownShard(shard.shard_id.clone());
+        };
+        let (len, chunk) = (entry.info.vram_bytes, entry.info.chunk_size);
+        let spans: Vec<ChunkSpan> = bad
+            .iter()
+            .filter_map(|&index| {
+                chunk_range(index, chunk, len).map(|(offset, len)| ChunkSpan { index, offset, len })
+            })
+            .collect();
+        let reason = if leaves_match_root {
+            "device memory differs from the sealed Merkle leaves"
+        } else {
+            "the sealed leaf list no longer matches the signed Merkle root"
+        };
+        let found = Quarantine {
+            tensors: tensors_of(entry.tensors.as_deref(), &spans),
+            chunks: spans,
+        };
+        let err = quarantined(&shard.shard_id, &found);
+        let event = AuditEvent::SealVerificationFailed {
+            shard_id: shard.shard_id.clone(),
+            gpu_device: device,
+            reason: reason.into(),
+            expected_root: entry.info.merkle_root.clone(),
+            actual_root: observed_root
+                .map(hex::encode)
+                .unwrap_or_else(|| "not computed (sampled)".into()),
+            first_bad_chunk: found.chunks.first().map(|s| s.index),
+            bad_chunks: found.chunks.len() as u64,
+            bad_tensors: found.tensors.iter().take(32).cloned().collect(),
+            severity: Severity::Critical,
+        };
+        let bad_count = found.chunks.len();
+        entry.quarantine = Some(found);
+        self.stopped = Some(format!(
+            "seal verification failed for shard {}",
+            shard.shard_id
+        ));
+        self.audit(event);
+        self.audit(AuditEvent::DeviceStopped {
+            gpu_device: device,
+            reason: format!(
+                "fail-closed after shard {} failed verification; reset_device to resume",
+                shard.shard_id
+            ),
+        });
+        tracing::error!(
+            gpu_device = device,
+            shard_id = %shard.shard_id,
+            bad_chunks = bad_count,
+            "seal verification failed; shard quarantined, device stopped"
+        );
+        err
+    }
+}
+
+/// The error every refused call on a quarantined shard gets.
+pub(super) fn quarantined(shard_id: &str, bad: &Quarantine) -> VramError {
+    VramError::SealVerificationFailed {
+        shard_id: shard_id.to_string(),
+        first_bad_chunk: bad.chunks.first().map(|s| s.index),
+        bad_chunks: bad.chunks.clone(),
+        bad_tensors: bad.tensors.clone(),
+    }
+}
+
+/// Most tensor names kept for one failure (errors and audit records stay small whatever the
+/// model's header holds).
+const MAX_BAD_TENSORS: usize = 64;
+
+/// Names of the tensors overlapping any of `spans`, each once, in offset order, at most
+/// [`MAX_BAD_TENSORS`].
+fn tensors_of(map: Option<&TensorMap>, spans: &[ChunkSpan]) -> Vec<String> {
+    let Some(map) = map else { return Vec::new() };
+    let mut seen = std::collections::HashSet::new();
+    let mut out: Vec<String> = Vec::new();
+    for s in spans {
+        for name in map.overlapping(s.offset, s.len) {
+            if out.len() >= MAX_BAD_TENSORS {
+                return out;
+            }
+            if seen.insert(name.clone()) {
+                out.push(name);
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::seal::claims::SEAL_FORMAT;
+    use crate::seal::merkle::{leaf_hash, root_from_leaves};
+
+    const CHUNK: u64 = 4096;
+
+    /// A 3-chunk shard (4096 + 4096 + 808 bytes) and its sealed record and tree.
+    fn sealed() -> (Vec<u8>, ShardInfo, MerkleTree) {
+        let data: Vec<u8> = (0..9_000u32).map(|i| (i % 251) as u8).collect();
+        let tree = MerkleTree::build(&data, CHUNK as usize);
+        let info = ShardInfo {
+            format: SEAL_FORMAT.into(),
+            worker_id: "w".into(),
+            shard_id: "s".into(),
+            model_ref: "m".into(),
+            gpu_device: 0,
+            vram_bytes: data.len() as u64,
+            digest: "00".repeat(32),
+            merkle_root: hex::encode(tree.root()),
+            chunk_size: CHUNK,
+            sealed_at_unix_nanos: 1,
+            shard_index: None,
+            total_shards: None,
+            signature: String::new(),
+        };
+        (data, info, tree)
+    }
+
+    fn leaves_of(data: &[u8]) -> Vec<Hash> {
+        data.chunks(CHUNK as usize).map(leaf_hash).collect()
+    }
+
+    fn full_check(data: &[u8]) -> LeafCheck {
+        let observed = leaves_of(data);
+        LeafCheck {
+            indices: (0..observed.len() as u64).collect(),
+            observed_root: Some(root_from_leaves(&observed)),
+            observed,
+            leaves_match_root: true,
+        }
+    }
+
+    #[test]
+    fn intact_full_and_sampled() {
+        let (data, info, tree) = sealed();
+        let v = verdict(&info, &tree, VerifyMode::Full, &full_check(&data));
+        assert_eq!(
+            v,
+            Verdict::Intact {
+                chunks_checked: 3,
+                total_chunks: 3,
+                bytes_checked: 9_000
+            }
+        );
+        let sampled = LeafCheck {
+            indices: vec![2],
+            observed: vec![leaves_of(&data)[2]],
+            leaves_match_root: true,
+            observed_root: None,
+        };
+        let v = verdict(&info, &tree, VerifyMode::Sampled { chunks: 1 }, &sampled);
+        assert_eq!(
+            v,
+            Verdict::Intact {
+                chunks_checked: 1,
+                total_chunks: 3,
+                bytes_checked: 808
+            }
+        );
+    }
+
+    #[test]
+    fn a_flipped_byte_names_its_chunk() {
+        let (mut data, info, tree) = sealed();
+        data[5_000] ^= 0x10;
+        match verdict(&info, &tree, VerifyMode::Full, &full_check(&data)) {
+            Verdict::Corrupt {
+                bad,
+                leaves_match_root: true,
+                observed_root: Some(_),
+            } => assert_eq!(bad, vec![1]),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn missing_hashes_are_incomplete_not_a_pass() {
+        let (data, info, tree) = sealed();
+        let mut check = full_check(&data);
+        check.observed.pop();
+        check.indices.pop();
+        assert_eq!(
+            verdict(&info, &tree, VerifyMode::Full, &check),
+            Verdict::Incomplete {
+                returned: 2,
+                expected: 3
+            }
+        );
+        let empty = LeafCheck {
+            indices: Vec::new(),
+            observed: Vec::new(),
+            leaves_match_root: true,
+            observed_root: None,
+        };
+        assert!(matches!(
+            verdict(&info, &tree, VerifyMode::Sampled { chunks: 4 }, &empty),
+            Verdict::Incomplete { .. }
+        ));
+        // Signature-only reads nothing, and that is complete.
+        assert!(matches!(
+            verdict(&info, &tree, VerifyMode::SignatureOnly, &empty),
+            Verdict::Intact { .. }
+        ));
+    }
+
+    #[test]
+    fn a_leaf_list_off_the_signed_root_fails_without_naming_chunks() {
+        let (data, info, tree) = sealed();
+        let mut check = full_check(&data);
+        check.leaves_match_root = false;
+        assert_eq!(
+            verdict(&info, &tree, VerifyMode::Full, &check),
+            Verdict::Corrupt {
+                bad: Vec::new(),
+                leaves_match_root: false,
+                observed_root: check.observed_root
+            }
+        );
+    }
+
+    #[test]
+    fn a_root_that_differs_from_the_signed_one_fails() {
+        let (data, mut info, tree) = sealed();
+        info.merkle_root = "ab".repeat(32);
+        assert!(matches!(
+            verdict(&info, &tree, VerifyMode::Full, &full_check(&data)),
+            Verdict::Corrupt { .. }
+        ));
+    }
+}

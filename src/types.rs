@@ -1,0 +1,258 @@
+//! Plain values shared across the crate's layers: how to verify and what a verification
+//! reports, chunk spans, capacity figures, faults, device identity and status, and where a
+//! seal's bytes come from.
+//!
+//! Nothing here talks to an actor or a device; these are the words the other layers use, so
+//! they sit at the bottom (with [`crate::error`]) and every layer above may use them. The
+//! public paths (`vram_residency::shard::VerifyMode`, `vram_residency::gpu::BackendKind`, …) are
+//! re-exports of these.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+
+/// Called with `(bytes_done, bytes_total)` while a shard is being sealed.
+pub type ProgressFn = Arc<dyn Fn(u64, u64) + Send + Sync>;
+
+/// Where a shard's bytes come from.
+pub(crate) enum SealSource {
+    Bytes(Vec<u8>),
+    File(PathBuf),
+    /// Any byte stream of a declared length (network, decompressor, pipe).
+    Reader(Box<dyn std::io::Read + Send>, u64),
+}
+
+/// Which kind of backend a device runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    /// Device memory simulated in host memory.
+    Simulated,
+    /// A CUDA device.
+    Cuda,
+}
+
+impl fmt::Display for BackendKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Simulated => "simulated",
+            Self::Cuda => "cuda",
+        })
+    }
+}
+
+/// What a device is.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct DeviceIdentity {
+    /// Device index in this system.
+    pub index: u32,
+    /// Human-readable name.
+    pub name: String,
+    /// Backend kind.
+    pub backend: BackendKind,
+    /// Total device memory in bytes.
+    pub total_bytes: u64,
+    /// Whether the device shares memory with the host (integrated GPU). The VRAM-only policy
+    /// refuses such devices.
+    pub integrated: bool,
+}
+
+/// What `devices` reports about one device.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct DeviceStatus {
+    /// Identity and memory size.
+    pub identity: DeviceIdentity,
+    /// Why the device is stopped, if it is.
+    pub stopped: Option<String>,
+    /// Whether the device is lost.
+    pub lost: bool,
+    /// Resident shards.
+    pub shards: usize,
+    /// Bytes held by resident shards.
+    pub used_bytes: u64,
+    /// VRAM-only policy status.
+    pub policy: String,
+}
+
+/// Why a device refuses work ([`crate::VramError::DeviceStopped`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StopCause {
+    /// A verification failed on the device (fail-closed): it refuses seals and executions
+    /// until an operator calls `reset_device`.
+    IntegrityFailure,
+    /// The device's actor crashed and is being replaced; calls succeed again once it is back.
+    Restarting,
+    /// The device's actor crashed and could not be replaced (restart budget spent, or the
+    /// restart failed): the device stays out of service until the worker restarts.
+    Crashed,
+    /// The system is shutting down.
+    ShuttingDown,
+}
+
+impl fmt::Display for StopCause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::IntegrityFailure => {
+                "fail-closed after an integrity failure; call reset_device after investigating"
+            }
+            Self::Restarting => "its actor crashed and is being restarted; retry shortly",
+            Self::Crashed => "its actor crashed and could not be restarted; restart the worker",
+            Self::ShuttingDown => "the system is shutting down",
+        })
+    }
+}
+
+/// How thoroughly to verify.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(tag = "mode", rename_all = "snake_case")]
+pub enum VerifyMode {
+    /// Re-read every byte from device memory and check every leaf against the signed root.
+    Full,
+    /// Check `chunks` leaves drawn at random (CSPRNG, fresh each call) against the signed root.
+    Sampled {
+        /// How many distinct chunks to check (capped at the shard's chunk count).
+        chunks: u32,
+    },
+    /// Check the seal's signature and that the shard is still resident, without reading VRAM.
+    SignatureOnly,
+}
+
+impl fmt::Display for VerifyMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Full => f.write_str("full"),
+            Self::Sampled { chunks } => write!(f, "sampled({chunks})"),
+            Self::SignatureOnly => f.write_str("signature-only"),
+        }
+    }
+}
+
+/// A chunk of a shard: its Merkle leaf index and byte range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct ChunkSpan {
+    /// Leaf index.
+    pub index: u64,
+    /// First byte.
+    pub offset: u64,
+    /// Length in bytes.
+    pub len: u64,
+}
+
+/// The outcome of a successful verification.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct VerifyReport {
+    /// The shard verified.
+    pub shard_id: String,
+    /// Its device.
+    pub gpu_device: u32,
+    /// The mode used.
+    pub mode: VerifyMode,
+    /// Chunks whose bytes were read back and hashed (0 for signature-only).
+    pub chunks_checked: u64,
+    /// Chunks in the shard.
+    pub total_chunks: u64,
+    /// Bytes read back from device memory.
+    pub bytes_checked: u64,
+    /// The probability that this check would have caught a corruption confined to one chunk:
+    /// `chunks_checked / total_chunks` (1.0 for a full verify, 0.0 for signature-only). For a
+    /// corruption touching `b` chunks, a sampled check of `k` of `n` chunks misses it with
+    /// probability C(n-b, k) / C(n, k); see [`VerifyReport::detection_probability`].
+    pub single_chunk_detection: f64,
+    /// How long the check took.
+    #[serde(with = "duration_micros")]
+    pub elapsed: Duration,
+}
+
+impl VerifyReport {
+    /// Probability that a check like this one (same `chunks_checked` of `total_chunks`, drawn
+    /// uniformly without replacement) detects a corruption that touches `bad_chunks` chunks.
+    pub fn detection_probability(&self, bad_chunks: u64) -> f64 {
+        detection_probability(self.total_chunks, self.chunks_checked, bad_chunks)
+    }
+}
+
+/// P(at least one of `k` distinct chunks drawn from `n` is among `b` bad ones)
+/// = 1 − C(n−b, k) / C(n, k) = 1 − Π_{i=0}^{k−1} (n−b−i)/(n−i).
+pub fn detection_probability(n: u64, k: u64, b: u64) -> f64 {
+    if b == 0 || n == 0 {
+        return 0.0;
+    }
+    if k.saturating_add(b) > n {
+        return 1.0;
+    }
+    let mut miss = 1.0f64;
+    for i in 0..k {
+        miss *= (n.saturating_sub(b).saturating_sub(i)) as f64 / (n.saturating_sub(i)) as f64;
+    }
+    1.0 - miss
+}
+
+mod duration_micros {
+    use serde::Serializer;
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+    }
+}
+
+/// Memory figures of one device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct VramCapacity {
+    /// The device.
+    pub gpu_device: u32,
+    /// Device memory in bytes.
+    pub total_bytes: u64,
+    /// Bytes held by sealed shards.
+    pub used_bytes: u64,
+    /// Bytes a new seal may use: total − used − headroom.
+    pub available_bytes: u64,
+    /// Bytes kept free on purpose (`Config::headroom_bytes`).
+    pub headroom_bytes: u64,
+}
+
+/// A fault to inject (simulated backend only; CUDA devices answer `Unsupported`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Fault {
+    /// XOR `mask` into byte `offset` of the named shard's device memory.
+    FlipBits {
+        /// The shard.
+        shard_id: String,
+        /// Byte offset within the shard.
+        offset: u64,
+        /// Bits to flip.
+        mask: u8,
+    },
+    /// Make the next allocation on the device fail.
+    FailNextAlloc,
+    /// Lose the device: every later operation on it fails with `DeviceLost`.
+    LoseDevice,
+    /// Add a delay to every device read, to exercise slow verification.
+    SlowDevice {
+        /// Milliseconds added to each read.
+        millis_per_read: u64,
+    },
+    /// Make the device's actor panic, to exercise supervision. Its shards are lost, its memory
+    /// freed, and a fresh actor takes over the device.
+    CrashActor,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn detection_probability_math() {
+        assert_eq!(detection_probability(100, 0, 1), 0.0);
+        assert!((detection_probability(100, 10, 1) - 0.10).abs() < 1e-12);
+        assert_eq!(detection_probability(100, 100, 1), 1.0);
+        // 16 of 1024 chunks vs 64 bad chunks: 1 - C(960,16)/C(1024,16) = 0.646725982726774…
+        let p = detection_probability(1024, 16, 64);
+        assert!((p - 0.646_725_982_726_774_5).abs() < 1e-12, "{p}");
+    }
+}
