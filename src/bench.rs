@@ -158,7 +158,7 @@ pub async fn run(opts: BenchOptions, say: impl Fn(&str)) -> Result<BenchReport, 
     let repeats = opts.repeats.max(1);
     let token: [u8; 32] = rand::random();
     let system = VramResidency::start(
-        crate::Config::simulated(1, opts.size_bytes.saturating_mul(2))
+        crate::config::Config::simulated(1, opts.size_bytes.saturating_mul(2))
             .worker_id("bench")
             .worker_token(hex::encode(token))
             .chunk_size(opts.chunk_size)

@@ -1093,11 +1093,8 @@ async fn no_pointer_key_or_token_appears_in_any_output() {
         .await
         .unwrap();
     let err = system.verify(&shard, VerifyMode::Full).await.unwrap_err();
-    let token = vram_residency::WorkerToken::new(TOKEN.as_bytes().to_vec()).unwrap();
-    let seal_key =
-        hex::encode(&*vram_residency::seal::keys::SealKey::derive(&token).expose_for_vectors());
-    let audit_key =
-        hex::encode(&*vram_residency::seal::keys::AuditKey::derive(&token).expose_for_vectors());
+    let seal_key = common::derived_key_hex(TOKEN.as_bytes(), b"llorch-seal-key-v1");
+    let audit_key = common::derived_key_hex(TOKEN.as_bytes(), b"llorch-audit-key-v1");
     let mut outputs = vec![
         format!("{system:?}"),
         format!("{shard:?}"),

@@ -472,7 +472,7 @@ mod tests {
         let v = vectors();
         let key = vector_key();
         assert_eq!(
-            hex::encode(&*key.expose_for_vectors()),
+            hex::encode(key.bytes_for_tests()),
             v["derived_keys"]["audit_key_hex"].as_str().unwrap()
         );
     }

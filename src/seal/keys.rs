@@ -7,14 +7,18 @@
 //! * [`SealKey`]  — `info = "llorch-seal-key-v1"`, signs `vram-seal-v1` claims;
 //! * [`AuditKey`] — `info = "llorch-audit-key-v1"`, chains `vram-audit-v1` records.
 //!
+//! * [`AttestKey`] — `info = "llorch-attest-key-v1"`, signs residency attestations.
+//!
 //! None of these types implements `Debug`, `Display`, `Clone` or `Serialize`, and all of them
-//! zeroize their bytes on drop. The raw key bytes never leave this module: callers get a keyed
-//! HMAC instance instead.
+//! zeroize their bytes on drop. The raw key bytes never leave this module except to the
+//! crate's own unit tests (`cfg(test)`): callers get a keyed HMAC instance instead. What is
+//! not wiped: the HMAC instances handed out hold the key's padded blocks in `hmac`'s own state,
+//! which this version of `hmac` does not zeroize on drop.
 
 use hkdf::Hkdf;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
-use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
+use zeroize::Zeroizing;
 
 use crate::error::VramError;
 
@@ -57,86 +61,79 @@ impl WorkerToken {
         }
     }
 
-    fn derive(&self, info: &[u8]) -> [u8; 32] {
+    fn derive(&self, info: &[u8]) -> Zeroizing<[u8; 32]> {
         let hk = Hkdf::<Sha256>::new(None, &self.bytes);
-        let mut okm = [0u8; 32];
-        // 32 bytes is far below HKDF-SHA256's 255 * 32 limit, so expand cannot fail; should it
-        // ever, the all-zero key is never used because we return the (zeroed) buffer only on Ok.
-        if hk.expand(info, &mut okm).is_err() {
-            okm.zeroize();
-        }
+        // The output is written straight into zeroizing memory, so no copy of the key is left
+        // behind on the stack. 32 bytes is far below HKDF-SHA256's 255 × 32 limit, so `expand`
+        // cannot fail; if it ever did, the buffer would stay all zeros (a key nobody else
+        // derives, so nothing would verify), which is safe rather than silently weak.
+        let mut okm = Zeroizing::new([0u8; 32]);
+        let _cannot_fail = hk.expand(info, &mut *okm);
         okm
     }
 }
 
-/// A 32-byte HMAC key, zeroized on drop.
-#[derive(Zeroize, ZeroizeOnDrop)]
-struct KeyBytes([u8; 32]);
+/// What a derived key is for: its HKDF `info` string. One type per purpose, so a key for one
+/// purpose can never be passed where another is expected.
+pub trait KeyPurpose {
+    /// The HKDF `info` string that derives this purpose's key.
+    const INFO: &'static [u8];
+}
 
-impl KeyBytes {
-    fn hmac(&self) -> HmacSha256 {
+/// Purpose of the key that signs `vram-seal-v1` claims (and `vram-group-v1` records).
+pub enum Seal {}
+/// Purpose of the key that chains `vram-audit-v1` records.
+pub enum Audit {}
+/// Purpose of the key that signs residency attestations.
+pub enum Attest {}
+
+impl KeyPurpose for Seal {
+    const INFO: &'static [u8] = SEAL_KEY_INFO;
+}
+impl KeyPurpose for Audit {
+    const INFO: &'static [u8] = AUDIT_KEY_INFO;
+}
+impl KeyPurpose for Attest {
+    const INFO: &'static [u8] = ATTEST_KEY_INFO;
+}
+
+/// A 32-byte HMAC key derived from the worker token for one purpose, zeroized on drop. Its
+/// bytes never leave this module (outside the crate's own unit tests): callers get a keyed HMAC
+/// instance instead.
+pub struct DerivedKey<P: KeyPurpose> {
+    bytes: Zeroizing<[u8; 32]>,
+    purpose: std::marker::PhantomData<P>,
+}
+
+/// Signs and checks `vram-seal-v1` claims. Lives inside the `SealKeeper` actor only.
+pub type SealKey = DerivedKey<Seal>;
+/// Chains `vram-audit-v1` records. Lives inside the `AuditActor` and the offline verifier.
+pub type AuditKey = DerivedKey<Audit>;
+/// Signs residency attestations. Lives inside the `SealKeeper` actor only.
+pub type AttestKey = DerivedKey<Attest>;
+
+impl<P: KeyPurpose> DerivedKey<P> {
+    /// Derives this purpose's key from the worker token.
+    pub fn derive(token: &WorkerToken) -> Self {
+        Self {
+            bytes: token.derive(P::INFO),
+            purpose: std::marker::PhantomData,
+        }
+    }
+
+    /// A fresh HMAC instance keyed with this key.
+    pub fn mac(&self) -> HmacSha256 {
         // HMAC accepts keys of any length, so this never takes the error branch; the fallback
         // keeps library code free of `expect`.
-        match <HmacSha256 as Mac>::new_from_slice(&self.0) {
+        match <HmacSha256 as Mac>::new_from_slice(&*self.bytes) {
             Ok(m) => m,
             Err(_) => <HmacSha256 as hmac::digest::KeyInit>::new(&Default::default()),
         }
     }
-}
 
-/// Signs and checks `vram-seal-v1` claims. Lives inside the `SealKeeper` actor only.
-pub struct SealKey(KeyBytes);
-
-impl SealKey {
-    /// Derives the seal key from the worker token.
-    pub fn derive(token: &WorkerToken) -> Self {
-        Self(KeyBytes(token.derive(SEAL_KEY_INFO)))
-    }
-
-    /// A fresh HMAC instance keyed with the seal key.
-    pub fn mac(&self) -> HmacSha256 {
-        self.0.hmac()
-    }
-
-    /// The key's bytes, for test-vector checks only.
-    #[doc(hidden)]
-    pub fn expose_for_vectors(&self) -> Zeroizing<Vec<u8>> {
-        Zeroizing::new(self.0.0.to_vec())
-    }
-}
-
-/// Chains `vram-audit-v1` records. Lives inside the `AuditActor` and the offline verifier.
-pub struct AuditKey(KeyBytes);
-
-impl AuditKey {
-    /// Derives the audit key from the worker token.
-    pub fn derive(token: &WorkerToken) -> Self {
-        Self(KeyBytes(token.derive(AUDIT_KEY_INFO)))
-    }
-
-    /// A fresh HMAC instance keyed with the audit key.
-    pub fn mac(&self) -> HmacSha256 {
-        self.0.hmac()
-    }
-
-    /// The key's bytes, for test-vector checks only.
-    #[doc(hidden)]
-    pub fn expose_for_vectors(&self) -> Zeroizing<Vec<u8>> {
-        Zeroizing::new(self.0.0.to_vec())
-    }
-}
-
-/// Signs residency attestations (`vram-attest-v1`). Lives inside the `SealKeeper` actor only.
-pub struct AttestKey(KeyBytes);
-
-impl AttestKey {
-    /// Derives the attestation key from the worker token.
-    pub fn derive(token: &WorkerToken) -> Self {
-        Self(KeyBytes(token.derive(ATTEST_KEY_INFO)))
-    }
-
-    /// A fresh HMAC instance keyed with the attestation key.
-    pub fn mac(&self) -> HmacSha256 {
-        self.0.hmac()
+    /// The key's bytes, for the crate's own test-vector checks.
+    #[cfg(test)]
+    pub(crate) fn bytes_for_tests(&self) -> &[u8; 32] {
+        &self.bytes
     }
 }

@@ -60,3 +60,13 @@ pub async fn audit_types(system: &VramResidency) -> Vec<String> {
         })
         .collect()
 }
+
+/// HKDF-SHA256(token, info) in lowercase hex, derived here independently of the crate, so tests
+/// can look for key material in outputs without the crate ever handing its key bytes out.
+pub fn derived_key_hex(token: &[u8], info: &[u8]) -> String {
+    let mut okm = [0u8; 32];
+    hkdf::Hkdf::<sha2::Sha256>::new(None, token)
+        .expand(info, &mut okm)
+        .unwrap();
+    hex::encode(okm)
+}

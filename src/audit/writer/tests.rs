@@ -450,7 +450,7 @@ fn memory_chain_matches_the_file_format() {
 
 #[test]
 fn no_key_bytes_in_errors_or_debug() {
-    let key_hex = hex::encode(&*key().expose_for_vectors());
+    let key_hex = hex::encode(key().bytes_for_tests());
     let token_text = String::from_utf8(TOKEN.to_vec()).unwrap();
     let (dir, path) = temp_log();
     let mut w = write_log(&path);
