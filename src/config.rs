@@ -360,18 +360,7 @@ impl Config {
 
 /// Reads a token file, refusing one that group or others can read.
 pub fn read_token_file(path: &Path) -> Result<WorkerToken, VramError> {
-    let meta = std::fs::metadata(path).map_err(|e| {
-        VramError::invalid(format!(
-            "cannot read token file {}: {e}",
-            crate::validation::shown_path(path)
-        ))
-    })?;
-    if !meta.is_file() {
-        return Err(VramError::invalid(format!(
-            "token file {} is not a regular file",
-            crate::validation::shown_path(path)
-        )));
-    }
+    let meta = validation::regular_file(path, "token file")?;
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;

@@ -270,21 +270,7 @@ impl VramResidency {
         let len = match &source {
             SealSource::Bytes(b) => b.len() as u64,
             SealSource::Reader(_, n) => *n,
-            SealSource::File(p) => {
-                let meta = std::fs::metadata(p).map_err(|e| {
-                    VramError::invalid(format!(
-                        "cannot read model file {}: {e}",
-                        crate::validation::shown_path(p)
-                    ))
-                })?;
-                if !meta.is_file() {
-                    return Err(VramError::invalid(format!(
-                        "model file {} is not a regular file",
-                        crate::validation::shown_path(p)
-                    )));
-                }
-                meta.len()
-            }
+            SealSource::File(p) => validation::regular_file(p, "model file")?.len(),
         };
         validation::validate_model_size(len, self.inner.max_model_size)?;
         if self.inner.fail_closed_audit && self.audit_stats().await?.sink_down {

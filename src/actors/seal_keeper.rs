@@ -65,21 +65,7 @@ mod tests {
     use crate::seal::claims::ShardInfo;
 
     fn info() -> ShardInfo {
-        ShardInfo {
-            format: "vram-seal-v1".into(),
-            worker_id: "w".into(),
-            shard_id: "s".into(),
-            model_ref: "m".into(),
-            gpu_device: 0,
-            vram_bytes: 3,
-            digest: "00".repeat(32),
-            merkle_root: "11".repeat(32),
-            chunk_size: 4096,
-            sealed_at_unix_nanos: 1,
-            shard_index: None,
-            total_shards: None,
-            signature: String::new(),
-        }
+        ShardInfo::unsigned_for_tests(3)
     }
 
     #[test]

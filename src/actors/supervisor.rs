@@ -299,16 +299,7 @@ mod tests {
             factory: Box::new(|i| {
                 Ok(Box::new(SimDevice::new(i, 1 << 20)) as Box<dyn DeviceBackend>)
             }),
-            settings: DeviceSettings {
-                worker_id: "w".into(),
-                chunk_size: 4096,
-                headroom_bytes: 0,
-                staging_bytes: 8192,
-                call_timeout: Duration::from_secs(10),
-                seal_stall_timeout: Duration::from_secs(10),
-                scrub_interval: None,
-                scrub_bytes_per_sec: None,
-            },
+            settings: DeviceSettings::for_tests(),
             token: WorkerToken::new(b"supervisor-test-token".to_vec()).unwrap(),
             audit_sink: AuditSinkConfig::Memory,
             audit_batch_size: 1,

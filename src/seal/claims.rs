@@ -159,17 +159,17 @@ pub fn verify(key: &SealKey, info: &ShardInfo) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn info() -> ShardInfo {
-        ShardInfo {
+impl ShardInfo {
+    /// An unsigned record of shard `s` (worker `w`, model `m`, device 0, 4 KiB chunks) of `len`
+    /// bytes, with placeholder digest and root: a fixture for the crate's unit tests.
+    pub(crate) fn unsigned_for_tests(len: u64) -> Self {
+        Self {
             format: SEAL_FORMAT.into(),
             worker_id: "w".into(),
             shard_id: "s".into(),
             model_ref: "m".into(),
             gpu_device: 0,
-            vram_bytes: 1,
+            vram_bytes: len,
             digest: "00".repeat(32),
             merkle_root: "11".repeat(32),
             chunk_size: 4096,
@@ -178,6 +178,15 @@ mod tests {
             total_shards: None,
             signature: String::new(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info() -> ShardInfo {
+        ShardInfo::unsigned_for_tests(1)
     }
 
     #[test]

@@ -84,6 +84,24 @@ pub struct DeviceSettings {
     pub scrub_bytes_per_sec: Option<u64>,
 }
 
+#[cfg(test)]
+impl DeviceSettings {
+    /// Settings for the crate's unit tests: worker `w`, 4 KiB chunks, 8 KiB staging, no
+    /// headroom, no scrub, 10 s timeouts.
+    pub(crate) fn for_tests() -> Self {
+        Self {
+            worker_id: "w".into(),
+            chunk_size: 4096,
+            headroom_bytes: 0,
+            staging_bytes: 8192,
+            call_timeout: Duration::from_secs(10),
+            seal_stall_timeout: Duration::from_secs(10),
+            scrub_interval: None,
+            scrub_bytes_per_sec: None,
+        }
+    }
+}
+
 /// The actor's state.
 pub struct GpuState {
     args: GpuArgs,

@@ -48,16 +48,7 @@ async fn spawn_gpu(capacity: u64) -> ActorRef<GpuMsg> {
         GpuArgs {
             device: 0,
             backend: Box::new(SimDevice::new(0, capacity)),
-            settings: DeviceSettings {
-                worker_id: "w".into(),
-                chunk_size: 4096,
-                headroom_bytes: 0,
-                staging_bytes: 8192,
-                call_timeout: Duration::from_secs(10),
-                seal_stall_timeout: Duration::from_secs(10),
-                scrub_interval: None,
-                scrub_bytes_per_sec: None,
-            },
+            settings: DeviceSettings::for_tests(),
             seal_keeper: keeper,
             audit,
         },

@@ -385,7 +385,6 @@ fn tensors_of(map: Option<&TensorMap>, spans: &[ChunkSpan]) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::seal::claims::SEAL_FORMAT;
     use crate::seal::merkle::{leaf_hash, root_from_leaves};
 
     const CHUNK: u64 = 4096;
@@ -395,19 +394,9 @@ mod tests {
         let data: Vec<u8> = (0..9_000u32).map(|i| (i % 251) as u8).collect();
         let tree = MerkleTree::build(&data, CHUNK as usize);
         let info = ShardInfo {
-            format: SEAL_FORMAT.into(),
-            worker_id: "w".into(),
-            shard_id: "s".into(),
-            model_ref: "m".into(),
-            gpu_device: 0,
             vram_bytes: data.len() as u64,
-            digest: "00".repeat(32),
             merkle_root: hex::encode(tree.root()),
-            chunk_size: CHUNK,
-            sealed_at_unix_nanos: 1,
-            shard_index: None,
-            total_shards: None,
-            signature: String::new(),
+            ..ShardInfo::unsigned_for_tests(0)
         };
         (data, info, tree)
     }
