@@ -135,8 +135,9 @@ impl Config {
         c
     }
 
-    /// CUDA devices when a driver and a device are present, simulated ones (2 × 1 GiB)
-    /// otherwise. [`Config::backend_description`] says which was chosen and why.
+    /// The best backend this build has. This build has no CUDA backend yet, so it always
+    /// chooses simulated devices (2 × 1 GiB); [`Config::backend_description`] says so. Once the
+    /// CUDA backend lands, `auto` will pick it when a driver and a device are present.
     pub fn auto() -> Self {
         let mut c = Self::simulated(2, 1 << 30);
         c.backend_reason =
@@ -144,7 +145,8 @@ impl Config {
         c
     }
 
-    /// CUDA devices only; `start` fails if none can be used.
+    /// CUDA devices only; `start` fails with `VramError::Cuda` if none can be used (in this
+    /// build, always: it has no CUDA backend yet).
     pub fn cuda() -> Self {
         Self::with_backend(BackendChoice::Cuda, "CUDA requested".into())
     }

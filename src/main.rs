@@ -1,5 +1,5 @@
 //! The `vram-residency` command: a demo of the whole seal → verify → execute → attest → detect
-//! story on the embedded default backend, plus operator tools for real files (`seal`), received
+//! story on the default backend (simulated devices in this build), plus operator tools for real files (`seal`), received
 //! seal records (`verify-info`), audit logs (`audit verify`) and devices (`devices`).
 //!
 //! Every failure ends in one `error:` line on stderr (and a `hint:` line where one helps) and a

@@ -64,8 +64,8 @@ const TOP_AFTER_HELP: &str = concat!(
 
 /// Keep model weights sealed in GPU memory, prove they are unchanged, and audit every step.
 ///
-/// Runs on CUDA devices when a CUDA backend is available, otherwise on simulated devices
-/// (device memory held in host memory, with fault injection). Start with `vram-residency demo`.
+/// This build has no CUDA backend yet, so it runs on simulated devices (device memory held in
+/// host memory, with fault injection). Start with `vram-residency demo`.
 #[derive(Debug, Parser)]
 #[command(name = "vram-residency", version, after_help = TOP_AFTER_HELP)]
 pub struct Cli {
@@ -147,8 +147,8 @@ pub enum Command {
 
     /// Show each device: backend, name, total and free memory, policy status.
     ///
-    /// Starts the default backend (CUDA when available, simulated devices otherwise) or
-    /// --devices N simulated ones, reports, and shuts down.
+    /// Starts the default backend (simulated devices in this build) or --devices N
+    /// simulated ones, reports, and shuts down.
     #[command(after_help = AFTER_HELP)]
     Devices(devices::DevicesArgs),
 

@@ -1,5 +1,5 @@
-//! `demo`: the whole story in a few seconds, on the embedded default backend (CUDA when present,
-//! simulated devices otherwise).
+//! `demo`: the whole story in a few seconds, on the default backend (`Config::auto()`: in this
+//! build, simulated devices, since the CUDA backend is not built yet).
 //!
 //! It generates a model file, seals it from the file (streamed, with a progress bar), shows the
 //! seal, verifies it in each mode with timings, executes on a verified view, attests a random
@@ -41,8 +41,8 @@ pub struct DemoArgs {
     #[arg(long, value_name = "BYTES", default_value_t = 64 << 20)]
     pub size: u64,
 
-    /// Use N simulated devices (at least 2) instead of the default backend (which, without
-    /// CUDA, is 2 simulated devices).
+    /// Use N simulated devices (at least 2) instead of the default backend (2 simulated
+    /// devices in this build).
     #[arg(long, value_name = "N")]
     pub devices: Option<u32>,
 
