@@ -71,11 +71,10 @@ pub fn verify_attestation(
     token: &WorkerToken,
     expected_nonce: &[u8],
 ) -> Result<(), VramError> {
-    let fail = || VramError::SealVerificationFailed {
-        shard_id: crate::text::sanitize(&att.shard.shard_id.chars().take(256).collect::<String>()),
-        first_bad_chunk: None,
-        bad_chunks: Vec::new(),
-        bad_tensors: Vec::new(),
+    let fail = || {
+        VramError::seal_signature_failed(crate::text::sanitize(
+            &att.shard.shard_id.chars().take(256).collect::<String>(),
+        ))
     };
     if att.format != ATTEST_FORMAT {
         return Err(VramError::invalid(format!(

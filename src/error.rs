@@ -27,18 +27,21 @@ fn describe_tensors(names: &[String]) -> String {
     )
 }
 
-fn describe_bad_chunks(bad: &[ChunkSpan]) -> String {
+fn describe_bad_chunks(bad: &[ChunkSpan], count: u64) -> String {
     match bad.first() {
         None => String::new(),
         Some(first) => format!(
-            ": first bad chunk {} (bytes {}..{}), {} bad chunk(s) in total",
+            ": first bad chunk {} (bytes {}..{}), {count} bad chunk(s) in total",
             first.index,
             first.offset,
             first.offset.saturating_add(first.len),
-            bad.len()
         ),
     }
 }
+
+/// Most bad chunks a [`VramError::SealVerificationFailed`] (and a quarantine) keeps by index and
+/// byte range; the rest are counted.
+pub const MAX_REPORTED_BAD_CHUNKS: usize = 64;
 
 /// Why an operation did not happen.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -78,12 +81,15 @@ pub enum VramError {
     /// The shard in device memory no longer matches its seal, or the seal itself is not valid.
     /// The shard is quarantined and its device stopped (fail-closed).
     /// `first_bad_chunk` and `bad_chunks` name the chunks (index and byte range) found to
-    /// differ; both are empty when the seal itself (signature, leaf list) is what failed.
+    /// differ — the first [`MAX_REPORTED_BAD_CHUNKS`] of them, in index order, while
+    /// `bad_chunk_count` counts them all; all are empty/zero when the seal itself (signature,
+    /// leaf list) is what failed. Bounded, so a refused call never copies more than that
+    /// whatever the size of the shard.
     /// `bad_tensors` names the safetensors tensors overlapping those chunks, when the shard was
     /// sealed from a safetensors file.
     #[error(
         "seal verification failed for shard {shard_id}{}{}",
-        describe_bad_chunks(bad_chunks),
+        describe_bad_chunks(bad_chunks, *bad_chunk_count),
         describe_tensors(bad_tensors)
     )]
     SealVerificationFailed {
@@ -91,8 +97,11 @@ pub enum VramError {
         shard_id: String,
         /// Index of the first chunk found to differ.
         first_bad_chunk: Option<u64>,
-        /// The chunks found to differ, in index order.
+        /// The first chunks found to differ (at most [`MAX_REPORTED_BAD_CHUNKS`]), in index
+        /// order.
         bad_chunks: Vec<ChunkSpan>,
+        /// How many chunks were found to differ in all.
+        bad_chunk_count: u64,
         /// Tensors overlapping them (safetensors shards only).
         bad_tensors: Vec<String>,
     },
@@ -196,6 +205,17 @@ impl VramError {
                     ..
                 }
         )
+    }
+
+    /// A seal or record that failed its signature check: no chunk is named.
+    pub(crate) fn seal_signature_failed(shard_id: impl Into<String>) -> Self {
+        Self::SealVerificationFailed {
+            shard_id: shard_id.into(),
+            first_bad_chunk: None,
+            bad_chunks: Vec::new(),
+            bad_chunk_count: 0,
+            bad_tensors: Vec::new(),
+        }
     }
 
     /// An I/O error of `kind` with a message.

@@ -16,7 +16,9 @@ use ractor::{Actor, ActorRef};
 use crate::actors::ask;
 use crate::actors::directory::{self, DeviceDirectory};
 use crate::actors::gpu_actor::now_unix_nanos;
-use crate::actors::supervisor::{BackendFactory, DeviceSettings, Supervisor, SupervisorArgs};
+use crate::actors::supervisor::{
+    BackendFactory, DeviceSettings, RestartBudget, Supervisor, SupervisorArgs,
+};
 use crate::attestation::{ATTEST_FORMAT, Attestation, statement};
 use crate::audit::events::AuditEvent;
 use crate::config::{BackendChoice, Config};
@@ -110,6 +112,7 @@ impl VramResidency {
             audit_flush_interval: config.audit_flush_interval,
             audit_buffer_limit: config.audit_buffer_limit,
             directory: writer,
+            restart_budget: RestartBudget::default(),
         };
         let (supervisor, _) = Actor::spawn(None, Supervisor, args)
             .await
@@ -237,12 +240,7 @@ impl VramResidency {
         if ok {
             Ok(())
         } else {
-            Err(VramError::SealVerificationFailed {
-                shard_id: info.shard_id.clone(),
-                first_bad_chunk: None,
-                bad_chunks: Vec::new(),
-                bad_tensors: Vec::new(),
-            })
+            Err(VramError::seal_signature_failed(info.shard_id.clone()))
         }
     }
 

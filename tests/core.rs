@@ -1281,3 +1281,79 @@ async fn a_stalled_source_times_out_instead_of_holding_the_device() {
         .unwrap();
     system.shutdown().await.unwrap();
 }
+
+/// Crashes device 0's actor and waits until a fresh one answers.
+async fn crash_and_wait_for_restart(system: &VramResidency) {
+    system.inject_fault(0, Fault::CrashActor).await.unwrap();
+    assert!(
+        eventually(|| async { system.capacity(0).await.is_ok() }).await,
+        "device 0 did not come back"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fail_closed_stop_survives_a_crash_restart() {
+    let system = start(2, MIB).await;
+    let shard = system
+        .seal(SealRequest::new("s", "m", 0, pattern(20_000)))
+        .await
+        .unwrap();
+    let flip = Fault::FlipBits {
+        shard_id: "s".into(),
+        offset: 9,
+        mask: 1,
+    };
+    system.inject_fault(0, flip).await.unwrap();
+    assert!(system.verify(&shard, VerifyMode::Full).await.is_err());
+    crash_and_wait_for_restart(&system).await;
+    // The replacement actor starts stopped: a crash does not clear a fail-closed stop.
+    let refused = system
+        .seal(SealRequest::new("t", "m", 0, pattern(10)))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        refused,
+        VramError::DeviceStopped {
+            device: 0,
+            cause: StopCause::IntegrityFailure
+        }
+    );
+    system.reset_device(0).await.unwrap();
+    system
+        .seal(SealRequest::new("t", "m", 0, pattern(10)))
+        .await
+        .unwrap();
+    system.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eight_restarts_in_a_minute_then_the_device_is_left_crashed() {
+    let system = start(2, MIB).await;
+    for _ in 0..8 {
+        crash_and_wait_for_restart(&system).await;
+    }
+    system
+        .seal(SealRequest::new("after-8", "m", 0, pattern(10)))
+        .await
+        .unwrap();
+    // The ninth crash within the minute is over budget: the device stays down, and says why.
+    system.inject_fault(0, Fault::CrashActor).await.unwrap();
+    let gone = eventually(|| async {
+        matches!(
+            system.capacity(0).await,
+            Err(VramError::DeviceStopped {
+                device: 0,
+                cause: StopCause::Crashed
+            })
+        )
+    })
+    .await;
+    assert!(gone, "{:?}", system.capacity(0).await);
+    assert!(!system.capacity(0).await.unwrap_err().is_retriable());
+    // The other device never noticed.
+    system
+        .seal(SealRequest::new("other", "m", 1, pattern(10)))
+        .await
+        .unwrap();
+    system.shutdown().await.unwrap();
+}

@@ -331,3 +331,59 @@ async fn corruption_in_a_safetensors_file_names_the_tensor() {
     assert_eq!(bad_tensors[0], vram_residency::seal::tensors::HEADER_NAME);
     system.shutdown().await.unwrap();
 }
+
+/// A corruption spread over many chunks is reported by count, with only the first few chunks
+/// kept by range: the quarantine, and every refused call's error cloned from it, stay bounded
+/// whatever the size of the shard.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wide_corruption_is_counted_not_copied_into_every_error() {
+    use vram_residency::error::MAX_REPORTED_BAD_CHUNKS;
+    let system = common::start(1, 8 << 20).await;
+    let chunks = 512u64; // 2 MiB of 4 KiB chunks
+    let shard = system
+        .seal(SealRequest::new(
+            "wide",
+            "m",
+            0,
+            common::pattern(4096 * chunks as usize),
+        ))
+        .await
+        .unwrap();
+    let flipped = 300u64;
+    for i in 0..flipped {
+        let fault = Fault::FlipBits {
+            shard_id: "wide".into(),
+            offset: i * 4096 + 17,
+            mask: 0x20,
+        };
+        system.inject_fault(0, fault).await.unwrap();
+    }
+    let check = |err: &VramError| {
+        let VramError::SealVerificationFailed {
+            first_bad_chunk,
+            bad_chunks,
+            bad_chunk_count,
+            ..
+        } = err
+        else {
+            panic!("{err:?}")
+        };
+        assert_eq!(*first_bad_chunk, Some(0));
+        assert_eq!(*bad_chunk_count, flipped);
+        assert_eq!(bad_chunks.len(), MAX_REPORTED_BAD_CHUNKS);
+        let indices: Vec<u64> = bad_chunks.iter().map(|s| s.index).collect();
+        assert_eq!(
+            indices,
+            (0..MAX_REPORTED_BAD_CHUNKS as u64).collect::<Vec<_>>()
+        );
+        assert!(
+            err.to_string().contains("300 bad chunk(s) in total"),
+            "{err}"
+        );
+    };
+    check(&system.verify(&shard, VerifyMode::Full).await.unwrap_err());
+    // Every later refusal carries the same bounded report.
+    check(&system.execute(&shard, |v| v.len()).await.unwrap_err());
+    check(&system.verify(&shard, VerifyMode::Full).await.unwrap_err());
+    system.shutdown().await.unwrap();
+}

@@ -23,8 +23,10 @@ pub type PendingRelease = Option<RpcReplyPort<Result<u64, VramError>>>;
 /// What a failed verification found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Quarantine {
-    /// The bad chunks.
+    /// The first bad chunks (at most `MAX_REPORTED_BAD_CHUNKS`), in index order.
     pub chunks: Vec<ChunkSpan>,
+    /// How many chunks were bad in all.
+    pub count: u64,
     /// Tensors overlapping them (safetensors shards only).
     pub tensors: Vec<String>,
 }

@@ -8,14 +8,21 @@
 //! Crash policy:
 //! * a `GpuActor` that panics or fails loses its state — its backend context and therefore all
 //!   of its device memory are dropped with it, so no accounting leaks and no shard can claim to
-//!   be resident. The supervisor audits `DeviceStopped`, clears the device's directory slot (so
-//!   calls fail fast), and starts a fresh actor on a fresh backend context, up to
-//!   [`MAX_DEVICE_RESTARTS`] times per device. Old handles get `UnknownShard`.
+//!   be resident. The supervisor audits `DeviceStopped`, marks the device's directory slot
+//!   `Restarting` (so calls fail fast, and retriably), and starts a fresh actor on a fresh
+//!   backend context. The budget is a sliding window ([`RestartBudget`], default 8 restarts per
+//!   device per minute): it recovers as old restarts age out. A device over budget, or whose
+//!   restart fails (audited), is left `Crashed`. Old handles get `UnknownShard`.
+//! * a fail-closed stop outlives the actor: device actors report their stop and reset here
+//!   (`SupervisorMsg::DeviceStop`), and a replacement starts stopped until `reset_device`.
 //! * a `SealKeeper` or `AuditActor` failure stops the whole system (fail-closed): without the
 //!   key nothing can be sealed or verified, and without the audit actor nothing could be
 //!   proven afterwards.
 
+use std::collections::VecDeque;
 use std::time::Duration;
+
+use tokio::time::Instant;
 
 use chrono::Utc;
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
@@ -35,8 +42,25 @@ use crate::messages::supervisor::SupervisorMsg;
 use crate::seal::keys::WorkerToken;
 use crate::types::StopCause;
 
-/// How many times one device's actor is restarted before the device is left stopped.
-pub const MAX_DEVICE_RESTARTS: u32 = 8;
+/// How often one device's actor may be restarted: at most `max` restarts within any `window`.
+/// Past that the device is left stopped (`StopCause::Crashed`); as restarts age out of the
+/// window, the budget recovers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RestartBudget {
+    /// Restarts allowed within one window.
+    pub max: usize,
+    /// The window.
+    pub window: Duration,
+}
+
+impl Default for RestartBudget {
+    fn default() -> Self {
+        Self {
+            max: 8,
+            window: Duration::from_secs(60),
+        }
+    }
+}
 
 /// Makes a fresh backend context for a device (at start and after a crash).
 pub type BackendFactory = Box<dyn Fn(u32) -> Result<Box<dyn DeviceBackend>, String> + Send + Sync>;
@@ -55,6 +79,7 @@ pub struct SupervisorArgs {
     pub audit_flush_interval: Duration,
     pub audit_buffer_limit: usize,
     pub directory: DirectoryWriter,
+    pub restart_budget: RestartBudget,
 }
 
 /// The supervisor's state.
@@ -62,7 +87,11 @@ pub struct SupervisorState {
     audit: ActorRef<AuditMsg>,
     seal_keeper: ActorRef<SealKeeperMsg>,
     gpus: Vec<Option<ActorRef<GpuMsg>>>,
-    restarts: Vec<u32>,
+    /// Per device: when its actor was restarted, within the budget's window.
+    restarts: Vec<VecDeque<Instant>>,
+    /// Per device: its fail-closed stop, handed to a replacement actor.
+    stopped: Vec<Option<String>>,
+    restart_budget: RestartBudget,
     factory: BackendFactory,
     settings: DeviceSettings,
     directory: DirectoryWriter,
@@ -85,12 +114,38 @@ impl SupervisorState {
                 settings: self.settings.clone(),
                 seal_keeper: self.seal_keeper.clone(),
                 audit: self.audit.clone(),
+                supervisor: Some(myself.clone()),
+                stopped: usize::try_from(device)
+                    .ok()
+                    .and_then(|i| self.stopped.get(i))
+                    .cloned()
+                    .flatten(),
             },
             myself.get_cell(),
         )
         .await?;
         self.directory.set(device, Ok(gpu.clone()));
         Ok(gpu)
+    }
+
+    /// Whether device `idx` may be restarted now, within its budget; if so, counts it.
+    fn take_restart(&mut self, idx: usize) -> bool {
+        let budget = self.restart_budget;
+        let Some(times) = self.restarts.get_mut(idx) else {
+            return false;
+        };
+        let now = Instant::now();
+        while times
+            .front()
+            .is_some_and(|t| now.saturating_duration_since(*t) >= budget.window)
+        {
+            times.pop_front();
+        }
+        if times.len() >= budget.max {
+            return false;
+        }
+        times.push_back(now);
+        true
     }
 
     fn device_of(&self, cell: &ractor::ActorCell) -> Option<u32> {
@@ -166,7 +221,9 @@ impl Actor for Supervisor {
             audit,
             seal_keeper,
             gpus: vec![None; n],
-            restarts: vec![0; n],
+            restarts: vec![VecDeque::new(); n],
+            stopped: vec![None; n],
+            restart_budget: args.restart_budget,
             factory: args.factory,
             settings: args.settings,
             directory: args.directory,
@@ -201,6 +258,14 @@ impl Actor for Supervisor {
             SupervisorMsg::Children(reply) => {
                 let _ = reply.send((state.seal_keeper.clone(), state.audit.clone()));
             }
+            SupervisorMsg::DeviceStop { device, stopped } => {
+                if let Some(slot) = usize::try_from(device)
+                    .ok()
+                    .and_then(|i| state.stopped.get_mut(i))
+                {
+                    *slot = stopped;
+                }
+            }
             SupervisorMsg::Shutdown(reply) => {
                 state.stop_all().await;
                 let _ = reply.send(());
@@ -232,8 +297,7 @@ impl Actor for Supervisor {
         };
         if let Some(device) = state.device_of(&cell) {
             let idx = usize::try_from(device).unwrap_or(usize::MAX);
-            let count = state.restarts.get(idx).copied().unwrap_or(u32::MAX);
-            let restart = count < MAX_DEVICE_RESTARTS;
+            let restart = state.take_restart(idx);
             let cause = if restart {
                 StopCause::Restarting
             } else {
@@ -256,9 +320,6 @@ impl Actor for Supervisor {
                 ),
             });
             if restart {
-                if let Some(c) = state.restarts.get_mut(idx) {
-                    *c = c.saturating_add(1);
-                }
                 match state.spawn_device(&myself, device).await {
                     Ok(gpu) => {
                         if let Some(slot) = state.gpus.get_mut(idx) {
@@ -300,6 +361,7 @@ mod tests {
                 Ok(Box::new(SimDevice::new(i, 1 << 20)) as Box<dyn DeviceBackend>)
             }),
             settings: DeviceSettings::for_tests(),
+            restart_budget: RestartBudget::default(),
             token: WorkerToken::new(b"supervisor-test-token".to_vec()).unwrap(),
             audit_sink: AuditSinkConfig::Memory,
             audit_batch_size: 1,
@@ -371,5 +433,45 @@ mod tests {
             );
             assert!(audit.cast(AuditMsg::Tick).is_err());
         });
+    }
+
+    /// Crashes device 0's current actor and returns what the directory says afterwards (the
+    /// replacement, or why there is none).
+    async fn crash(dir: &crate::actors::directory::DeviceDirectory) -> directory::Slot {
+        let before = dir.gpu(0).unwrap();
+        let fault = crate::types::Fault::CrashActor;
+        let _ = before
+            .call(|reply| GpuMsg::InjectFault { fault, reply }, None)
+            .await;
+        for _ in 0..400 {
+            match dir.gpu(0) {
+                Ok(g) if g.get_id() != before.get_id() => return Ok(g),
+                Err(StopCause::Crashed) => return Err(StopCause::Crashed),
+                _ => tokio::time::sleep(Duration::from_millis(5)).await,
+            }
+        }
+        panic!("the supervisor never settled device 0");
+    }
+
+    #[tokio::test]
+    async fn the_restart_budget_recovers_as_restarts_age_out() {
+        let (writer, dir) = directory::directory(1);
+        let mut a = args(writer, 1);
+        let window = Duration::from_millis(1_500);
+        a.restart_budget = RestartBudget { max: 2, window };
+        let (sup, handle) = Actor::spawn(None, Supervisor, a).await.unwrap();
+        assert!(crash(&dir).await.is_ok());
+        assert!(crash(&dir).await.is_ok());
+        // Both restarts of this window are spent; once they age out, the budget is back.
+        tokio::time::sleep(window + Duration::from_millis(50)).await;
+        assert!(crash(&dir).await.is_ok());
+        assert!(crash(&dir).await.is_ok());
+        // A third crash within one window is over budget: the device is left crashed.
+        assert_eq!(crash(&dir).await.err(), Some(StopCause::Crashed));
+        sup.call(SupervisorMsg::Shutdown, None)
+            .await
+            .unwrap()
+            .unwrap();
+        handle.await.unwrap();
     }
 }

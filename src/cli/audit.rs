@@ -7,10 +7,12 @@ use std::path::PathBuf;
 
 use clap::Args;
 use vram_residency::audit::{self, AuditReport, ProblemKind};
+use vram_residency::validation;
 
 use super::Global;
 use super::error::CliError;
 use super::token::TokenSource;
+use super::untrusted;
 
 /// Arguments of `audit verify`.
 #[derive(Debug, Args)]
@@ -27,7 +29,7 @@ pub struct AuditVerifyArgs {
 /// Runs `audit verify`.
 pub fn run_verify(global: &Global, args: AuditVerifyArgs) -> Result<(), CliError> {
     let token = TokenSource::require(global.token_file.as_deref())?.load()?;
-    let shown = args.log.display().to_string();
+    let shown = validation::shown_path(&args.log);
     match std::fs::metadata(&args.log) {
         Ok(m) if !m.is_file() => {
             return Err(CliError::usage(format!("{shown} is not a regular file")));
@@ -45,32 +47,38 @@ pub fn run_verify(global: &Global, args: AuditVerifyArgs) -> Result<(), CliError
             "intact": report.is_intact(),
             "report": report,
         });
-        println!("{value}");
+        // Problem details quote the log's bytes; serde_json escapes C0 controls only.
+        println!("{}", untrusted::json(value));
     } else {
         print_report(&shown, &report);
     }
     check_intact(&shown, &report)
 }
 
-/// Prints a report for people.
+/// Prints a report for people. Every line is sanitised: event type names and problem details
+/// come from the log, `shown` may be a hostile file name.
 pub fn print_report(shown: &str, report: &AuditReport) {
-    println!("audit log {shown}");
-    println!(
+    let say = |line: String| println!("{}", untrusted::text(&line));
+    say(format!("audit log {shown}"));
+    say(format!(
         "  records verified: {} (last seq {})",
         report.records, report.last_seq
-    );
-    println!("  resumptions:      {}", report.resumptions);
+    ));
+    say(format!("  resumptions:      {}", report.resumptions));
     if report.counts_by_type.is_empty() {
-        println!("  events:           none");
+        say("  events:           none".to_string());
     } else {
-        println!("  events by type:");
+        say("  events by type:".to_string());
         for (kind, n) in &report.counts_by_type {
-            println!("    {kind:<26} {n:>8}");
+            say(format!("    {kind:<26} {n:>8}"));
         }
     }
     match &report.first_problem {
-        None => println!("  status:           intact"),
-        Some(p) => println!("  status:           NOT INTACT — {p}"),
+        None => say("  status:           intact".to_string()),
+        Some(p) => say(format!(
+            "  status:           NOT INTACT — {}",
+            untrusted::bounded(&p.to_string(), untrusted::MAX_MESSAGE_CHARS)
+        )),
     }
 }
 

@@ -16,6 +16,7 @@ use vram_residency::validation;
 
 use super::error::CliError;
 use super::human_bytes;
+use super::untrusted;
 
 /// Arguments of `bench`.
 #[derive(Debug, Args)]
@@ -96,16 +97,20 @@ pub async fn run(args: BenchArgs) -> Result<(), CliError> {
 
 /// Parses a byte count: `1073741824`, `256MiB`, `256M`, `1GiB`, `4KiB`. Whole numbers only
 /// (`1.5GiB` is refused); units are binary and case-insensitive; `B` is accepted.
+/// Error messages quote the input sanitised and cut to 64 characters (clap prints them).
 pub fn parse_size(s: &str) -> Result<u64, String> {
+    let shown = untrusted::field(s, 64);
     let t = s.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (digits, unit) = t.split_at(split);
     if digits.is_empty() {
         return Err(format!(
-            "`{s}` is not a size: give bytes or a number with KiB, MiB, GiB or TiB"
+            "`{shown}` is not a size: give bytes or a number with KiB, MiB, GiB or TiB"
         ));
     }
-    let n: u64 = digits.parse().map_err(|_| format!("`{s}` is too large"))?;
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("`{shown}` is too large"))?;
     let unit = unit.trim();
     let shift = match unit.to_ascii_lowercase().as_str() {
         "" | "b" => 0u32,
@@ -115,17 +120,95 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         "t" | "tib" => 40,
         _ => {
             return Err(format!(
-                "unknown size unit `{unit}` in `{s}`: use KiB, MiB, GiB or TiB (or plain bytes)"
+                "unknown size unit `{}` in `{shown}`: use KiB, MiB, GiB or TiB (or plain bytes)",
+                untrusted::field(unit, 16)
             ));
         }
     };
     n.checked_mul(1u64 << shift)
-        .ok_or_else(|| format!("`{s}` is too large"))
+        .ok_or_else(|| format!("`{shown}` is too large"))
 }
 
 #[cfg(test)]
+#[allow(clippy::arithmetic_side_effects)] // test code
 mod tests {
     use super::parse_size;
+    use proptest::prelude::*;
+
+    const UNITS: [(&str, u32); 14] = [
+        ("", 0),
+        ("B", 0),
+        ("b", 0),
+        ("K", 10),
+        ("KiB", 10),
+        ("kib", 10),
+        ("M", 20),
+        ("MiB", 20),
+        ("mIb", 20),
+        ("G", 30),
+        ("GiB", 30),
+        ("T", 40),
+        ("TiB", 40),
+        ("tib", 40),
+    ];
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// Whatever clap hands over: never a panic, and an error never carries a control
+        /// character or escape sequence back to the terminal, nor more than a bounded echo.
+        #[test]
+        fn any_string_is_a_size_or_a_clean_bounded_error(s in any::<String>()) {
+            if let Err(e) = parse_size(&s) {
+                prop_assert!(!e.chars().any(char::is_control), "{e:?}");
+                prop_assert!(e.chars().count() < 200, "{e:?}");
+            }
+        }
+
+        #[test]
+        fn hostile_sizes_are_refused_cleanly(
+            n in any::<u64>(),
+            // Controls that `trim` keeps (no whitespace), C1, bidi overrides.
+            junk in "[\\x00-\\x08\\x0e-\\x1f\\x7f-\\x84\\x86-\\x9f\\u{202a}-\\u{202e}]{1,8}",
+        ) {
+            let text = format!("{n}{junk}MiB");
+            let e = parse_size(&text).unwrap_err();
+            prop_assert!(!e.chars().any(char::is_control), "{e:?}");
+            prop_assert!(!e.contains('\u{202e}'), "{e:?}");
+        }
+
+        /// `N<unit>` is `N << shift` exactly when that fits in a u64, and an error otherwise.
+        #[test]
+        fn number_with_unit_round_trips(
+            n in any::<u64>(),
+            unit in 0..UNITS.len(),
+            space in any::<bool>(),
+            pad in any::<bool>(),
+        ) {
+            let (suffix, shift) = UNITS[unit];
+            let sep = if space && !suffix.is_empty() { " " } else { "" };
+            let text = if pad { format!(" {n}{sep}{suffix} ") } else { format!("{n}{sep}{suffix}") };
+            let want = n.checked_mul(1u64 << shift);
+            match want {
+                Some(v) => prop_assert_eq!(parse_size(&text), Ok(v)),
+                None => prop_assert!(parse_size(&text).is_err()),
+            }
+            // Small values: the same with leading zeros.
+            let small = n % 1024;
+            let padded = format!("000{small}{suffix}");
+            prop_assert_eq!(parse_size(&padded), Ok(small << shift));
+        }
+
+        #[test]
+        fn fractions_signs_and_unknown_units_are_refused(
+            n in 0u64..1_000_000,
+            bad in prop::sample::select(vec![".5GiB", "e3", "XB", "kb", "MB", "GB", "iB", "KiBB", "-"]),
+        ) {
+            for text in [format!("{n}{bad}"), format!("-{n}"), format!("+{n}")] {
+                prop_assert!(parse_size(&text).is_err(), "{text}");
+            }
+        }
+    }
 
     #[test]
     fn sizes() {

@@ -9,6 +9,8 @@ use std::process::ExitCode;
 
 use vram_residency::VramError;
 
+use super::untrusted;
+
 /// Exit code classes, as documented in `--help`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Code {
@@ -78,12 +80,26 @@ impl CliError {
     }
 
     /// Prints the error (one line, plus a hint line) on stderr and returns the exit code.
+    ///
+    /// Both lines are sanitised and bounded here, in the one place every error leaves the
+    /// command: messages quote file names, JSON member names and fields of records a peer
+    /// wrote, and none of that may reach the terminal as an escape sequence.
     pub fn report(&self) -> ExitCode {
-        eprintln!("error: {}", one_line(&self.message));
-        if let Some(h) = &self.hint {
-            eprintln!("hint: {}", one_line(h));
+        eprintln!("error: {}", self.shown_message());
+        if let Some(h) = self.shown_hint() {
+            eprintln!("hint: {h}");
         }
         ExitCode::from(self.code.exit_code())
+    }
+
+    /// The message as [`CliError::report`] prints it: one line, sanitised, bounded.
+    pub fn shown_message(&self) -> String {
+        shown(&self.message)
+    }
+
+    /// The hint as [`CliError::report`] prints it: one line, sanitised, bounded.
+    pub fn shown_hint(&self) -> Option<String> {
+        self.hint.as_deref().map(shown)
     }
 
     /// Classifies an I/O error on a file the user named: not found is a usage error (2), any
@@ -95,6 +111,11 @@ impl CliError {
             Self::env(format!("{what}: {e}"))
         }
     }
+}
+
+/// One line, sanitised and bounded: what may reach a terminal.
+fn shown(s: &str) -> String {
+    untrusted::bounded(&one_line(s), untrusted::MAX_MESSAGE_CHARS)
 }
 
 fn one_line(s: &str) -> String {

@@ -2,7 +2,8 @@
 //!
 //! Global options (`--token-file`, `--worker-id`, `--log-format`) apply to every subcommand.
 //! Each subcommand returns `Result<(), CliError>`; `main` turns the error into one `error:` line,
-//! an optional `hint:` line and the documented exit code.
+//! an optional `hint:` line and the documented exit code. Text that came from a file (a peer's
+//! record, an audit log) is sanitised before it reaches a terminal ([`untrusted`]).
 
 pub mod audit;
 pub mod bench;
@@ -13,6 +14,7 @@ pub mod logging;
 pub mod progress;
 pub mod seal;
 pub mod token;
+pub mod untrusted;
 pub mod verify_info;
 
 use std::path::PathBuf;
@@ -267,4 +269,27 @@ pub fn base_config(global: &Global, devices: Option<u32>, capacity: Option<u64>)
         Config::auto()
     };
     config.worker_id(global.worker_id.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// Any file name (a peer may choose it) becomes a valid shard id.
+        #[test]
+        fn shard_ids_from_any_name_are_valid(name in any::<String>()) {
+            let id = shard_id_from_name(&name);
+            prop_assert!(vram_residency::validation::validate_identifier("shard_id", &id).is_ok(), "{id:?}");
+        }
+
+        #[test]
+        fn human_bytes_never_panics(n in any::<u64>()) {
+            let s = human_bytes(n);
+            prop_assert!(s.ends_with('B'), "{s}");
+        }
+    }
 }

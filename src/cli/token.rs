@@ -79,7 +79,7 @@ impl TokenSource {
     /// Where the token came from, without the token.
     pub fn describe(&self) -> String {
         match self {
-            Self::File(p) => format!("token file {}", p.display()),
+            Self::File(p) => format!("token file {}", vram_residency::validation::shown_path(p)),
             Self::Env(_) => format!("${TOKEN_ENV}"),
             Self::Generated(_) => "a random 32-byte hex token made for this run".to_string(),
         }

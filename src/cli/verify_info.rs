@@ -15,6 +15,7 @@ use vram_residency::validation;
 use super::Global;
 use super::error::CliError;
 use super::token::TokenSource;
+use super::untrusted;
 
 /// Arguments of `verify-info`.
 #[derive(Debug, Args)]
@@ -27,9 +28,8 @@ pub struct VerifyInfoArgs {
 /// Runs `verify-info`.
 pub fn run(global: &Global, args: VerifyInfoArgs) -> Result<(), CliError> {
     let token = TokenSource::require(global.token_file.as_deref())?.load()?;
-    let shown = args.file.display().to_string();
-    let text = std::fs::read_to_string(&args.file)
-        .map_err(|e| CliError::io(format!("cannot read {shown}"), &e))?;
+    let shown = validation::shown_path(&args.file);
+    let text = untrusted::read_json_file(&args.file, "ShardInfo file")?;
     let records = parse(&text).map_err(|e| {
         CliError::usage(format!("{shown} is not a ShardInfo JSON record: {e}"))
             .hint("give the JSON printed by `vram-residency seal` (one object, or one per line)")
@@ -44,20 +44,25 @@ pub fn run(global: &Global, args: VerifyInfoArgs) -> Result<(), CliError> {
         } else {
             shown.clone()
         };
+        // Every field below was written by whoever made the file (a valid signature only says
+        // a holder of the token signed it): sanitised and bounded before it is printed.
         if claims::verify(&key, info) {
             println!(
                 "ok: {at}: signature valid for shard {} ({}), {} bytes on device {}, sha256 {}, sealed {} by {}",
-                info.shard_id,
-                info.model_ref,
+                untrusted::field(&info.shard_id, validation::MAX_ID_LEN),
+                untrusted::field(&info.model_ref, validation::MAX_MODEL_REF_LEN),
                 info.vram_bytes,
                 info.gpu_device,
-                info.digest,
+                untrusted::field(&info.digest, 64),
                 sealed_at(info.sealed_at_unix_nanos),
-                info.worker_id
+                untrusted::field(&info.worker_id, validation::MAX_ID_LEN)
             );
         } else {
-            let why = diagnose(info);
-            println!("FAILED: {at}: shard {:?}: {why}", info.shard_id);
+            let why = untrusted::text(&diagnose(info));
+            println!(
+                "FAILED: {at}: shard {:?}: {why}",
+                untrusted::field(&info.shard_id, validation::MAX_ID_LEN)
+            );
             if first_failure.is_none() {
                 let err = CliError::integrity(format!("{at}: {why}"));
                 first_failure = Some(if why == SIGNATURE_MISMATCH {
@@ -79,10 +84,29 @@ pub fn run(global: &Global, args: VerifyInfoArgs) -> Result<(), CliError> {
     }
 }
 
+/// Longest rendering of a JSON parse error, in characters (serde_json quotes unknown member
+/// names and bad values from the file in full).
+const MAX_PARSE_ERROR_CHARS: usize = 400;
+
+/// A JSON parse error as it may be shown: sanitised (serde_json quotes an unknown member's name
+/// raw, escape sequences included) and bounded.
+fn parse_error(e: &serde_json::Error) -> String {
+    untrusted::bounded(&e.to_string(), MAX_PARSE_ERROR_CHARS)
+}
+
 /// Parses one JSON object, or JSON Lines (blank lines ignored). Returns 1-based line numbers.
+/// Error messages are sanitised and bounded.
 fn parse(text: &str) -> Result<Vec<(usize, ShardInfo)>, String> {
-    if let Ok(info) = serde_json::from_str::<ShardInfo>(text) {
-        return Ok(vec![(1, info)]);
+    let whole = match serde_json::from_str::<ShardInfo>(text) {
+        Ok(info) => return Ok(vec![(1, info)]),
+        Err(e) => e,
+    };
+    let several = text.lines().filter(|l| !l.trim().is_empty()).nth(1).is_some();
+    if !several {
+        return match text.trim() {
+            "" => Err("the file is empty".to_string()),
+            _ => Err(parse_error(&whole)),
+        };
     }
     let mut out = Vec::new();
     for (i, line) in text.lines().enumerate() {
@@ -90,17 +114,13 @@ fn parse(text: &str) -> Result<Vec<(usize, ShardInfo)>, String> {
         if line.trim().is_empty() {
             continue;
         }
-        let info = serde_json::from_str::<ShardInfo>(line).map_err(|e| {
-            if text.lines().filter(|l| !l.trim().is_empty()).count() > 1 {
-                format!("line {n}: {e}")
-            } else {
-                e.to_string()
-            }
-        })?;
-        out.push((n, info));
-    }
-    if out.is_empty() {
-        return Err("the file is empty".to_string());
+        match serde_json::from_str::<ShardInfo>(line) {
+            Ok(info) => out.push((n, info)),
+            // The first line is not a whole value: one object spread over several lines
+            // (pretty-printed), whose own error says more than "EOF on line 1".
+            Err(e) if out.is_empty() && e.is_eof() => return Err(parse_error(&whole)),
+            Err(e) => return Err(format!("line {n}: {}", parse_error(&e))),
+        }
     }
     Ok(out)
 }
@@ -187,4 +207,182 @@ pub fn sealed_at(nanos: u64) -> String {
         .map(chrono::DateTime::from_timestamp_nanos)
         .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
         .unwrap_or_else(|| format!("{nanos} ns after the epoch"))
+}
+
+#[cfg(test)]
+#[allow(clippy::arithmetic_side_effects)] // test code
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use vram_residency::WorkerToken;
+
+    fn clean(s: &str) -> bool {
+        untrusted::text(s) == s
+    }
+
+    fn record() -> ShardInfo {
+        ShardInfo {
+            format: SEAL_FORMAT.into(),
+            worker_id: "worker-1".into(),
+            shard_id: "shard_a".into(),
+            model_ref: "hf:org/model@rev".into(),
+            gpu_device: 0,
+            vram_bytes: 1 << 20,
+            digest: "ab".repeat(32),
+            merkle_root: "cd".repeat(32),
+            chunk_size: 1 << 20,
+            sealed_at_unix_nanos: 1_700_000_000_000_000_000,
+            shard_index: None,
+            total_shards: None,
+            signature: String::new(),
+        }
+    }
+
+    #[test]
+    fn unknown_member_names_come_back_sanitised() {
+        let mut v = serde_json::to_value(record()).unwrap();
+        v["\u{1b}]0;pwned\u{7}\u{1b}[31mred\u{9b}2J\u{202e}"] = 1.into();
+        let one = v.to_string();
+        let err = parse(&one).unwrap_err();
+        assert!(err.contains("unknown field"), "{err}");
+        assert!(clean(&err), "{err:?}");
+        let pretty = serde_json::to_string_pretty(&v).unwrap();
+        let err = parse(&pretty).unwrap_err();
+        assert!(err.contains("unknown field"), "{err}");
+        assert!(clean(&err), "{err:?}");
+        let lines = format!("{}\n{one}\n", serde_json::to_string(&record()).unwrap());
+        let err = parse(&lines).unwrap_err();
+        assert!(err.starts_with("line 2: unknown field"), "{err}");
+        assert!(clean(&err), "{err:?}");
+    }
+
+    #[test]
+    fn a_huge_member_name_gives_a_bounded_error() {
+        let name = "x".repeat(500_000);
+        let err = parse(&format!("{{\"{name}\":1}}")).unwrap_err();
+        assert!(err.chars().count() <= MAX_PARSE_ERROR_CHARS + 1, "{}", err.len());
+        assert!(err.contains("column"), "{err}");
+    }
+
+    #[test]
+    fn empty_and_blank_files_are_refused() {
+        assert_eq!(parse("").unwrap_err(), "the file is empty");
+        assert_eq!(parse(" \n\n\t\n").unwrap_err(), "the file is empty");
+    }
+
+    fn shard_info() -> impl Strategy<Value = ShardInfo> {
+        (
+            (any::<String>(), any::<String>(), any::<String>(), any::<String>()),
+            (any::<u32>(), any::<u64>(), any::<u64>(), any::<u64>()),
+            ("[0-9a-fA-F]{0,70}", "[0-9a-fA-Fg]{62,66}", any::<String>()),
+            (any::<Option<u32>>(), any::<Option<u32>>()),
+        )
+            .prop_map(|((f, w, s, m), (g, v, c, t), (d, r, sig), (i, n))| ShardInfo {
+                format: f,
+                worker_id: w,
+                shard_id: s,
+                model_ref: m,
+                gpu_device: g,
+                vram_bytes: v,
+                digest: d,
+                merkle_root: r,
+                chunk_size: c,
+                sealed_at_unix_nanos: t,
+                shard_index: i,
+                total_shards: n,
+                signature: sig,
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// Whatever the file holds: no panic, and an error is clean and bounded.
+        #[test]
+        fn parse_never_panics_and_errors_are_clean(text in any::<String>()) {
+            if let Err(e) = parse(&text) {
+                prop_assert!(clean(&e), "{e:?}");
+                prop_assert!(e.chars().count() <= MAX_PARSE_ERROR_CHARS + 20, "{e:?}");
+            }
+        }
+
+        /// JSON Lines of records parse back to the same records, with their line numbers.
+        #[test]
+        fn json_lines_round_trip(infos in prop::collection::vec(shard_info(), 1..4), blank in any::<bool>()) {
+            let sep = if blank { "\n\n" } else { "\n" };
+            let text = infos
+                .iter()
+                .map(|i| serde_json::to_string(i).unwrap())
+                .collect::<Vec<_>>()
+                .join(sep);
+            let parsed = parse(&text).unwrap();
+            prop_assert_eq!(parsed.len(), infos.len());
+            for (k, ((line, got), want)) in parsed.iter().zip(&infos).enumerate() {
+                prop_assert_eq!(got, want);
+                prop_assert_eq!(*line, if blank { 2 * k + 1 } else { k + 1 });
+            }
+        }
+
+        /// Any record, however hostile its fields: `diagnose` does not panic, its words are
+        /// printable once sanitised, and a record it finds nothing wrong with passes the
+        /// format checks (the verdict is left to the signature).
+        #[test]
+        fn diagnose_never_panics(info in shard_info()) {
+            let why = diagnose(&info);
+            prop_assert!(why.chars().count() < 1024, "{why:?}");
+            if why == SIGNATURE_MISMATCH {
+                prop_assert!(info.claims().is_ok());
+            }
+        }
+
+        /// A signed record diagnoses as a signature mismatch only under another key, and any
+        /// malformed hex field is named.
+        #[test]
+        fn hex_fields_are_named(pos in 0usize..64, c in any::<char>(), field in 0usize..3) {
+            let token = WorkerToken::new(b"verify-info-unit-test-token".to_vec()).unwrap();
+            let mut info = record();
+            info.signature = claims::sign(&SealKey::derive(&token), &info).unwrap();
+            prop_assert!(claims::verify(&SealKey::derive(&token), &info));
+            prop_assert_eq!(diagnose(&info), SIGNATURE_MISMATCH);
+            prop_assume!(!c.is_ascii_digit() && !('a'..='f').contains(&c));
+            let target = match field {
+                0 => &mut info.digest,
+                1 => &mut info.merkle_root,
+                _ => &mut info.signature,
+            };
+            let mut chars: Vec<char> = target.chars().collect();
+            chars[pos] = c;
+            *target = chars.into_iter().collect();
+            let name = ["digest", "merkle_root", "signature"][field];
+            let why = diagnose(&info);
+            prop_assert!(why.starts_with(name), "{why}");
+            prop_assert!(!claims::verify(&SealKey::derive(&token), &info));
+            prop_assert!(clean(&untrusted::text(&why)));
+        }
+
+        /// The CLI's own hex check: exactly 64 lowercase hex digits pass, anything else is
+        /// named, with a bounded, clean message.
+        #[test]
+        fn hex_problem_accepts_exactly_lowercase_sha256_hex(
+            good in "[0-9a-f]{64}",
+            other in any::<String>(),
+        ) {
+            prop_assert_eq!(hex_problem("digest", &good), None);
+            prop_assert!(hex_problem("digest", &good.to_uppercase()).is_some() || !good.contains(|c: char| c.is_ascii_alphabetic()));
+            let lowercase_hex = other.len() == 64 && other.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+            match hex_problem("digest", &other) {
+                None => prop_assert!(lowercase_hex, "{other:?}"),
+                Some(p) => {
+                    prop_assert!(!lowercase_hex);
+                    prop_assert!(p.starts_with("digest "), "{p}");
+                    prop_assert!(p.chars().count() < 200, "{p:?}");
+                }
+            }
+        }
+
+        #[test]
+        fn sealed_at_never_panics(nanos in any::<u64>()) {
+            prop_assert!(!sealed_at(nanos).is_empty());
+        }
+    }
 }

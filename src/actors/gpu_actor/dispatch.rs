@@ -29,11 +29,12 @@ impl Actor for GpuActor {
         if let Some(interval) = args.settings.scrub_interval {
             myself.send_interval(interval, || GpuMsg::ScrubTick);
         }
+        let stopped = args.stopped.clone();
         Ok(GpuState {
             args,
             identity,
             table: ShardTable::default(),
-            stopped: None,
+            stopped,
             lost: false,
             scrub_cursor: 0,
             scrub_not_before: Instant::now(),
@@ -134,7 +135,8 @@ impl GpuState {
 
     /// Accept seals and executions again after a fail-closed stop.
     fn reset(&mut self) {
-        if self.stopped.take().is_some() {
+        if self.stopped.is_some() {
+            self.set_stopped(None);
             self.audit(AuditEvent::DeviceReset {
                 gpu_device: self.device(),
             });

@@ -40,6 +40,7 @@ use crate::error::VramError;
 use crate::gpu::{BackendError, BackendKind, DeviceBackend, DeviceIdentity};
 use crate::messages::audit::AuditMsg;
 use crate::messages::seal_keeper::SealKeeperMsg;
+use crate::messages::supervisor::SupervisorMsg;
 use crate::types::{DeviceStatus, StopCause, VerifyReport, VramCapacity};
 
 /// The actor.
@@ -60,6 +61,12 @@ pub struct GpuArgs {
     pub seal_keeper: ActorRef<SealKeeperMsg>,
     /// Receives audit events.
     pub audit: ActorRef<AuditMsg>,
+    /// Told when the device stops fail-closed or is reset, so the stop outlives this actor
+    /// (`None` when the actor runs without a supervisor, as in unit tests).
+    pub supervisor: Option<ActorRef<SupervisorMsg>>,
+    /// The fail-closed stop this actor starts with: a replacement for a crashed actor inherits
+    /// the stop of the one it replaces.
+    pub stopped: Option<String>,
 }
 
 /// Settings every device actor is started with (the same for all devices; the supervisor keeps
@@ -120,8 +127,17 @@ impl GpuState {
 
     fn audit(&self, event: AuditEvent) {
         metrics::counter!("vram_events_total", "type" => event.type_name(), "gpu_device" => self.args.device.to_string()).increment(1);
-        // Emission never waits: a cast only queues the event.
-        let _ = self.args.audit.cast(AuditMsg::Emit(Utc::now(), event));
+        // Emission never waits: a cast only queues the event. A cast fails only when the audit
+        // actor is gone (shutdown); the loss is counted, never ignored.
+        if self
+            .args
+            .audit
+            .cast(AuditMsg::Emit(Utc::now(), event))
+            .is_err()
+        {
+            metrics::counter!("vram_audit_events_dropped_total", "reason" => "audit actor gone")
+                .increment(1);
+        }
     }
 
     /// The public error for a backend failure; a lost device is also marked lost here.
@@ -130,6 +146,22 @@ impl GpuState {
             self.mark_lost("the backend reported the device lost");
         }
         e.into_vram(self.device())
+    }
+
+    /// Stops the device fail-closed (`Some`) or lifts the stop (`None`), and tells the
+    /// supervisor so the state survives a crash of this actor.
+    fn set_stopped(&mut self, stopped: Option<String>) {
+        self.stopped.clone_from(&stopped);
+        if let Some(supervisor) = &self.args.supervisor {
+            let device = self.device();
+            if supervisor
+                .cast(SupervisorMsg::DeviceStop { device, stopped })
+                .is_err()
+            {
+                metrics::counter!("vram_internal_send_failures_total", "to" => "supervisor")
+                    .increment(1);
+            }
+        }
     }
 
     fn mark_lost(&mut self, why: &str) {

@@ -51,6 +51,8 @@ async fn spawn_gpu(capacity: u64) -> ActorRef<GpuMsg> {
             settings: DeviceSettings::for_tests(),
             seal_keeper: keeper,
             audit,
+            supervisor: None,
+            stopped: None,
         },
     )
     .await

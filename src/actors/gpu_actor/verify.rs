@@ -17,7 +17,7 @@ use super::{GpuState, VerifyReply};
 use crate::actors::hashing::{hash_leaves, sample_indices};
 use crate::actors::shard_table::Quarantine;
 use crate::audit::events::{AuditEvent, Severity};
-use crate::error::VramError;
+use crate::error::{MAX_REPORTED_BAD_CHUNKS, VramError};
 use crate::gpu::BackendError;
 use crate::messages::gpu::{GpuMsg, LeafCheck, ShardRef};
 use crate::seal::claims::ShardInfo;
@@ -296,20 +296,26 @@ impl GpuState {
             return VramError::UnknownShard(shard.shard_id.clone());
         };
         let (len, chunk) = (entry.info.vram_bytes, entry.info.chunk_size);
-        let spans: Vec<ChunkSpan> = bad
+        let mut spans: Vec<ChunkSpan> = bad
             .iter()
             .filter_map(|&index| {
                 chunk_range(index, chunk, len).map(|(offset, len)| ChunkSpan { index, offset, len })
             })
             .collect();
+        // Every bad chunk counts towards naming tensors (the tensors that really hold bad
+        // bytes are always named); only the first few are kept by range, so the quarantine,
+        // and every error cloned from it, stays small whatever the shard's size.
+        let tensors = tensors_of(entry.tensors.as_deref(), &spans);
+        spans.truncate(MAX_REPORTED_BAD_CHUNKS);
         let reason = if leaves_match_root {
             "device memory differs from the sealed Merkle leaves"
         } else {
             "the sealed leaf list no longer matches the signed Merkle root"
         };
         let found = Quarantine {
-            tensors: tensors_of(entry.tensors.as_deref(), &spans),
+            tensors,
             chunks: spans,
+            count: bad.len() as u64,
         };
         let err = quarantined(&shard.shard_id, &found);
         let event = AuditEvent::SealVerificationFailed {
@@ -321,16 +327,16 @@ impl GpuState {
                 .map(hex::encode)
                 .unwrap_or_else(|| "not computed (sampled)".into()),
             first_bad_chunk: found.chunks.first().map(|s| s.index),
-            bad_chunks: found.chunks.len() as u64,
+            bad_chunks: found.count,
             bad_tensors: found.tensors.iter().take(32).cloned().collect(),
             severity: Severity::Critical,
         };
-        let bad_count = found.chunks.len();
+        let bad_count = found.count;
         entry.quarantine = Some(found);
-        self.stopped = Some(format!(
+        self.set_stopped(Some(format!(
             "seal verification failed for shard {}",
             shard.shard_id
-        ));
+        )));
         self.audit(event);
         self.audit(AuditEvent::DeviceStopped {
             gpu_device: device,
@@ -355,6 +361,7 @@ pub(super) fn quarantined(shard_id: &str, bad: &Quarantine) -> VramError {
         shard_id: shard_id.to_string(),
         first_bad_chunk: bad.chunks.first().map(|s| s.index),
         bad_chunks: bad.chunks.clone(),
+        bad_chunk_count: bad.count,
         bad_tensors: bad.tensors.clone(),
     }
 }
