@@ -147,6 +147,20 @@ pub fn validate_tensor_parallel(index: u32, total: u32) -> Result<(), VramError>
     Ok(())
 }
 
+/// The metadata of `path`, which must be a regular file; `what` names it in the error
+/// ("model file", "token file"). Refusals are `InvalidInput` with the (sanitised) path.
+pub fn regular_file(path: &std::path::Path, what: &str) -> Result<std::fs::Metadata, VramError> {
+    let meta = std::fs::metadata(path)
+        .map_err(|e| VramError::invalid(format!("cannot read {what} {}: {e}", shown_path(path))))?;
+    if !meta.is_file() {
+        return Err(VramError::invalid(format!(
+            "{what} {} is not a regular file",
+            shown_path(path)
+        )));
+    }
+    Ok(meta)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -226,18 +240,4 @@ mod tests {
         assert!(validate_tensor_parallel(4, 4).is_err());
         assert!(validate_tensor_parallel(0, 0).is_err());
     }
-}
-
-/// The metadata of `path`, which must be a regular file; `what` names it in the error
-/// ("model file", "token file"). Refusals are `InvalidInput` with the (sanitised) path.
-pub fn regular_file(path: &std::path::Path, what: &str) -> Result<std::fs::Metadata, VramError> {
-    let meta = std::fs::metadata(path)
-        .map_err(|e| VramError::invalid(format!("cannot read {what} {}: {e}", shown_path(path))))?;
-    if !meta.is_file() {
-        return Err(VramError::invalid(format!(
-            "{what} {} is not a regular file",
-            shown_path(path)
-        )));
-    }
-    Ok(meta)
 }
