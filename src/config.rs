@@ -62,6 +62,7 @@ pub struct Config {
     pub(crate) audit_flush_interval: Duration,
     pub(crate) audit_buffer_limit: usize,
     pub(crate) staging_bytes: usize,
+    pub(crate) device_queue_limit: usize,
     pub(crate) scrub_interval: Option<Duration>,
     pub(crate) scrub_bytes_per_sec: Option<u64>,
     errors: Vec<VramError>,
@@ -107,6 +108,7 @@ impl Config {
             audit_flush_interval: Duration::from_millis(50),
             audit_buffer_limit: 65_536,
             staging_bytes: 8 << 20,
+            device_queue_limit: 64,
             scrub_interval: None,
             scrub_bytes_per_sec: None,
             errors: Vec::new(),
@@ -307,6 +309,20 @@ impl Config {
                 .push(VramError::invalid("audit buffer limit must be at least 1"));
         }
         self.audit_buffer_limit = events;
+        self
+    }
+
+    /// Most requests one device works on or holds in its mailbox at once (default 64). Callers
+    /// beyond that wait for room (back-pressure, not refusal), so a flood of calls on one device
+    /// cannot grow its mailbox without bound, and never delays another device. Releases and
+    /// resets are always admitted.
+    pub fn device_queue_limit(mut self, requests: usize) -> Self {
+        if requests == 0 || requests > 1 << 20 {
+            self.errors.push(VramError::invalid(
+                "device queue limit must be 1..=1048576 requests",
+            ));
+        }
+        self.device_queue_limit = requests;
         self
     }
 

@@ -61,4 +61,4 @@ pub use shard::{
     detection_probability,
 };
 pub use system::VramResidency;
-pub use types::{DeviceStatus, StopCause};
+pub use types::{DeviceLoad, DeviceStatus, StopCause};

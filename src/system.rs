@@ -7,7 +7,7 @@
 
 use std::any::Any;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use chrono::Utc;
@@ -35,7 +35,7 @@ use crate::shard::{
     Fault, SealRequest, SealSource, SealedShard, ShardHandle, VerifyMode, VerifyReport,
     VramCapacity,
 };
-use crate::types::{DeviceStatus, StopCause};
+use crate::types::{DeviceLoad, DeviceStatus, StopCause};
 use crate::validation;
 
 /// A running vram-residency system. Clone it freely; all clones talk to the same actors.
@@ -56,6 +56,8 @@ struct Inner {
     call_timeout: Duration,
     fail_closed_audit: bool,
     next_handle: AtomicU64,
+    /// Per device: admission to its mailbox (see [`Admission`]).
+    admission: Vec<Admission>,
     shut_down: AtomicBool,
     backend_description: String,
     backend_kind: crate::gpu::BackendKind,
@@ -139,6 +141,9 @@ impl VramResidency {
                 call_timeout: config.call_timeout,
                 fail_closed_audit: config.fail_closed_audit,
                 next_handle: AtomicU64::new(1),
+                admission: (0..device_count)
+                    .map(|_| Admission::new(config.device_queue_limit))
+                    .collect(),
                 shut_down: AtomicBool::new(false),
                 backend_description,
                 backend_kind: crate::gpu::BackendKind::Simulated,
@@ -183,7 +188,24 @@ impl VramResidency {
             .map_err(|cause| VramError::DeviceStopped { device, cause })
     }
 
+    /// Calls a device actor once it has room for another request (waiting for it if not).
     async fn ask_gpu<T: Send + 'static>(
+        &self,
+        device: u32,
+        build: impl FnOnce(ractor::RpcReplyPort<T>) -> GpuMsg,
+    ) -> Result<T, VramError> {
+        validation::validate_device(device, self.inner.device_count)?;
+        let admission = usize::try_from(device)
+            .ok()
+            .and_then(|i| self.inner.admission.get(i))
+            .ok_or_else(|| VramError::Internal("no admission for a valid device".into()))?;
+        let _permit = admission.enter(device).await?;
+        self.ask_gpu_now(device, build).await
+    }
+
+    /// Calls a device actor without waiting for room: for releases and resets, which must
+    /// always get through (they are what frees a flooded device).
+    async fn ask_gpu_now<T: Send + 'static>(
         &self,
         device: u32,
         build: impl FnOnce(ractor::RpcReplyPort<T>) -> GpuMsg,
@@ -506,7 +528,7 @@ impl VramResidency {
             return Err(VramError::UnknownShard(shard.shard_id().to_string()));
         }
         let shard_ref = shard.inner.shard_ref();
-        self.ask_gpu(shard.device(), |reply| GpuMsg::Release {
+        self.ask_gpu_now(shard.device(), |reply| GpuMsg::Release {
             shard: shard_ref,
             reply: Some(reply),
         })
@@ -516,7 +538,7 @@ impl VramResidency {
     /// Lets a device that stopped after an integrity failure accept seals and executions
     /// again. Quarantined shards stay quarantined; release them.
     pub async fn reset_device(&self, device: u32) -> Result<(), VramError> {
-        self.ask_gpu(device, |reply| GpuMsg::Reset { reply })
+        self.ask_gpu_now(device, |reply| GpuMsg::Reset { reply })
             .await?
     }
 
@@ -527,6 +549,17 @@ impl VramResidency {
             out.push(self.ask_gpu(d, |reply| GpuMsg::Status { reply }).await?);
         }
         Ok(out)
+    }
+
+    /// How busy a device's admission is: requests in flight, callers waiting for room, and the
+    /// limit (`Config::device_queue_limit`).
+    pub fn device_load(&self, device: u32) -> Result<DeviceLoad, VramError> {
+        validation::validate_device(device, self.inner.device_count)?;
+        usize::try_from(device)
+            .ok()
+            .and_then(|i| self.inner.admission.get(i))
+            .map(Admission::load)
+            .ok_or_else(|| VramError::Internal("no admission for a valid device".into()))
     }
 
     /// Writes every audit event emitted so far and fsyncs the log. Fails with
@@ -570,5 +603,57 @@ impl VramResidency {
             || VramError::ShuttingDown,
         )
         .await
+    }
+}
+
+/// Admission to one device's mailbox: at most `limit` requests in flight; callers beyond that
+/// wait (in arrival order) for a permit. The permit is held until the reply arrives, so the
+/// mailbox never holds more than `limit` caller requests (plus the actor's own internal
+/// messages, one per request at most). Each device has its own, so a flood on one never
+/// delays another.
+struct Admission {
+    permits: Arc<tokio::sync::Semaphore>,
+    limit: usize,
+    waiting: Arc<AtomicUsize>,
+}
+
+impl Admission {
+    fn new(limit: usize) -> Self {
+        Self {
+            permits: Arc::new(tokio::sync::Semaphore::new(limit)),
+            limit,
+            waiting: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+
+    /// Waits for room on `device`; the permit is given back when dropped.
+    async fn enter(&self, device: u32) -> Result<tokio::sync::OwnedSemaphorePermit, VramError> {
+        self.waiting.fetch_add(1, Ordering::Relaxed);
+        let _still_waiting = DecrementOnDrop(&self.waiting);
+        let permit = Arc::clone(&self.permits)
+            .acquire_owned()
+            .await
+            .map_err(|_| VramError::ShuttingDown)?;
+        metrics::gauge!("vram_device_requests_in_flight", "gpu_device" => device.to_string())
+            .set(self.load().in_flight as f64);
+        Ok(permit)
+    }
+
+    fn load(&self) -> DeviceLoad {
+        DeviceLoad {
+            in_flight: self.limit.saturating_sub(self.permits.available_permits()),
+            waiting: self.waiting.load(Ordering::Relaxed),
+            limit: self.limit,
+        }
+    }
+}
+
+/// Counts a caller out of the waiting line however its wait ends (admitted, or its future
+/// dropped).
+struct DecrementOnDrop<'a>(&'a AtomicUsize);
+
+impl Drop for DecrementOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }

@@ -106,6 +106,17 @@ impl fmt::Display for StopCause {
     }
 }
 
+/// How busy one device's admission is ([`crate::VramResidency::device_load`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct DeviceLoad {
+    /// Requests sent to the device and not yet answered.
+    pub in_flight: usize,
+    /// Callers waiting for room.
+    pub waiting: usize,
+    /// Most requests in flight at once (`Config::device_queue_limit`).
+    pub limit: usize,
+}
+
 /// How thoroughly to verify.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(tag = "mode", rename_all = "snake_case")]

@@ -1357,3 +1357,50 @@ async fn eight_restarts_in_a_minute_then_the_device_is_left_crashed() {
         .unwrap();
     system.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_on_one_device_waits_for_room_while_another_keeps_answering() {
+    let system = VramResidency::start(common::config(2, 4 * MIB).device_queue_limit(4))
+        .await
+        .unwrap();
+    let shard = system
+        .seal(SealRequest::new("flooded", "m", 0, pattern(64 << 10)))
+        .await
+        .unwrap();
+    let slow = Fault::SlowDevice {
+        millis_per_read: 100,
+    };
+    system.inject_fault(0, slow).await.unwrap();
+    let flood: Vec<_> = (0..40)
+        .map(|_| {
+            let (system, shard) = (system.clone(), shard.clone());
+            tokio::spawn(async move { system.verify(&shard, VerifyMode::Full).await })
+        })
+        .collect();
+    // The flood is bounded: four requests in device 0's mailbox, the other callers waiting.
+    let bounded = eventually(|| async {
+        let load = system.device_load(0).unwrap();
+        assert!(load.in_flight <= 4, "{load:?}");
+        load.in_flight == 4 && load.waiting == 36
+    })
+    .await;
+    assert!(bounded, "{:?}", system.device_load(0));
+    // Another device answers at once, while device 0's callers are still waiting.
+    let _elsewhere = system
+        .seal(SealRequest::new("elsewhere", "m", 1, pattern(10)))
+        .await
+        .unwrap();
+    assert_eq!(system.capacity(1).await.unwrap().used_bytes, 10);
+    assert!(system.device_load(0).unwrap().waiting > 0);
+    assert_eq!(system.device_load(1).unwrap().in_flight, 0);
+    // A reset is always admitted, flood or not.
+    system.reset_device(0).await.unwrap();
+    assert!(system.device_load(0).unwrap().waiting > 0);
+    // Back-pressure, not refusal: every caller is served in the end.
+    for task in flood {
+        task.await.unwrap().unwrap();
+    }
+    let load = system.device_load(0).unwrap();
+    assert_eq!((load.in_flight, load.waiting), (0, 0));
+    system.shutdown().await.unwrap();
+}

@@ -11,8 +11,8 @@ use crate::seal::keys::AuditKey;
 use super::AuditLogError;
 use super::batch::{check_worker_id, encode_batch};
 
-/// The same encoding and chain as [`AuditLogWriter`], into lines kept in memory (for an
-/// in-memory audit sink and tests). Lines have no trailing `\n`; check them with
+/// The same encoding and chain as [`AuditLogWriter`](super::AuditLogWriter), into lines kept in
+/// memory (for an in-memory audit sink and tests). Lines have no trailing `\n`; check them with
 /// [`verify_lines`](crate::audit::verify::verify_lines).
 pub struct MemoryChain {
     key: AuditKey,
