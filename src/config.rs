@@ -30,9 +30,10 @@ pub enum BackendChoice {
 /// Where audit events go.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AuditSinkConfig {
-    /// Kept in memory (read back with `VramResidency::audit_lines`). Every record is kept for
-    /// the life of the system: meant for tests, demos and short jobs; a long-running worker
-    /// should use [`Config::audit_log`].
+    /// Kept in memory (read back with `VramResidency::audit_lines`): the newest
+    /// [`Config::audit_memory_lines`] records (default 100 000), older ones counted as evicted.
+    /// Meant for tests, demos and short jobs; a long-running worker should use
+    /// [`Config::audit_log`], which keeps everything.
     Memory,
     /// Appended to a `vram-audit-v1` file.
     File(PathBuf),
@@ -61,6 +62,7 @@ pub struct Config {
     pub(crate) audit_batch_size: usize,
     pub(crate) audit_flush_interval: Duration,
     pub(crate) audit_buffer_limit: usize,
+    pub(crate) audit_memory_lines: usize,
     pub(crate) staging_bytes: usize,
     pub(crate) device_queue_limit: usize,
     pub(crate) scrub_interval: Option<Duration>,
@@ -107,6 +109,7 @@ impl Config {
             audit_batch_size: 256,
             audit_flush_interval: Duration::from_millis(50),
             audit_buffer_limit: 65_536,
+            audit_memory_lines: crate::audit::writer::DEFAULT_MEMORY_LINES,
             staging_bytes: 8 << 20,
             device_queue_limit: 64,
             scrub_interval: None,
@@ -299,6 +302,19 @@ impl Config {
         }
         self.audit_batch_size = events;
         self.audit_flush_interval = interval;
+        self
+    }
+
+    /// Lines the in-memory audit sink (used when no [`Config::audit_log`] is given) keeps:
+    /// the newest `lines` (default 100 000); older ones are let go and counted
+    /// (`AuditStats::evicted`). A long-running worker should log to a file instead.
+    pub fn audit_memory_lines(mut self, lines: usize) -> Self {
+        if lines == 0 {
+            self.errors.push(VramError::invalid(
+                "the in-memory audit sink must keep at least 1 line",
+            ));
+        }
+        self.audit_memory_lines = lines;
         self
     }
 

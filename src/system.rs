@@ -113,6 +113,7 @@ impl VramResidency {
             audit_batch_size: config.audit_batch_size,
             audit_flush_interval: config.audit_flush_interval,
             audit_buffer_limit: config.audit_buffer_limit,
+            audit_memory_lines: config.audit_memory_lines,
             directory: writer,
             restart_budget: RestartBudget::default(),
         };
@@ -287,23 +288,17 @@ impl VramResidency {
         if let Some((i, t)) = tensor_parallel {
             validation::validate_tensor_parallel(i, t)?;
         }
-        let len = match &source {
-            SealSource::Bytes(b) => b.len() as u64,
-            SealSource::Reader(_, n) => *n,
-            SealSource::File(p) => validation::regular_file(p, "model file")?.len(),
-        };
+        // The file's metadata and its safetensors header are file I/O (and a large header is
+        // CPU work to parse): both run off the runtime's worker threads.
+        let (source, len, tensors) = tokio::task::spawn_blocking(move || inspect_source(source))
+            .await
+            .map_err(|_| VramError::Internal("inspecting the seal source failed".into()))??;
         validation::validate_model_size(len, self.inner.max_model_size)?;
         if self.inner.fail_closed_audit && self.audit_stats().await?.sink_down {
             return Err(VramError::AuditUnavailable(
                 "the audit sink is failing and fail_closed_audit is set; refusing to seal".into(),
             ));
         }
-        let tensors = match &source {
-            SealSource::Bytes(b) => TensorMap::parse(b, len),
-            SealSource::File(p) => TensorMap::from_file(p),
-            SealSource::Reader(..) => None,
-        }
-        .map(Arc::new);
         let handle_id = self.inner.next_handle.fetch_add(1, Ordering::Relaxed);
         let job = SealJob {
             meta: SealMeta {
@@ -656,4 +651,23 @@ impl Drop for DecrementOnDrop<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
     }
+}
+
+/// A seal source's length and, for safetensors bytes or files, its tensor layout. Blocking
+/// (file metadata, header read and parse): call it off the async runtime.
+fn inspect_source(
+    source: SealSource,
+) -> Result<(SealSource, u64, Option<Arc<TensorMap>>), VramError> {
+    let (len, tensors) = match &source {
+        SealSource::Bytes(b) => {
+            let len = b.len() as u64;
+            (len, TensorMap::parse(b, len))
+        }
+        SealSource::Reader(_, n) => (*n, None),
+        SealSource::File(p) => (
+            validation::regular_file(p, "model file")?.len(),
+            TensorMap::from_file(p),
+        ),
+    };
+    Ok((source, len, tensors.map(Arc::new)))
 }

@@ -258,3 +258,32 @@ async fn hostile_strings_cannot_forge_or_break_a_line() {
     assert_eq!(v["event"]["model_ref"], nasty);
     assert!(verify_log(&log, &token()).unwrap().is_intact());
 }
+
+/// Without a log path the audit sink is in memory and bounded: it keeps the newest records and
+/// counts the ones it let go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_in_memory_sink_keeps_the_newest_records_and_counts_the_rest() {
+    let system = VramResidency::start(common::config(1, 1 << 20).audit_memory_lines(5))
+        .await
+        .unwrap();
+    for i in 0..4 {
+        let shard = system
+            .seal(SealRequest::new(
+                format!("s{i}"),
+                "m",
+                0,
+                common::pattern(100),
+            ))
+            .await
+            .unwrap();
+        system.release(shard).await.unwrap();
+    }
+    let lines = system.audit_lines().await.unwrap();
+    assert_eq!(lines.len(), 5, "{lines:#?}");
+    let stats = system.audit_stats().await.unwrap();
+    // 1 opened + 4 × (allocated, sealed, deallocated) = 13 records, 5 kept.
+    assert_eq!(stats.written, 13);
+    assert_eq!(stats.evicted, 8);
+    assert!(lines.last().unwrap().contains("VramDeallocated"));
+    system.shutdown().await.unwrap();
+}

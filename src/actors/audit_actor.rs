@@ -43,6 +43,8 @@ pub struct AuditArgs {
     pub flush_interval: Duration,
     /// Most events kept while the sink fails; beyond it they are counted and dropped.
     pub buffer_limit: usize,
+    /// Lines an in-memory sink keeps (the newest).
+    pub memory_lines: usize,
 }
 
 enum Sink {
@@ -195,6 +197,10 @@ impl AuditState {
     fn stats(&self) -> AuditStats {
         AuditStats {
             buffered: self.buffer.len() as u64,
+            evicted: match &self.sink {
+                Sink::Memory(m) => m.evicted(),
+                Sink::File(_) => 0,
+            },
             ..self.stats
         }
     }
@@ -211,11 +217,12 @@ fn open_sink(
     sink: &AuditSinkConfig,
     token: &WorkerToken,
     worker_id: &str,
+    memory_lines: usize,
 ) -> Result<(Sink, AuditEvent), AuditLogError> {
     let key = AuditKey::derive(token);
     match sink {
         AuditSinkConfig::Memory => Ok((
-            Sink::Memory(MemoryChain::new(key, worker_id)?),
+            Sink::Memory(MemoryChain::with_limit(key, worker_id, memory_lines)?),
             AuditEvent::AuditLogOpened {
                 resumed_from_seq: 0,
                 torn_tail_bytes: None,
@@ -239,7 +246,18 @@ impl Actor for AuditActor {
         _myself: ActorRef<Self::Msg>,
         args: AuditArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
-        let (sink, opened) = open_sink(&args.sink, &args.token, &args.worker_id)?;
+        // Reopening a log verifies it line by line (and may cut a torn tail): file I/O and CPU
+        // work proportional to the log, so it runs off the runtime's worker threads.
+        let (config, token, worker_id) = (
+            args.sink.clone(),
+            args.token.duplicate(),
+            args.worker_id.clone(),
+        );
+        let (sink, opened) = tokio::task::spawn_blocking(move || {
+            open_sink(&config, &token, &worker_id, args.memory_lines)
+        })
+        .await
+        .map_err(|e| format!("opening the audit log failed: {e}"))??;
         let mut state = AuditState {
             sink,
             buffer: VecDeque::new(),
@@ -349,6 +367,7 @@ mod tests {
             batch_size: 4,
             flush_interval: Duration::from_millis(5),
             buffer_limit,
+            memory_lines: 1000,
         }
     }
 

@@ -78,6 +78,7 @@ pub struct SupervisorArgs {
     pub audit_batch_size: usize,
     pub audit_flush_interval: Duration,
     pub audit_buffer_limit: usize,
+    pub audit_memory_lines: usize,
     pub directory: DirectoryWriter,
     pub restart_budget: RestartBudget,
 }
@@ -210,6 +211,7 @@ impl Actor for Supervisor {
                 batch_size: args.audit_batch_size,
                 flush_interval: args.audit_flush_interval,
                 buffer_limit: args.audit_buffer_limit,
+                memory_lines: args.audit_memory_lines,
             },
             myself.get_cell(),
         )
@@ -367,6 +369,7 @@ mod tests {
             audit_batch_size: 1,
             audit_flush_interval: Duration::from_millis(5),
             audit_buffer_limit: 100,
+            audit_memory_lines: 1000,
             directory: writer,
         }
     }

@@ -17,6 +17,9 @@ pub struct AuditStats {
     pub buffered: u64,
     /// Whether the sink's last write failed.
     pub sink_down: bool,
+    /// Records an in-memory sink let go to stay within `Config::audit_memory_lines` (always 0
+    /// for a file sink, which keeps everything).
+    pub evicted: u64,
 }
 
 /// Messages handled by `AuditActor`.

@@ -37,6 +37,7 @@ async fn spawn_gpu(capacity: u64) -> ActorRef<GpuMsg> {
             batch_size: 1,
             flush_interval: Duration::from_millis(5),
             buffer_limit: 1000,
+            memory_lines: 1000,
         },
     )
     .await

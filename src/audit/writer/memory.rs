@@ -1,8 +1,11 @@
 //! [`MemoryChain`]: the file writer's encoding and HMAC chain, into lines kept in memory. It
 //! backs the audit actor's in-memory sink and the benchmarks; for the same input it produces,
 //! byte for byte, the lines the file writer ([`super::AuditLogWriter`]) appends, because both
-//! go through the same batch encoder (`super::batch`).
+//! go through the same batch encoder (`super::batch`). It is bounded: it keeps the newest
+//! `limit` lines and counts the ones it let go, so a long-running worker on the in-memory sink
+//! cannot grow without bound (a file sink is what keeps everything).
 
+use std::collections::VecDeque;
 use std::fmt;
 
 use crate::audit::format::ChainState;
@@ -18,8 +21,13 @@ pub struct MemoryChain {
     key: AuditKey,
     worker_id: String,
     chain: ChainState,
-    lines: Vec<String>,
+    lines: VecDeque<String>,
+    limit: usize,
+    evicted: u64,
 }
+
+/// Lines an in-memory chain keeps by default: the newest 100 000.
+pub const DEFAULT_MEMORY_LINES: usize = 100_000;
 
 impl fmt::Debug for MemoryChain {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -27,19 +35,27 @@ impl fmt::Debug for MemoryChain {
             .field("worker_id", &self.worker_id)
             .field("next_seq", &self.chain.next_seq)
             .field("lines", &self.lines.len())
+            .field("evicted", &self.evicted)
             .finish_non_exhaustive()
     }
 }
 
 impl MemoryChain {
-    /// An empty chain for `worker_id`.
+    /// An empty chain for `worker_id` that keeps the newest [`DEFAULT_MEMORY_LINES`] lines.
     pub fn new(key: AuditKey, worker_id: &str) -> Result<Self, AuditLogError> {
+        Self::with_limit(key, worker_id, DEFAULT_MEMORY_LINES)
+    }
+
+    /// An empty chain for `worker_id` that keeps the newest `limit` lines (at least one).
+    pub fn with_limit(key: AuditKey, worker_id: &str, limit: usize) -> Result<Self, AuditLogError> {
         check_worker_id(worker_id)?;
         Ok(Self {
             key,
             worker_id: worker_id.to_owned(),
             chain: ChainState::genesis(),
-            lines: Vec::new(),
+            lines: VecDeque::new(),
+            limit: limit.max(1),
+            evicted: 0,
         })
     }
 
@@ -50,12 +66,23 @@ impl MemoryChain {
             encode_batch(&self.key, &self.chain, &self.worker_id, records)?;
         self.lines.extend(buf.lines().map(str::to_owned));
         self.chain = chain;
+        while self.lines.len() > self.limit {
+            self.lines.pop_front();
+            self.evicted = self.evicted.saturating_add(1);
+        }
         Ok(last_seq)
     }
 
-    /// The lines so far, oldest first.
-    pub fn lines(&self) -> &[String] {
-        &self.lines
+    /// The lines kept, oldest first. Once lines were let go, the first one kept does not start
+    /// the chain: verify them with the tail's first MAC as the starting point, or use a file
+    /// sink for a log that verifies from its first line.
+    pub fn lines(&self) -> Vec<String> {
+        self.lines.iter().cloned().collect()
+    }
+
+    /// Lines let go to stay within the limit.
+    pub fn evicted(&self) -> u64 {
+        self.evicted
     }
 
     /// The sequence number the next record will get.

@@ -42,7 +42,7 @@ mod tests;
 
 use batch::{check_worker_id, encode_batch};
 pub use error::AuditLogError;
-pub use memory::MemoryChain;
+pub use memory::{DEFAULT_MEMORY_LINES, MemoryChain};
 
 /// What [`AuditLogWriter::open`] found in the file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -435,7 +435,7 @@ fn memory_chain_matches_the_file_format() {
     );
     assert_eq!(m.lines().len(), 3);
     assert_eq!((m.next_seq(), m.records_written()), (4, 3));
-    let r = check(m.lines(), true);
+    let r = check(&m.lines(), true);
     assert!(r.is_intact());
     assert_eq!(r.records, 3);
 
@@ -483,5 +483,21 @@ fn no_key_bytes_in_errors_or_debug() {
         assert!(!t.contains(&key_hex), "{t}");
         assert!(!t.contains(&key_hex[..16]), "{t}");
         assert!(!t.contains(&token_text), "{t}");
+    }
+}
+
+#[test]
+fn the_memory_chain_keeps_the_newest_lines_and_counts_the_rest() {
+    let mut m = MemoryChain::with_limit(key(), "worker-1", 3).unwrap();
+    for i in 0..5u64 {
+        m.append_batch(&[rec(&alloc(i))]).unwrap();
+    }
+    let kept = m.lines();
+    assert_eq!(kept.len(), 3);
+    assert_eq!(m.evicted(), 2);
+    assert_eq!(m.records_written(), 5);
+    // The newest three, in order.
+    for (line, seq) in kept.iter().zip(3..) {
+        assert!(line.starts_with(&format!("{{\"seq\":{seq},")), "{line}");
     }
 }
