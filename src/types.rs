@@ -25,6 +25,53 @@ pub(crate) enum SealSource {
     Reader(Box<dyn std::io::Read + Send>, u64),
 }
 
+/// The newest record durably in an audit log: its sequence number and MAC. Kept somewhere the
+/// worker cannot rewrite (a monitoring system, a challenger's copy of an attestation), it is what
+/// makes a cut tail evident: `audit::verify_log_to_head` fails a log that stops short of it or
+/// carries another MAC at that seq.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
+pub struct AuditHead {
+    /// Sequence number of the record (0 for an empty log).
+    pub seq: u64,
+    /// That record's MAC, 64 lowercase hex characters (all zeros for an empty log).
+    pub mac: String,
+}
+
+impl AuditHead {
+    /// The head of a chain whose last record has `seq` and `mac`.
+    pub fn new(seq: u64, mac: &[u8; 32]) -> Self {
+        Self {
+            seq,
+            mac: hex::encode(mac),
+        }
+    }
+
+    /// The head written as `SEQ:MAC` (what `audit verify --head` takes).
+    pub fn to_arg(&self) -> String {
+        format!("{}:{}", self.seq, self.mac)
+    }
+
+    /// Parses `SEQ:MAC` (decimal seq, 64 lowercase hex); `None` when malformed.
+    pub fn parse_arg(text: &str) -> Option<Self> {
+        let (seq, mac) = text.split_once(':')?;
+        let seq: u64 = seq.parse().ok()?;
+        let ok = mac.len() == 64
+            && mac
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        ok.then(|| Self {
+            seq,
+            mac: mac.to_owned(),
+        })
+    }
+}
+
+impl fmt::Display for AuditHead {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.seq, self.mac)
+    }
+}
+
 /// Which kind of backend a device runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]

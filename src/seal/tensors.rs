@@ -3,26 +3,41 @@
 //! When a bad chunk is found, "chunk 812 (bytes 851443712..852492288)" is precise but not what
 //! an operator acts on; "layers.17.mlp.down_proj.weight" is. If the sealed bytes are a
 //! safetensors file (an 8-byte little-endian header length, a JSON header, then the tensor
-//! data), the header is parsed with the `safetensors` crate at seal time and kept as a sorted
-//! list of absolute byte ranges; a failed verification then names every tensor that overlaps a
-//! bad chunk. Anything that does not parse as safetensors simply has no tensor map.
+//! data), the header is parsed at seal time and kept as a sorted list of absolute byte ranges;
+//! a failed verification then names every tensor that overlaps a bad chunk. Anything that does
+//! not parse as safetensors simply has no tensor map.
 //!
-//! The header comes from the file, so the lookup is built to stay cheap whatever it holds:
-//! zero-size tensors hold no bytes and are dropped at parse time (a header of a million of
-//! them can neither crowd the real tensors out of a capped list of names nor slow the lookup
-//! down), the remaining ranges must be disjoint (else there is no map), and a lookup is a
-//! binary search plus one step per tensor it names: O(log n + matches).
+//! The header comes from the file, so both steps are built to stay cheap whatever it holds:
+//!
+//! - Parsing streams the JSON through the `safetensors` crate's own [`TensorInfo`] type and
+//!   checks what the crate's loader checks (offsets contiguous from 0 once sorted, each
+//!   tensor's length matching its dtype and shape, the data ending exactly at the end of the
+//!   file), plus one thing it lets through: a tensor name given twice. Zero-size tensors hold
+//!   no bytes and are not kept, beyond the 16 bytes per entry the checks need. O(n log n) in
+//!   the number of tensors; memory is the header (at most [`MAX_HEADER`] bytes) plus the
+//!   tensors that hold bytes. (The crate's `Metadata` deserialiser buffers the whole header as
+//!   a tree of owned values first: about 15 times the header's size in memory.)
+//! - A lookup is a binary search plus one step per tensor it names: O(log n + matches). A
+//!   header of a million zero-size tensors can neither crowd the real tensors out of a capped
+//!   list of names nor slow the lookup down.
 
+use std::borrow::Cow;
+use std::collections::hash_map::RandomState;
+use std::fmt;
+use std::hash::BuildHasher;
 use std::io::Read;
 use std::path::Path;
 
-use safetensors::tensor::Metadata;
+use safetensors::tensor::TensorInfo;
+use serde::de::{self, Deserialize, Deserializer, MapAccess, Visitor};
 
 /// Name given to the file's own header bytes.
 pub const HEADER_NAME: &str = "(safetensors header)";
 /// Largest header we are willing to parse, in bytes (the safetensors crate's own limit, 100 MB).
 /// A longer header gives no tensor map.
 pub const MAX_HEADER: u64 = 100_000_000;
+/// Longest tensor name kept, in characters (longer ones are cut and marked with `…`).
+const MAX_NAME_CHARS: usize = 256;
 
 /// One tensor's bytes within the shard.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,7 +50,7 @@ pub struct TensorSpan {
     pub end: u64,
 }
 
-/// The tensors of a safetensors shard, sorted by offset.
+/// The spans of a safetensors shard that hold bytes: nonempty, disjoint, sorted by offset.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct TensorMap {
     spans: Vec<TensorSpan>,
@@ -46,7 +61,7 @@ impl TensorMap {
     /// `total_len` is the shard's full length (the tensors must fit in it exactly).
     ///
     /// Zero-size tensors hold no bytes and are left out of the map. O(n log n) in the number
-    /// of tensors; memory is linear in the header, which is at most [`MAX_HEADER`] bytes.
+    /// of tensors; see the module documentation for what is checked and what memory it takes.
     pub fn parse(head: &[u8], total_len: u64) -> Option<Self> {
         let n = u64::from_le_bytes(head.get(..8)?.try_into().ok()?);
         if n == 0 || n > MAX_HEADER {
@@ -54,56 +69,72 @@ impl TensorMap {
         }
         let data_start = n.checked_add(8)?;
         let header = head.get(8..usize::try_from(data_start).ok()?)?;
-        // The safetensors crate validates the header as it deserialises it: offsets sorted,
-        // contiguous from 0, each tensor's length matching its dtype and shape.
-        let meta: Metadata = serde_json::from_slice(header).ok()?;
-        let mut spans = vec![TensorSpan {
-            name: HEADER_NAME.to_string(),
-            start: 0,
-            end: data_start,
-        }];
-        let mut data_end = 0u64;
-        for (name, info) in meta.tensors() {
-            let (s, e) = info.data_offsets;
-            let (s, e) = (u64::try_from(s).ok()?, u64::try_from(e).ok()?);
-            data_end = data_end.max(e);
-            if e == s {
-                // Holds no bytes, so no bad chunk can be in it: never named.
-                continue;
-            }
-            // Names come from the file: keep them printable and bounded before they can reach
-            // an error message or the audit log.
-            let mut name = crate::text::sanitize(&name);
-            if name.chars().count() > 256 {
-                name = name.chars().take(256).chain(std::iter::once('…')).collect();
-            }
-            spans.push(TensorSpan {
-                name,
-                start: data_start.checked_add(s)?,
-                end: data_start.checked_add(e)?,
-            });
+        let Header {
+            mut tensors,
+            mut empty_at,
+            mut name_hashes,
+        } = serde_json::from_slice(header).ok()?;
+
+        // Each name once (the crate would keep the last of a repeated name silently).
+        name_hashes.sort_unstable();
+        if name_hashes
+            .windows(2)
+            .any(|w| matches!(w, [a, b] if a == b))
+        {
+            return None;
         }
+        // The tensors that hold bytes tile the data from 0, in offset order ...
+        tensors.sort_unstable_by_key(|t| (t.start, t.end));
+        let mut data_end = 0u64;
+        for t in &tensors {
+            if t.start != data_end {
+                return None; // a gap or an overlap
+            }
+            data_end = t.end;
+        }
+        // ... the zero-size ones sit on their borders (as the crate's sorted, contiguous
+        // offsets require) ...
+        empty_at.sort_unstable();
+        empty_at.dedup();
+        if !empty_at
+            .iter()
+            .all(|&at| at == 0 || tensors.binary_search_by_key(&at, |t| t.end).is_ok())
+        {
+            return None;
+        }
+        // ... and the data ends where the file does.
         if data_start.checked_add(data_end)? != total_len {
             return None;
         }
-        Self::from_spans(spans)
+        for t in &mut tensors {
+            t.start = data_start.checked_add(t.start)?;
+            t.end = data_start.checked_add(t.end)?;
+        }
+        tensors.insert(
+            0,
+            TensorSpan {
+                name: HEADER_NAME.to_string(),
+                start: 0,
+                end: data_start,
+            },
+        );
+        Self::from_spans(tensors)
     }
 
     /// Normalises spans into a map: empty spans dropped, the rest sorted by offset. Spans that
-    /// end before they start, or that overlap one another, are not a valid layout (the
-    /// safetensors crate refuses them; this does not rely on it): no map at all rather than a
-    /// wrong one. O(n log n).
+    /// end before they start, or that overlap one another, are not a valid layout: no map at
+    /// all rather than a wrong one (`parse` already refuses both; this does not rely on it).
+    /// O(n log n), and O(n) for spans already sorted.
     fn from_spans(mut spans: Vec<TensorSpan>) -> Option<Self> {
         if spans.iter().any(|s| s.end < s.start) {
             return None;
         }
         spans.retain(|s| s.end > s.start);
-        spans.sort_unstable_by(|a, b| (a.start, a.end, &a.name).cmp(&(b.start, b.end, &b.name)));
+        spans.sort_by(|a, b| (a.start, a.end, &a.name).cmp(&(b.start, b.end, &b.name)));
         // Sorted by start and disjoint, so the ends are sorted too: `overlapping` relies on it.
-        let disjoint = spans.windows(2).all(|w| match w {
-            [a, b] => a.end <= b.start,
-            _ => true,
-        });
+        let disjoint = spans
+            .windows(2)
+            .all(|w| matches!(w, [a, b] if a.end <= b.start));
         disjoint.then_some(Self { spans })
     }
 
@@ -155,6 +186,149 @@ impl TensorMap {
         self.overlapping_spans(offset, len)
             .map(|s| s.name.clone())
             .collect()
+    }
+}
+
+/// What a header holds, as far as naming tensors goes: built entry by entry as the JSON
+/// streams past, keeping nothing of a zero-size tensor but its offset and its name's hash.
+struct Header {
+    /// The tensors that hold bytes, offsets relative to the start of the data, unsorted.
+    tensors: Vec<TensorSpan>,
+    /// Data offsets of the zero-size tensors.
+    empty_at: Vec<u64>,
+    /// A keyed hash of every tensor name, to refuse a name given twice.
+    name_hashes: Vec<u64>,
+}
+
+impl<'de> Deserialize<'de> for Header {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_map(HeaderVisitor)
+    }
+}
+
+struct HeaderVisitor;
+
+impl<'de> Visitor<'de> for HeaderVisitor {
+    type Value = Header;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a safetensors header")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Header, A::Error> {
+        let hasher = RandomState::new();
+        let mut header = Header {
+            tensors: Vec::new(),
+            empty_at: Vec::new(),
+            name_hashes: Vec::new(),
+        };
+        let mut seen_metadata = false;
+        while let Some(Key(key)) = map.next_key()? {
+            if key == "__metadata__" {
+                if seen_metadata {
+                    return Err(de::Error::duplicate_field("__metadata__"));
+                }
+                seen_metadata = true;
+                // Free-form strings (or null): checked for shape, not kept.
+                map.next_value::<StringMap>()?;
+                continue;
+            }
+            let info: TensorInfo = map.next_value()?;
+            let (start, end) = info.data_offsets;
+            if byte_len(&info) != end.checked_sub(start) {
+                return Err(de::Error::custom(
+                    "tensor offsets do not match its dtype and shape",
+                ));
+            }
+            let start = u64::try_from(start).map_err(de::Error::custom)?;
+            let end = u64::try_from(end).map_err(de::Error::custom)?;
+            header.name_hashes.push(hasher.hash_one(key.as_ref()));
+            if start == end {
+                // Holds no bytes, so no bad chunk can be in it: never named.
+                header.empty_at.push(start);
+                continue;
+            }
+            // Names come from the file: keep them printable and bounded before they can reach
+            // an error message or the audit log.
+            let mut name = crate::text::sanitize(&key);
+            if name.chars().count() > MAX_NAME_CHARS {
+                name = name
+                    .chars()
+                    .take(MAX_NAME_CHARS)
+                    .chain(std::iter::once('…'))
+                    .collect();
+            }
+            header.tensors.push(TensorSpan { name, start, end });
+        }
+        Ok(header)
+    }
+}
+
+/// A tensor's length in bytes from its dtype and shape, as the safetensors crate computes it
+/// (`None` on overflow or a length that is not a whole number of bytes).
+fn byte_len(info: &TensorInfo) -> Option<usize> {
+    let elements = info
+        .shape
+        .iter()
+        .try_fold(1usize, |acc, &d| acc.checked_mul(d))?;
+    let bits = elements.checked_mul(info.dtype.bitsize())?;
+    if bits.checked_rem(8)? != 0 {
+        return None;
+    }
+    bits.checked_div(8)
+}
+
+/// A map key, borrowed from the header where it has no escapes.
+struct Key<'de>(Cow<'de, str>);
+
+impl<'de> Deserialize<'de> for Key<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E: de::Error>(self, v: String) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Owned(v)))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+/// `null` or a map of strings to strings (the header's `__metadata__`), read and dropped.
+struct StringMap;
+
+impl<'de> Deserialize<'de> for StringMap {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = StringMap;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("null or a map of strings")
+            }
+            fn visit_none<E: de::Error>(self) -> Result<StringMap, E> {
+                Ok(StringMap)
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<StringMap, E> {
+                Ok(StringMap)
+            }
+            fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<StringMap, D::Error> {
+                d.deserialize_map(V)
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<StringMap, A::Error> {
+                while map.next_entry::<Key<'de>, Key<'de>>()?.is_some() {}
+                Ok(StringMap)
+            }
+        }
+        d.deserialize_option(V)
     }
 }
 
@@ -224,30 +398,340 @@ mod tests {
         std::fs::write(&p, b"not a model").unwrap();
         assert!(TensorMap::from_file(&p).is_none());
     }
-}
 
-#[cfg(test)]
-mod profile_tmp {
-    use super::*;
-    fn hwm() -> String {
-        let st = std::fs::read_to_string("/proc/self/status").unwrap();
-        st.lines().filter(|l| l.starts_with("VmHWM") || l.starts_with("VmRSS")).collect::<Vec<_>>().join(" ")
+    /// A safetensors file from a hand-written JSON header and `data_len` data bytes.
+    fn raw(header: &str, data_len: usize) -> Vec<u8> {
+        let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+        bytes.extend_from_slice(header.as_bytes());
+        bytes.extend(std::iter::repeat_n(7u8, data_len));
+        bytes
     }
+
+    fn entry(name: &str, len: usize, at: usize) -> String {
+        format!(
+            r#""{name}":{{"dtype":"U8","shape":[{len}],"data_offsets":[{at},{}]}}"#,
+            at + len
+        )
+    }
+
+    fn parse_raw(header: &str, data_len: usize) -> Option<TensorMap> {
+        let bytes = raw(header, data_len);
+        TensorMap::parse(&bytes, bytes.len() as u64)
+    }
+
+    fn names(map: &TensorMap, offset: u64, len: u64) -> Vec<String> {
+        map.overlapping(offset, len)
+    }
+
+    /// The same answer by brute force, from the spans.
+    fn brute(map: &TensorMap, offset: u64, len: u64) -> Vec<String> {
+        let end = offset.saturating_add(len);
+        map.spans()
+            .iter()
+            .filter(|s| len > 0 && s.start < end && s.end > offset)
+            .map(|s| s.name.clone())
+            .collect()
+    }
+
     #[test]
-    fn profile_parse_mem() {
-        let n: usize = std::env::var("NZ").unwrap().parse().unwrap();
-        let mut bytes = vec![0u8; 8];
-        bytes.push(b'{');
-        for i in 0..n {
-            bytes.extend_from_slice(format!(r#""z{i}":{{"dtype":"U8","shape":[0],"data_offsets":[0,0]}},"#).as_bytes());
+    fn zero_size_tensors_are_never_named() {
+        // empties at 0, on the border between a and b, and at the very end; shape [0] and
+        // [3, 0] both hold no bytes
+        let header = format!(
+            "{{{},{},{},{},{},{},{}}}",
+            r#""z.start":{"dtype":"F32","shape":[0],"data_offsets":[0,0]}"#,
+            entry("a", 10, 0),
+            r#""z.mid":{"dtype":"BF16","shape":[3,0],"data_offsets":[10,10]}"#,
+            r#""z.mid2":{"dtype":"U8","shape":[0],"data_offsets":[10,10]}"#,
+            entry("b", 20, 10),
+            r#""z.end":{"dtype":"U8","shape":[0],"data_offsets":[30,30]}"#,
+            r#""__metadata__":{"format":"pt"}"#,
+        );
+        let map = parse_raw(&header, 30).unwrap();
+        let d = map.spans()[0].end;
+        let all: Vec<&str> = map.spans().iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(all, [HEADER_NAME, "a", "b"]);
+        for offset in 0..d + 31 {
+            for len in [0, 1, 2, 10, 4096] {
+                let got = names(&map, offset, len);
+                assert!(
+                    !got.iter().any(|n| n.starts_with('z')),
+                    "{offset} {len}: {got:?}"
+                );
+                assert_eq!(got, brute(&map, offset, len), "{offset} {len}");
+            }
         }
-        bytes.extend_from_slice(br#""big":{"dtype":"U8","shape":[16],"data_offsets":[0,16]}}"#);
-        let hl = (bytes.len() - 8) as u64;
-        bytes[..8].copy_from_slice(&hl.to_le_bytes());
-        bytes.extend_from_slice(&[0u8; 16]);
-        eprintln!("header {} MB; before: {}", hl / 1_000_000, hwm());
-        let t = std::time::Instant::now();
-        let map = TensorMap::parse(&bytes, bytes.len() as u64).unwrap();
-        eprintln!("parse {:?} {}; after: {}", t.elapsed(), map.spans().len(), hwm());
+        assert_eq!(names(&map, d - 1, 2), [HEADER_NAME, "a"]);
+        assert_eq!(names(&map, d + 9, 2), ["a", "b"]);
+        assert_eq!(names(&map, d + 29, 100), ["b"]);
+
+        // Only zero-size tensors: the header is all there is.
+        let map = parse_raw(
+            r#"{"z":{"dtype":"U8","shape":[0],"data_offsets":[0,0]}}"#,
+            0,
+        )
+        .unwrap();
+        assert_eq!(map.spans().len(), 1);
+        assert_eq!(names(&map, 0, u64::MAX), [HEADER_NAME]);
+    }
+
+    #[test]
+    fn many_zero_size_tensors_leave_only_what_holds_bytes() {
+        let mut header = String::from("{");
+        for i in 0..100_000 {
+            header.push_str(&format!(
+                r#""z{i}":{{"dtype":"U8","shape":[0],"data_offsets":[0,0]}},"#
+            ));
+        }
+        header.push_str(&entry("big", 1 << 16, 0));
+        header.push('}');
+        let map = parse_raw(&header, 1 << 16).unwrap();
+        assert_eq!(map.spans().len(), 2);
+        let d = map.spans()[0].end;
+        assert_eq!(names(&map, d - 1, 4096), [HEADER_NAME, "big"]);
+        assert_eq!(names(&map, d + 100, 4096), ["big"]);
+    }
+
+    #[test]
+    fn lookups_are_in_offset_order_with_exact_boundaries() {
+        // 50 tensors of varied sizes, listed in reverse order in the header
+        let mut at = 0;
+        let mut entries = Vec::new();
+        for i in 0..50usize {
+            let len = 1 + (i * 37) % 200;
+            entries.push(entry(&format!("t{i:02}"), len, at));
+            at += len;
+        }
+        entries.reverse();
+        let header = format!("{{{}}}", entries.join(","));
+        let map = parse_raw(&header, at).unwrap();
+        let spans = map.spans();
+        assert_eq!(spans.len(), 51);
+        assert!(spans.windows(2).all(|w| w[0].end == w[1].start));
+        let expected: Vec<String> = (0..50).map(|i| format!("t{i:02}")).collect();
+        assert_eq!(
+            &map.overlapping(spans[1].start, at as u64)[..],
+            &expected[..]
+        );
+        assert_eq!(map.overlapping(0, u64::MAX).len(), 51); // end saturates
+        for s in &spans[1..] {
+            // a span's first and last byte name it alone; its end is the next one's start
+            assert_eq!(names(&map, s.start, 1), std::slice::from_ref(&s.name));
+            assert_eq!(names(&map, s.end - 1, 1), std::slice::from_ref(&s.name));
+            assert_ne!(names(&map, s.end, 1), std::slice::from_ref(&s.name));
+        }
+        let total = spans.last().unwrap().end;
+        assert!(names(&map, total, 1).is_empty());
+        assert!(names(&map, u64::MAX, u64::MAX).is_empty());
+        assert!(names(&map, spans[5].start, 0).is_empty());
+        // and everything agrees with a brute-force scan
+        let mut x = 12345u64;
+        for _ in 0..5000 {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let offset = (x >> 33) % (total + 10);
+            let len = (x >> 13) % 600;
+            assert_eq!(names(&map, offset, len), brute(&map, offset, len));
+        }
+    }
+
+    fn span(name: &str, start: u64, end: u64) -> TensorSpan {
+        TensorSpan {
+            name: name.into(),
+            start,
+            end,
+        }
+    }
+
+    #[test]
+    fn crafted_spans_are_normalised_or_refused_never_trusted() {
+        // out of order but disjoint: sorted, empties dropped
+        let map = TensorMap::from_spans(vec![
+            span("c", 20, 30),
+            span("e", 25, 25),
+            span("a", 0, 10),
+            span("b", 10, 20),
+            span("e2", 99, 99),
+        ])
+        .unwrap();
+        let all: Vec<&str> = map.spans().iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(all, ["a", "b", "c"]);
+        assert_eq!(map.overlapping(5, 20), ["a", "b", "c"]);
+        // overlapping, nested, repeated, or backwards: no map (and no panic)
+        for bad in [
+            vec![span("a", 0, 10), span("b", 5, 15)],
+            vec![span("a", 0, 100), span("b", 10, 20)],
+            vec![span("b", 10, 20), span("a", 0, 100)],
+            vec![span("a", 0, 10), span("a", 0, 10)],
+            vec![span("a", 10, 0)],
+            vec![span("a", 0, u64::MAX), span("b", u64::MAX - 1, u64::MAX)],
+        ] {
+            assert!(TensorMap::from_spans(bad.clone()).is_none(), "{bad:?}");
+        }
+        assert_eq!(
+            TensorMap::from_spans(Vec::new()),
+            Some(TensorMap::default())
+        );
+        assert!(TensorMap::default().overlapping(0, u64::MAX).is_empty());
+    }
+
+    /// Headers an attacker might write: each one is refused (no map, no panic), exactly where
+    /// the safetensors crate's own loader refuses it.
+    #[test]
+    fn crafted_headers_are_refused_as_the_safetensors_crate_refuses_them() {
+        let z = |name: &str, at: usize| {
+            format!(r#""{name}":{{"dtype":"U8","shape":[0],"data_offsets":[{at},{at}]}}"#)
+        };
+        let cases: Vec<(String, usize, bool)> = vec![
+            // (header, data bytes, valid)
+            (
+                format!("{{{},{}}}", entry("b", 5, 10), entry("a", 10, 0)),
+                15,
+                true,
+            ),
+            (
+                format!("{{{},{}}}", entry("a", 10, 0), entry("b", 10, 5)),
+                15,
+                false,
+            ), // overlap
+            (
+                format!("{{{},{}}}", entry("a", 10, 0), entry("b", 10, 0)),
+                10,
+                false,
+            ), // same range
+            (
+                format!("{{{},{}}}", entry("a", 10, 0), entry("b", 5, 11)),
+                16,
+                false,
+            ), // gap
+            (format!("{{{}}}", entry("a", 10, 3)), 13, false), // not from 0
+            (format!("{{{}}}", entry("a", 10, 0)), 11, false), // data too long
+            (
+                format!("{{{},{}}}", entry("a", 10, 0), z("z", 10)),
+                10,
+                true,
+            ),
+            (
+                format!("{{{},{}}}", entry("a", 10, 0), z("z", 5)),
+                10,
+                false,
+            ), // inside a
+            (
+                format!("{{{},{}}}", entry("a", 10, 0), z("z", 11)),
+                10,
+                false,
+            ), // past the end
+            (format!("{{{}}}", z("z", 3)), 0, false), // no tensor ends at 3
+            (
+                r#"{"a":{"dtype":"U8","shape":[4],"data_offsets":[4,0]}}"#.into(),
+                4,
+                false,
+            ), // backwards
+            (
+                r#"{"a":{"dtype":"F32","shape":[4],"data_offsets":[0,4]}}"#.into(),
+                4,
+                false,
+            ), // 4 f32 are 16 bytes
+            (
+                r#"{"a":{"dtype":"F4","shape":[3],"data_offsets":[0,1]}}"#.into(),
+                1,
+                false,
+            ), // 12 bits
+            (
+                r#"{"a":{"dtype":"F4","shape":[4],"data_offsets":[0,2]}}"#.into(),
+                2,
+                true,
+            ),
+            (
+                r#"{"a":{"dtype":"U8","shape":[],"data_offsets":[0,1]}}"#.into(),
+                1,
+                true,
+            ), // a scalar
+            (
+                r#"{"a":{"dtype":"U64","shape":[4294967296,4294967296],"data_offsets":[0,0]}}"#
+                    .into(),
+                0,
+                false,
+            ), // element count overflows
+            (
+                format!(
+                    r#"{{"a":{{"dtype":"U8","shape":[1],"data_offsets":[{},{}]}}}}"#,
+                    u64::MAX - 1,
+                    u64::MAX
+                ),
+                0,
+                false,
+            ),
+            (
+                r#"{"a":{"dtype":"U9","shape":[1],"data_offsets":[0,1]}}"#.into(),
+                1,
+                false,
+            ),
+            (r#"{"a":{"dtype":"U8","shape":[1]}}"#.into(), 1, false),
+            (r#"{"a":null}"#.into(), 0, false),
+            (r#"["a"]"#.into(), 0, false),
+            (r#"{}"#.into(), 0, true),
+            (r#"{"__metadata__":null}"#.into(), 0, true),
+            (r#"{"__metadata__":{"a":"b","c":"d"}}"#.into(), 0, true),
+            (r#"{"__metadata__":{"a":1}}"#.into(), 0, false),
+            (r#"{"__metadata__":"x"}"#.into(), 0, false),
+            (
+                format!(
+                    r#"{{"__metadata__":{{}},"__metadata__":{{}},{}}}"#,
+                    entry("a", 1, 0)
+                ),
+                1,
+                false,
+            ),
+            (format!("{{{}}} trailing", entry("a", 1, 0)), 1, false),
+            (format!("{{{}}}    ", entry("a", 1, 0)), 1, true), // space padding is allowed
+            (
+                format!(r#"{{{},"extra":{{"dtype":"U8"}}}}"#, entry("a", 1, 0)),
+                1,
+                false,
+            ),
+            (
+                r#"{"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1],"x":[[[]]]}}"#.into(),
+                1,
+                true,
+            ), // unknown fields are ignored, as the crate ignores them
+            ("[".repeat(10_000), 0, false), // too deep: refused, no stack overflow
+        ];
+        for (header, data_len, valid) in cases {
+            let bytes = raw(&header, data_len);
+            let ours = TensorMap::parse(&bytes, bytes.len() as u64).is_some();
+            let crate_ok = safetensors::SafeTensors::read_metadata(&bytes).is_ok();
+            assert_eq!(ours, valid, "{header}");
+            assert_eq!(ours, crate_ok, "differs from the crate on {header}");
+        }
+    }
+
+    #[test]
+    fn a_name_given_twice_is_refused() {
+        // The crate keeps the last of a repeated name silently; a map built from such a header
+        // could name the wrong tensor, so there is none.
+        let header = format!("{{{},{}}}", entry("a", 10, 0), entry("a", 10, 0));
+        assert!(parse_raw(&header, 10).is_none());
+        let header = format!(
+            r#"{{{},"z":{{"dtype":"U8","shape":[0],"data_offsets":[0,0]}},"\u007a":{{"dtype":"U8","shape":[0],"data_offsets":[0,0]}}}}"#,
+            entry("a", 10, 0)
+        );
+        assert!(parse_raw(&header, 10).is_none());
+    }
+
+    #[test]
+    fn names_are_made_printable_and_bounded() {
+        let long = "x".repeat(300);
+        let header = format!(
+            r#"{{{},{},{}}}"#,
+            entry(r"a\nb", 1, 0),
+            entry(r"\u00e9t\u00e9", 1, 1),
+            entry(&long, 1, 2)
+        );
+        let map = parse_raw(&header, 3).unwrap();
+        let all: Vec<&str> = map.spans().iter().map(|s| s.name.as_str()).collect();
+        let cut = format!("{}…", "x".repeat(256));
+        assert_eq!(all, [HEADER_NAME, "a\u{FFFD}b", "été", cut.as_str()]);
     }
 }

@@ -376,13 +376,15 @@ fn tensors_of(map: Option<&TensorMap>, spans: &[ChunkSpan]) -> Vec<String> {
     let Some(map) = map else { return Vec::new() };
     let mut seen = std::collections::HashSet::new();
     let mut out: Vec<String> = Vec::new();
+    // Each lookup is O(log n + matches) and names are copied only when new, so a crafted
+    // header cannot make this quadratic.
     for s in spans {
-        for name in map.overlapping(s.offset, s.len) {
+        for tensor in map.overlapping_spans(s.offset, s.len) {
             if out.len() >= MAX_BAD_TENSORS {
                 return out;
             }
-            if seen.insert(name.clone()) {
-                out.push(name);
+            if seen.insert(tensor.name.as_str()) {
+                out.push(tensor.name.clone());
             }
         }
     }
