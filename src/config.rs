@@ -392,26 +392,50 @@ impl Config {
     }
 }
 
+/// Longest token file read (a token is far shorter; this only bounds the read).
+const MAX_TOKEN_FILE_BYTES: u64 = 64 * 1024;
+
 /// Reads a token file, refusing one that group or others can read.
+///
+/// On Unix the file is opened once, without following a symlink (`O_NOFOLLOW`) and without
+/// blocking on a FIFO (`O_NONBLOCK`), and that open handle is checked (`fstat`): a regular file,
+/// owned by the effective user, not readable or writable by group or others. The bytes are read
+/// through the same handle, so the file cannot be swapped between the check and the read.
 pub fn read_token_file(path: &Path) -> Result<WorkerToken, VramError> {
-    let meta = validation::regular_file(path, "token file")?;
+    use std::io::Read;
+    let shown = crate::validation::shown_path(path);
+    let mut file = open_token_file(path)
+        .map_err(|e| VramError::invalid(format!("cannot read token file {shown}: {e}")))?;
+    let meta = file
+        .metadata()
+        .map_err(|e| VramError::invalid(format!("cannot read token file {shown}: {e}")))?;
+    if !meta.is_file() {
+        return Err(VramError::invalid(format!(
+            "token file {shown} is not a regular file"
+        )));
+    }
     #[cfg(unix)]
     {
-        use std::os::unix::fs::PermissionsExt;
-        let mode = meta.permissions().mode() & 0o777;
+        use std::os::unix::fs::MetadataExt;
+        let mode = meta.mode() & 0o777;
         if mode & 0o077 != 0 {
             return Err(VramError::invalid(format!(
-                "token file {} is readable by group or others (mode {mode:04o}); run chmod 600 on it",
-                crate::validation::shown_path(path)
+                "token file {shown} is readable by group or others (mode {mode:04o}); run chmod 600 on it"
+            )));
+        }
+        let me = rustix::process::geteuid().as_raw();
+        if meta.uid() != me {
+            return Err(VramError::invalid(format!(
+                "token file {shown} is owned by uid {}, not by this user (uid {me})",
+                meta.uid()
             )));
         }
     }
-    let mut bytes = std::fs::read(path).map_err(|e| {
-        VramError::invalid(format!(
-            "cannot read token file {}: {e}",
-            crate::validation::shown_path(path)
-        ))
-    })?;
+    let mut bytes = Vec::new();
+    (&mut file)
+        .take(MAX_TOKEN_FILE_BYTES)
+        .read_to_end(&mut bytes)
+        .map_err(|e| VramError::invalid(format!("cannot read token file {shown}: {e}")))?;
     if bytes.last() == Some(&b'\n') {
         bytes.pop();
         if bytes.last() == Some(&b'\r') {
@@ -419,4 +443,34 @@ pub fn read_token_file(path: &Path) -> Result<WorkerToken, VramError> {
         }
     }
     WorkerToken::new(bytes)
+}
+
+/// Opens the token file for reading; on Unix without following a final symlink and without
+/// blocking (a FIFO would otherwise wait for a writer).
+fn open_token_file(path: &Path) -> std::io::Result<std::fs::File> {
+    let mut opts = std::fs::OpenOptions::new();
+    opts.read(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        let flags = rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK;
+        let flags = i32::try_from(flags.bits()).map_err(|_| {
+            std::io::Error::new(std::io::ErrorKind::Unsupported, "open flags out of range")
+        })?;
+        opts.custom_flags(flags);
+    }
+    let opened = opts.open(path);
+    // O_NOFOLLOW on a symlink fails with ELOOP: say what it means.
+    #[cfg(unix)]
+    let opened = opened.map_err(|e| {
+        if e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "it is a symbolic link (refused: give the file itself)",
+            )
+        } else {
+            e
+        }
+    });
+    opened
 }

@@ -48,7 +48,9 @@ pub mod text;
 mod types;
 pub mod validation;
 
-pub use attestation::{Attestation, verify_attestation};
+pub use attestation::{
+    Attestation, AttestationPolicy, verify_attestation, verify_attestation_with,
+};
 pub use audit::events::AuditEvent;
 pub use config::Config;
 pub use error::VramError;
@@ -61,4 +63,4 @@ pub use shard::{
     detection_probability,
 };
 pub use system::VramResidency;
-pub use types::{DeviceLoad, DeviceStatus, StopCause};
+pub use types::{AuditHead, DeviceLoad, DeviceStatus, StopCause};

@@ -25,6 +25,7 @@ fn main() -> ExitCode {
         if msg.contains("Broken pipe") {
             std::process::exit(141);
         }
+        let msg = vram_residency::text::sanitize(&msg);
         eprintln!("error: internal error (this is a bug in vram-residency): {msg}");
     }));
 

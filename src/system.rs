@@ -10,23 +10,23 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use chrono::Utc;
 use ractor::{Actor, ActorRef};
 
 use crate::actors::ask;
 use crate::actors::directory::{self, DeviceDirectory};
+use crate::actors::emit_audit;
 use crate::actors::gpu_actor::now_unix_nanos;
 use crate::actors::supervisor::{
     BackendFactory, DeviceSettings, RestartBudget, Supervisor, SupervisorArgs,
 };
-use crate::attestation::{ATTEST_FORMAT, Attestation, statement};
-use crate::audit::events::AuditEvent;
+use crate::attestation::{Attestation, check_nonce};
+use crate::audit::events::{AuditEvent, Severity};
 use crate::config::{BackendChoice, Config};
 use crate::error::VramError;
 use crate::gpu::DeviceBackend;
 use crate::gpu::sim::SimDevice;
 use crate::messages::audit::{AuditMsg, AuditStats};
-use crate::messages::gpu::{GpuMsg, ResidencyQuery, SealJob, SealMeta};
+use crate::messages::gpu::{AttestDraft, GpuMsg, ResidencyQuery, SealJob, SealMeta};
 use crate::messages::seal_keeper::SealKeeperMsg;
 use crate::messages::supervisor::SupervisorMsg;
 use crate::seal::claims::ShardInfo;
@@ -267,6 +267,60 @@ impl VramResidency {
         }
     }
 
+    /// Puts a failed signature or residency check on record as `SealVerificationFailed` with a
+    /// reason naming what failed. Recorded only: nothing is quarantined and no device stopped
+    /// (nothing resident is known to be wrong). Failures that are not a verdict (shutdown,
+    /// timeouts, a stopped or lost device) are not recorded here. Passing checks are counted in
+    /// `vram_signature_checks_total{result="pass"}`, not written one line each.
+    fn record_check(
+        &self,
+        info: &ShardInfo,
+        what: &str,
+        signature: &Result<(), VramError>,
+        residency: &Result<Result<(), VramError>, VramError>,
+    ) {
+        let failed = match (signature, residency) {
+            (Err(VramError::SealVerificationFailed { .. }), _) => {
+                "the seal signature does not verify (forged or altered record)"
+            }
+            (_, Ok(Err(VramError::UnknownShard(_)))) => {
+                "residency mismatch: no shard resident here carries exactly this record"
+            }
+            (_, Ok(Err(VramError::SealVerificationFailed { .. }))) => {
+                "the shard is quarantined after an integrity failure"
+            }
+            (Ok(()), Ok(Ok(()))) => {
+                metrics::counter!("vram_signature_checks_total", "result" => "pass").increment(1);
+                return;
+            }
+            _ => return,
+        };
+        metrics::counter!("vram_signature_checks_total", "result" => "fail").increment(1);
+        let root_ok = info.merkle_root.len() == 64
+            && info
+                .merkle_root
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        emit_audit(
+            &self.inner.audit,
+            AuditEvent::SealVerificationFailed {
+                shard_id: info.shard_id.clone(),
+                gpu_device: info.gpu_device,
+                reason: format!("{what}: {failed} (recorded only: nothing quarantined)"),
+                expected_root: if root_ok {
+                    info.merkle_root.clone()
+                } else {
+                    String::new()
+                },
+                actual_root: String::new(),
+                first_bad_chunk: None,
+                bad_chunks: 0,
+                bad_tensors: Vec::new(),
+                severity: Severity::Critical,
+            },
+        );
+    }
+
     /// Copies a shard into device memory, hashes it (SHA-256 and Merkle leaves), and seals it.
     pub async fn seal(&self, request: SealRequest) -> Result<SealedShard, VramError> {
         self.live()?;
@@ -357,6 +411,7 @@ impl VramResidency {
                     self.check_signature(info),
                     self.ask_gpu(device, |reply| GpuMsg::Residency { query, reply })
                 );
+                self.record_check(info, "a signature-only check", &signature, &residency);
                 signature?;
                 residency??;
                 Ok(VerifyReport {
@@ -396,6 +451,12 @@ impl VramResidency {
             self.check_signature(info),
             self.ask_gpu(info.gpu_device, |reply| GpuMsg::Residency { query, reply })
         );
+        self.record_check(
+            info,
+            "a peer's ShardInfo (verify_info)",
+            &signature,
+            &residency,
+        );
         // A bad signature is the more important answer: report it first.
         signature?;
         residency??;
@@ -434,47 +495,37 @@ impl VramResidency {
             .map_err(|_| VramError::Unsupported("execute result had an unexpected type".into()))
     }
 
-    /// Verifies the shard (per `Config::execute_verify`) and signs a statement binding the
-    /// challenger's `nonce` to its seal. Check it with [`crate::verify_attestation`].
+    /// Verifies the shard (per `Config::execute_verify`) and signs a `vram-attest-v2` statement
+    /// binding the challenger's `nonce` (16..=1024 bytes, else `InvalidInput`) to its seal, the
+    /// mode that ran, the backend and device, and the durable audit head (flushed first). The
+    /// device actor checks that the shard is still resident and not quarantined in the same
+    /// handler that obtains the signature. Check it with [`crate::verify_attestation`] or
+    /// [`crate::verify_attestation_with`].
     pub async fn attest(
         &self,
         shard: &SealedShard,
         nonce: &[u8],
     ) -> Result<Attestation, VramError> {
-        if nonce.is_empty() || nonce.len() > 1024 {
-            return Err(VramError::invalid("nonce must be 1..=1024 bytes"));
-        }
+        check_nonce(nonce)?;
         let mode = self.inner.execute_verify;
         self.verify(shard, mode).await?;
         let verified_at = now_unix_nanos();
-        let verified_mode = mode.to_string();
-        let stmt = statement(nonce, shard.info(), &verified_mode, verified_at)?;
-        let signature = self
-            .ask_service(
-                &self.inner.seal_keeper,
-                |reply| SealKeeperMsg::Attest {
-                    statement: stmt,
-                    reply,
-                },
-                "the seal keeper",
-            )
-            .await?;
-        let _ = self.inner.audit.cast(AuditMsg::Emit(
-            Utc::now(),
-            AuditEvent::AttestationIssued {
-                shard_id: shard.shard_id().to_string(),
-                gpu_device: shard.device(),
-                nonce_sha256: crate::seal::sha256_hex(nonce),
-            },
-        ));
-        Ok(Attestation {
-            format: ATTEST_FORMAT.to_string(),
-            nonce: hex::encode(nonce),
-            shard: shard.info().clone(),
-            verified_mode,
+        let audit_head = self.audit_head().await?;
+        let draft = AttestDraft {
+            nonce: nonce.to_vec(),
+            verified_mode: mode,
             verified_at_unix_nanos: verified_at,
-            signature,
+            audit_head,
+        };
+        let shard_ref = shard.inner.shard_ref();
+        let info = Box::new(shard.info().clone());
+        self.ask_gpu(shard.device(), |reply| GpuMsg::Attest {
+            shard: shard_ref,
+            info,
+            draft: Box::new(draft),
+            reply,
         })
+        .await?
     }
 
     /// Memory figures of a device.
@@ -562,6 +613,15 @@ impl VramResidency {
     pub async fn audit_flush(&self) -> Result<AuditStats, VramError> {
         self.live()?;
         self.ask_service(&self.inner.audit, AuditMsg::Flush, "the audit actor")
+            .await?
+    }
+
+    /// Flushes the audit log, then returns its newest durable record's seq and MAC. Keep it
+    /// somewhere the worker cannot rewrite: `audit::verify_log_to_head` then catches a log cut
+    /// (or rewritten) at or before it. Fails with `AuditUnavailable` while the sink fails.
+    pub async fn audit_head(&self) -> Result<crate::types::AuditHead, VramError> {
+        self.live()?;
+        self.ask_service(&self.inner.audit, AuditMsg::Head, "the audit actor")
             .await?
     }
 

@@ -493,3 +493,167 @@ fn token_never_printed_even_with_debug_logging() {
         no_token(&out);
     }
 }
+
+/// Asserts that neither stream carries ESC, BEL or a C1 CSI byte: nothing from a file reached
+/// the terminal as an escape sequence.
+fn no_escapes(out: &Output) {
+    for (name, s) in [("stdout", &out.stdout), ("stderr", &out.stderr)] {
+        for bad in [0x1b_u8, 0x07, 0x9b] {
+            assert!(
+                !s.contains(&bad),
+                "byte {bad:#04x} reached {name}: {:?}",
+                text(s)
+            );
+        }
+    }
+}
+
+/// A member name and field values that would retitle the window, recolour the terminal, clear
+/// the screen (C1 CSI) and reverse the line (bidi override) if printed raw.
+const HOSTILE: &str = "\u{1b}]0;pwned title\u{7}\u{1b}[31mred\u{9b}2J\u{202e}desrever\u{200b}";
+
+#[test]
+fn verify_info_never_echoes_escape_sequences_from_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_model(dir.path(), "model.bin", 20_000);
+    let (info, line) = seal_json(&path);
+
+    // An unknown member: serde_json's error quotes its name. One object, pretty-printed, and
+    // as the second line of JSON Lines.
+    let mut with_member = info.clone();
+    with_member[HOSTILE] = 1.into();
+    let files = [
+        ("member.json", serde_json::to_string(&with_member).unwrap()),
+        (
+            "member-pretty.json",
+            serde_json::to_string_pretty(&with_member).unwrap(),
+        ),
+        (
+            "member-lines.json",
+            format!("{line}\n{}\n", serde_json::to_string(&with_member).unwrap()),
+        ),
+    ];
+    for (name, body) in files {
+        let file = dir.path().join(name);
+        std::fs::write(&file, body).unwrap();
+        let out = cli().arg("verify-info").arg(&file).output().unwrap();
+        let stderr = one_error(&out, 2);
+        assert!(stderr.contains("unknown field"), "{name}: {stderr}");
+        assert!(stderr.contains('\u{FFFD}'), "{name}: {stderr}");
+        no_escapes(&out);
+    }
+
+    // Hostile values in a record that does not verify (every field shown is the peer's).
+    let mut unsigned = info.clone();
+    unsigned["model_ref"] = format!("hf:{HOSTILE}").into();
+    unsigned["shard_id"] = HOSTILE.into();
+    unsigned["worker_id"] = HOSTILE.into();
+    unsigned["format"] = HOSTILE.into();
+    let file = dir.path().join("unsigned.json");
+    std::fs::write(&file, serde_json::to_string(&unsigned).unwrap()).unwrap();
+    let out = cli().arg("verify-info").arg(&file).output().unwrap();
+    one_error(&out, 3);
+    assert!(
+        text(&out.stdout).contains("FAILED"),
+        "{}",
+        text(&out.stdout)
+    );
+    no_escapes(&out);
+
+    // A record that *does* verify (a peer holding the token signed it) still has its fields
+    // sanitised on the `ok:` line.
+    let token = vram_residency::WorkerToken::new(TOKEN.as_bytes().to_vec()).unwrap();
+    let key = vram_residency::seal::keys::SealKey::derive(&token);
+    let mut signed: vram_residency::ShardInfo = serde_json::from_str(&line).unwrap();
+    signed.model_ref = format!("hf:{HOSTILE}");
+    signed.signature = vram_residency::seal::claims::sign(&key, &signed).unwrap();
+    // The file name is hostile too.
+    let file = dir.path().join(format!("{HOSTILE}.json"));
+    std::fs::write(&file, serde_json::to_string(&signed).unwrap()).unwrap();
+    let out = cli().arg("verify-info").arg(&file).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("ok: "), "{stdout}");
+    assert!(stdout.contains("hf:\u{FFFD}"), "{stdout}");
+    no_escapes(&out);
+    no_token(&out);
+}
+
+#[test]
+fn verify_info_refuses_an_oversized_file_without_reading_it_all() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_model(dir.path(), "model.bin", 10_000);
+    let (_, line) = seal_json(&path);
+    // Valid JSON Lines, just too many of them: refused for its size (usage, exit 2).
+    let big = dir.path().join("big.json");
+    let mut body = String::new();
+    while body.len() <= 1 << 20 {
+        body.push_str(&line);
+        body.push('\n');
+    }
+    std::fs::write(&big, &body).unwrap();
+    let out = cli().arg("verify-info").arg(&big).output().unwrap();
+    let stderr = one_error(&out, 2);
+    assert!(stderr.contains("larger than"), "{stderr}");
+    assert!(stderr.contains("1 MiB"), "{stderr}");
+    assert!(out.stdout.is_empty(), "{}", text(&out.stdout));
+
+    // A file that never ends is refused all the same.
+    if Path::new("/dev/zero").exists() {
+        let out = cli().arg("verify-info").arg("/dev/zero").output().unwrap();
+        let stderr = one_error(&out, 2);
+        assert!(stderr.contains("larger than"), "{stderr}");
+    }
+
+    // Bytes that are not UTF-8 are bad input (2), not an I/O problem.
+    let binary = dir.path().join("binary.json");
+    std::fs::write(&binary, b"{\"format\":\"\xff\xfe\"}").unwrap();
+    let out = cli().arg("verify-info").arg(&binary).output().unwrap();
+    let stderr = one_error(&out, 2);
+    assert!(stderr.contains("not UTF-8"), "{stderr}");
+}
+
+#[test]
+fn audit_verify_never_echoes_escape_sequences_from_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("audit.jsonl");
+    assert!(run_demo(&log).status.success());
+    let original = std::fs::read_to_string(&log).unwrap();
+    let first = original.lines().next().unwrap();
+    // A well-formed tail on a line whose members are hostile: raw C1 and bidi characters are
+    // legal inside JSON strings, ESC and BEL arrive as \u escapes.
+    let mac = &first[first.len() - 66..];
+    let hostile = format!(
+        "{{\"seq\":1,\"ts\":\"2026-01-01T00:00:00.000000000Z\",\"worker_id\":\"w\",\"event\":{{\"type\":\"X\",\"{}\":1}},\"{}\":2{mac}",
+        HOSTILE
+            .replace('\u{1b}', "\\u001b")
+            .replace('\u{7}', "\\u0007"),
+        "\u{9b}2J\u{202e}\\u001b]0;t\\u0007",
+    );
+    for (name, body) in [
+        ("first.jsonl", format!("{hostile}\n")),
+        ("later.jsonl", format!("{original}{hostile}\n")),
+        ("torn.jsonl", format!("{original}\u{9b}2J\u{202e}x")),
+    ] {
+        let file = dir.path().join(name);
+        std::fs::write(&file, body).unwrap();
+        for json in [false, true] {
+            let mut cmd = cli();
+            cmd.args(["audit", "verify"]).arg(&file);
+            if json {
+                cmd.arg("--json");
+            }
+            let out = cmd.output().unwrap();
+            one_error(&out, 3);
+            no_escapes(&out);
+            let stdout = text(&out.stdout);
+            assert!(!stdout.contains('\u{202e}'), "{name}: {stdout}");
+            if json {
+                let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+                assert_eq!(v["intact"], false, "{name}: {stdout}");
+            } else {
+                assert!(stdout.contains("NOT INTACT"), "{name}: {stdout}");
+            }
+        }
+    }
+}

@@ -1177,22 +1177,25 @@ async fn attestation_binds_nonce_and_seal() {
         .seal(SealRequest::new("s", "m", 0, pattern(10_000)))
         .await
         .unwrap();
-    let att = system.attest(&shard, b"nonce-123").await.unwrap();
+    let att = system
+        .attest(&shard, b"challenger-nonce-123")
+        .await
+        .unwrap();
     let token = vram_residency::WorkerToken::new(TOKEN.as_bytes().to_vec()).unwrap();
-    vram_residency::verify_attestation(&att, &token, b"nonce-123").unwrap();
-    assert!(vram_residency::verify_attestation(&att, &token, b"nonce-124").is_err());
+    vram_residency::verify_attestation(&att, &token, b"challenger-nonce-123").unwrap();
+    assert!(vram_residency::verify_attestation(&att, &token, b"challenger-nonce-124").is_err());
     let mut altered = att.clone();
     altered.verified_at_unix_nanos += 1;
-    assert!(vram_residency::verify_attestation(&altered, &token, b"nonce-123").is_err());
+    assert!(vram_residency::verify_attestation(&altered, &token, b"challenger-nonce-123").is_err());
     let mut upper = att.clone();
     upper.signature = upper.signature.to_uppercase();
-    assert!(vram_residency::verify_attestation(&upper, &token, b"nonce-123").is_err());
+    assert!(vram_residency::verify_attestation(&upper, &token, b"challenger-nonce-123").is_err());
     let mut tp = att.clone();
     tp.shard.total_shards = Some(u32::MAX);
     tp.shard.shard_index = Some(0);
-    assert!(vram_residency::verify_attestation(&tp, &token, b"nonce-123").is_err());
+    assert!(vram_residency::verify_attestation(&tp, &token, b"challenger-nonce-123").is_err());
     let other = vram_residency::WorkerToken::new(b"some-other-token-123456".to_vec()).unwrap();
-    assert!(vram_residency::verify_attestation(&att, &other, b"nonce-123").is_err());
+    assert!(vram_residency::verify_attestation(&att, &other, b"challenger-nonce-123").is_err());
     assert!(
         audit_types(&system)
             .await

@@ -66,6 +66,13 @@ impl Sink {
             Self::File(w) => w.sync(),
         }
     }
+
+    fn head(&self) -> crate::types::AuditHead {
+        match self {
+            Self::Memory(m) => m.head(),
+            Self::File(w) => w.head(),
+        }
+    }
 }
 
 /// The actor's state.
@@ -174,6 +181,7 @@ impl AuditState {
         if dropped {
             self.pending_dropped = self.pending_dropped.saturating_add(1);
             self.stats.dropped = self.stats.dropped.saturating_add(1);
+            metrics::counter!("vram_audit_events_dropped_total").increment(1);
             self.drop_reason = format!("an event could not be encoded: {reason}");
         }
         self.write_batch()
@@ -226,6 +234,7 @@ fn open_sink(
             AuditEvent::AuditLogOpened {
                 resumed_from_seq: 0,
                 torn_tail_bytes: None,
+                torn_tail_sha256: None,
             },
         )),
         AuditSinkConfig::File(path) => {
@@ -308,6 +317,13 @@ impl Actor for AuditActor {
                     state.arm_timer(&myself);
                 }
                 let _ = reply.send(r.map(|()| state.stats()));
+            }
+            AuditMsg::Head(reply) => {
+                let r = state.write_batch().and_then(|()| state.sync());
+                if r.is_err() {
+                    state.arm_timer(&myself);
+                }
+                let _ = reply.send(r.map(|()| state.sink.head()));
             }
             AuditMsg::Lines(reply) => {
                 let lines = match &state.sink {

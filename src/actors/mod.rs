@@ -18,7 +18,23 @@ use std::time::Duration;
 use ractor::rpc::CallResult;
 use ractor::{ActorRef, Message, RpcReplyPort};
 
+use crate::audit::events::AuditEvent;
 use crate::error::VramError;
+use crate::messages::audit::AuditMsg;
+
+/// Casts `event` to the audit actor, never waiting. A cast fails only when the audit actor is
+/// gone (shutdown, or a crash that stops the system); the loss is counted in
+/// `vram_audit_events_dropped_total`, never ignored.
+pub(crate) fn emit_audit(audit: &ActorRef<AuditMsg>, event: AuditEvent) {
+    if audit
+        .cast(AuditMsg::Emit(chrono::Utc::now(), event))
+        .is_err()
+    {
+        metrics::counter!("vram_audit_events_dropped_total", "reason" => "audit actor gone")
+            .increment(1);
+        tracing::warn!("an audit event was lost: the audit actor is gone");
+    }
+}
 
 /// Calls `actor` and waits at most `timeout` for the reply. `gone` is the error to report when
 /// the actor is not there to answer (stopped, crashed, or dropped the reply while stopping).

@@ -24,7 +24,6 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use chrono::Utc;
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 
 use crate::actors::audit_actor::{AuditActor, AuditArgs};
@@ -158,7 +157,7 @@ impl SupervisorState {
     }
 
     fn audit(&self, event: AuditEvent) {
-        let _ = self.audit.cast(AuditMsg::Emit(Utc::now(), event));
+        crate::actors::emit_audit(&self.audit, event);
     }
 
     async fn stop_all(&mut self) {
@@ -174,14 +173,14 @@ impl SupervisorState {
                     // A device that cannot finish its queue in time is killed, so that nothing it
                     // emits can arrive after the audit log is closed. Its memory goes with its
                     // context; the missing per-shard records are explained by this one.
-                    let _ = self.audit.cast(AuditMsg::Emit(
-                        Utc::now(),
+                    crate::actors::emit_audit(
+                        &self.audit,
                         AuditEvent::DeviceStopped {
                             gpu_device: u32::try_from(i).unwrap_or(u32::MAX),
                             reason: "did not drain within the call timeout at shutdown; killed"
                                 .into(),
                         },
-                    ));
+                    );
                     let _ = g.kill_and_wait(timeout).await;
                 }
             }

@@ -23,6 +23,10 @@ pub enum AuditEvent {
         /// Bytes of an incomplete final line (a crash mid-write) that were cut before resuming.
         #[serde(skip_serializing_if = "Option::is_none")]
         torn_tail_bytes: Option<u64>,
+        /// SHA-256 (lowercase hex) of the bytes that were cut, so what a reopening removed
+        /// stays on record.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        torn_tail_sha256: Option<String>,
     },
     /// The log was closed cleanly at shutdown.
     AuditLogClosed {

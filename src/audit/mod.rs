@@ -15,4 +15,7 @@ mod test_support;
 pub mod verify;
 pub mod writer;
 
-pub use verify::{AuditProblem, AuditReport, ProblemKind, verify_lines, verify_log};
+pub use verify::{
+    AuditHead, AuditProblem, AuditReport, HeadProblem, LogStatus, ProblemKind, verify_lines,
+    verify_log, verify_log_to_head,
+};

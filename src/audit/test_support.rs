@@ -146,7 +146,8 @@ pub(crate) fn write_log(path: &Path) -> AuditLogWriter {
         report,
         OpenReport {
             resumed_from_seq: 0,
-            torn_tail_bytes: None
+            torn_tail_bytes: None,
+            torn_tail_sha256: None,
         }
     );
     assert_eq!(w.append_batch(&[rec(&report.opened_event())]).unwrap(), 1);

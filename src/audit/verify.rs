@@ -11,9 +11,12 @@
 //! * an empty file is intact with 0 records;
 //! * checking stops at the first problem; the counts cover only the verified prefix.
 //!
-//! The chain cannot show that records were cut off the *end* of a log; compare
-//! [`AuditReport::last_seq`] with an external record (a monitoring system, the last
-//! `AuditLogClosed`) for that.
+//! The chain alone cannot show that records were cut off the *end* of a log. Two things help:
+//! a log whose last record is not `AuditLogClosed` is reported as *open*
+//! ([`AuditReport::status`]: intact so far, with a tail nobody can vouch for), and
+//! [`verify_log_to_head`] checks the log against an [`AuditHead`] kept elsewhere (from
+//! `VramResidency::audit_head`, or an attestation): a log that stops short of it, or carries
+//! another MAC at its seq, is not intact.
 //!
 //! The same walker is used by the writer to vouch for an existing log before appending to it.
 
@@ -29,6 +32,7 @@ use crate::audit::format::{
     ChainBreak, ChainState, MAX_LINE_BYTES, MalformedRecord, parse_record_bytes,
 };
 use crate::seal::keys::{AuditKey, WorkerToken};
+pub use crate::types::AuditHead;
 
 /// What a verification found.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -44,12 +48,94 @@ pub struct AuditReport {
     /// Verified `AuditLogOpened` records after the first record, i.e. how many times the log
     /// was reopened and its chain continued.
     pub resumptions: u64,
+    /// Whether the last verified record is `AuditLogClosed` (the writer shut down cleanly). A
+    /// log that does not end so is *open*: still being written, or cut.
+    pub closed: bool,
+    /// The last verified record's seq and MAC (`None` for an empty log).
+    pub head: Option<AuditHead>,
+    /// When checked against a head kept elsewhere ([`verify_log_to_head`]): how the log fails
+    /// to reach it, if it does.
+    pub head_problem: Option<HeadProblem>,
 }
 
 impl AuditReport {
-    /// True when every line verified (a torn tail counts as a problem: the file is not clean).
+    /// True when every line verified (a torn tail counts as a problem: the file is not clean)
+    /// and, when checked against a head, the log reaches that head with the same MAC.
     pub fn is_intact(&self) -> bool {
-        self.first_problem.is_none()
+        self.first_problem.is_none() && self.head_problem.is_none()
+    }
+
+    /// `NotIntact` when a line fails or a head is missed; `Open` when every line verifies but
+    /// the log does not end with `AuditLogClosed` (or is empty): intact so far, with a tail
+    /// nobody can vouch for without a head kept elsewhere; `Closed` otherwise.
+    pub fn status(&self) -> LogStatus {
+        if !self.is_intact() {
+            LogStatus::NotIntact
+        } else if self.closed {
+            LogStatus::Closed
+        } else {
+            LogStatus::Open
+        }
+    }
+}
+
+/// What a verified log amounts to ([`AuditReport::status`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogStatus {
+    /// Every line verified and the last record is `AuditLogClosed`.
+    Closed,
+    /// Every line verified, but the log does not end with `AuditLogClosed`: records may have
+    /// been cut off its end (or the writer is still running, or crashed).
+    Open,
+    /// A line did not verify, or the log does not reach the head it was checked against.
+    NotIntact,
+}
+
+impl fmt::Display for LogStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Closed => "intact (closed)",
+            Self::Open => "open (intact so far; its tail is not vouched for without a head)",
+            Self::NotIntact => "NOT INTACT",
+        })
+    }
+}
+
+/// How a log fails to reach a head kept elsewhere.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum HeadProblem {
+    /// The verified log ends before the head's seq: records were cut off its end (or a line
+    /// before the head failed).
+    EndsBeforeHead {
+        /// The head's seq.
+        head_seq: u64,
+        /// The last verified seq.
+        last_seq: u64,
+    },
+    /// The record at the head's seq carries another MAC: the log was rewritten from there (or
+    /// earlier), or the head belongs to another log.
+    DiffersAtHead {
+        /// The head's seq.
+        head_seq: u64,
+    },
+}
+
+impl fmt::Display for HeadProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::EndsBeforeHead { head_seq, last_seq } => write!(
+                f,
+                "the log ends at seq {last_seq}, before the head at seq {head_seq}: \
+                 records were cut off its end"
+            ),
+            Self::DiffersAtHead { head_seq } => write!(
+                f,
+                "the record at seq {head_seq} has another MAC than the head: \
+                 the log was rewritten, or the head is from another log"
+            ),
+        }
     }
 }
 
@@ -126,6 +212,47 @@ pub fn verify_log(path: &Path, token: &WorkerToken) -> io::Result<AuditReport> {
     Ok(scan(BufReader::new(file), &key)?.report)
 }
 
+/// Verifies the log at `path` like [`verify_log`], and also against `head`, a head kept
+/// elsewhere: the report is not intact ([`AuditReport::head_problem`]) when the verified log
+/// ends before `head.seq` or its record at `head.seq` has another MAC. A log that goes on past
+/// the head is fine (the worker kept writing). Only I/O failures are errors.
+pub fn verify_log_to_head(
+    path: &Path,
+    token: &WorkerToken,
+    head: &AuditHead,
+) -> io::Result<AuditReport> {
+    let key = AuditKey::derive(token);
+    let file = File::open(path)?;
+    let mut walker = Walker::new(&key);
+    walker.target = Some(head.clone());
+    Ok(scan_with(BufReader::new(file), walker)?.report)
+}
+
+/// Checks a report's walk against `head`, given the MAC seen at `head.seq` (if the walk reached
+/// it).
+fn head_problem(
+    head: &AuditHead,
+    last_seq: u64,
+    mac_at_head: Option<&[u8; 32]>,
+) -> Option<HeadProblem> {
+    if head.seq == 0 {
+        return None;
+    }
+    match mac_at_head {
+        None => Some(HeadProblem::EndsBeforeHead {
+            head_seq: head.seq,
+            last_seq,
+        }),
+        Some(mac) => {
+            let mut want = [0u8; 32];
+            let same = hex::decode_to_slice(&head.mac, &mut want).is_ok()
+                && head.mac.bytes().all(|b| !b.is_ascii_uppercase())
+                && bool::from(subtle::ConstantTimeEq::ct_eq(&want[..], &mac[..]));
+            (!same).then_some(HeadProblem::DiffersAtHead { head_seq: head.seq })
+        }
+    }
+}
+
 /// Verifies lines already split off (each without its `\n`). `complete_final_line` says whether
 /// the last line was followed by `\n`; if not and it is not a complete record, it is reported as
 /// [`ProblemKind::TornTail`]. An empty unterminated final line is ignored (nothing after the
@@ -143,6 +270,7 @@ pub fn verify_lines<'a>(
             break;
         }
     }
+    walker.finish();
     walker.report
 }
 
@@ -160,8 +288,11 @@ pub(crate) struct Scan {
 
 /// Walks a whole log from a reader, without buffering more than one line (at most
 /// [`MAX_LINE_BYTES`] + 1 bytes).
-pub(crate) fn scan<R: BufRead>(mut reader: R, key: &AuditKey) -> io::Result<Scan> {
-    let mut walker = Walker::new(key);
+pub(crate) fn scan<R: BufRead>(reader: R, key: &AuditKey) -> io::Result<Scan> {
+    scan_with(reader, Walker::new(key))
+}
+
+fn scan_with<R: BufRead>(mut reader: R, mut walker: Walker<'_>) -> io::Result<Scan> {
     let mut verified_len: u64 = 0;
     let mut final_line_unterminated = false;
     let mut buf: Vec<u8> = Vec::new();
@@ -186,6 +317,7 @@ pub(crate) fn scan<R: BufRead>(mut reader: R, key: &AuditKey) -> io::Result<Scan
         verified_len = verified_len.saturating_add(u64::try_from(n).unwrap_or(u64::MAX));
         final_line_unterminated = !terminated;
     }
+    walker.finish();
     Ok(Scan {
         report: walker.report,
         chain: walker.chain,
@@ -200,6 +332,9 @@ struct Walker<'k> {
     chain: ChainState,
     report: AuditReport,
     line_no: u64,
+    /// A head to check the log against, and the MAC seen at its seq.
+    target: Option<AuditHead>,
+    mac_at_target: Option<[u8; 32]>,
 }
 
 impl<'k> Walker<'k> {
@@ -209,6 +344,18 @@ impl<'k> Walker<'k> {
             chain: ChainState::genesis(),
             report: AuditReport::default(),
             line_no: 0,
+            target: None,
+            mac_at_target: None,
+        }
+    }
+
+    /// Fills in what is known only at the end: the head reached and, if a target head was
+    /// given, whether the log reaches it.
+    fn finish(&mut self) {
+        let r = &mut self.report;
+        r.head = (r.records > 0).then(|| AuditHead::new(r.last_seq, &self.chain.prev_mac));
+        if let Some(target) = &self.target {
+            r.head_problem = head_problem(target, r.last_seq, self.mac_at_target.as_ref());
         }
     }
 
@@ -242,9 +389,13 @@ impl<'k> Walker<'k> {
             };
             return self.fail(kind);
         }
+        if self.target.as_ref().is_some_and(|t| t.seq == record.seq) {
+            self.mac_at_target = Some(record.mac);
+        }
         let r = &mut self.report;
         r.records = r.records.saturating_add(1);
         r.last_seq = record.seq;
+        r.closed = record.event_type == "AuditLogClosed";
         if record.event_type == "AuditLogOpened" && record.seq > 1 {
             r.resumptions = r.resumptions.saturating_add(1);
         }
@@ -265,7 +416,7 @@ impl<'k> Walker<'k> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::audit::format::encode_record;
+    use crate::audit::format::{ChainState, encode_record};
     use crate::audit::test_support::{
         check, forged_after, key, log_lines, problem, seq_gap, temp_log, token, vector_key,
         vector_lines, vector_token, write_lines,
@@ -307,6 +458,97 @@ mod tests {
         let r3 = verify_log(&path, &token()).unwrap();
         assert_eq!(problem(&r3), (1, ProblemKind::MacMismatch));
         assert_eq!(r3.records, 0);
+    }
+
+    #[test]
+    fn a_cut_tail_is_caught_with_a_head_and_open_without() {
+        let lines = log_lines(&key());
+        let (_dir, path) = temp_log();
+        write_lines(&path, &lines);
+        let full = verify_log(&path, &token()).unwrap();
+        let head = full.head.clone().unwrap();
+        assert_eq!(head.seq, 6);
+        assert_eq!(head.mac.len(), 64);
+        // The whole log reaches its own head; one going on past it is fine too.
+        assert!(
+            verify_log_to_head(&path, &token(), &head)
+                .unwrap()
+                .is_intact()
+        );
+        let earlier = verify_lines(lines[..4].iter().map(String::as_str), &key(), true)
+            .head
+            .unwrap();
+        assert!(
+            verify_log_to_head(&path, &token(), &earlier)
+                .unwrap()
+                .is_intact()
+        );
+
+        // Cut the last two records: every line still verifies, but the log is only open, and
+        // against the head it is not intact.
+        write_lines(&path, &lines[..4]);
+        let cut = verify_log(&path, &token()).unwrap();
+        assert!(cut.is_intact());
+        assert_eq!(cut.status(), LogStatus::Open);
+        let r = verify_log_to_head(&path, &token(), &head).unwrap();
+        assert!(!r.is_intact());
+        assert_eq!(r.status(), LogStatus::NotIntact);
+        assert_eq!(
+            r.head_problem,
+            Some(HeadProblem::EndsBeforeHead {
+                head_seq: 6,
+                last_seq: 4
+            })
+        );
+        // A head with another MAC at its seq: the log differs there.
+        let mut other = head.clone();
+        other.mac = "00".repeat(32);
+        write_lines(&path, &lines);
+        let r = verify_log_to_head(&path, &token(), &other).unwrap();
+        assert_eq!(
+            r.head_problem,
+            Some(HeadProblem::DiffersAtHead { head_seq: 6 })
+        );
+        assert!(!r.is_intact());
+        // The empty head (seq 0) is reached by any log.
+        let zero = AuditHead::new(0, &[0u8; 32]);
+        assert!(
+            verify_log_to_head(&path, &token(), &zero)
+                .unwrap()
+                .is_intact()
+        );
+    }
+
+    #[test]
+    fn a_log_ending_with_closed_is_closed() {
+        let mut chain = ChainState::genesis();
+        let k = key();
+        let lines: Vec<String> = [
+            r#"{"type":"AuditLogOpened","resumed_from_seq":0}"#,
+            r#"{"type":"AuditLogClosed","records_written":2}"#,
+        ]
+        .iter()
+        .map(|e| encode_record(&k, &mut chain, "2026-11-29T09:00:00.000000000Z", "w", e))
+        .collect();
+        let r = check(&lines, true);
+        assert!(r.closed);
+        assert_eq!(r.status(), LogStatus::Closed);
+        let r = check(&lines[..1], true);
+        assert_eq!(r.status(), LogStatus::Open);
+        assert_eq!(
+            verify_lines(std::iter::empty(), &k, true).status(),
+            LogStatus::Open
+        );
+    }
+
+    #[test]
+    fn head_args_round_trip() {
+        let h = AuditHead::new(42, &[0xab; 32]);
+        assert_eq!(AuditHead::parse_arg(&h.to_arg()), Some(h.clone()));
+        assert_eq!(h.to_string(), format!("42:{}", "ab".repeat(32)));
+        for bad in ["42", "x:ab", &format!("42:{}", "AB".repeat(32)), "42:abc"] {
+            assert_eq!(AuditHead::parse_arg(bad), None, "{bad}");
+        }
     }
 
     #[test]

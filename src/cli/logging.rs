@@ -13,7 +13,9 @@ pub fn init(format: LogFormat, default_filter: &str) {
         Ok(spec) if !spec.trim().is_empty() => match EnvFilter::try_new(&spec) {
             Ok(f) => f,
             Err(e) => {
-                eprintln!("warning: ignoring RUST_LOG ({e}); using {default_filter:?}");
+                // The parse error quotes the variable's text: sanitised, bounded.
+                let why = super::untrusted::bounded(&e.to_string(), 200);
+                eprintln!("warning: ignoring RUST_LOG ({why}); using {default_filter:?}");
                 EnvFilter::new(default_filter)
             }
         },

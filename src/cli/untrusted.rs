@@ -30,9 +30,9 @@ pub fn text(s: &str) -> String {
 
 /// `s` sanitised and cut to `max_chars` characters (plus `…` when cut).
 pub fn field(s: &str, max_chars: usize) -> String {
-    let mut chars = s.chars();
-    let head: String = chars.by_ref().take(max_chars).collect();
-    let mut out = sanitize(&head);
+    let clean = sanitize(s);
+    let mut chars = clean.chars();
+    let mut out: String = chars.by_ref().take(max_chars).collect();
     if chars.next().is_some() {
         out.push('…');
     }

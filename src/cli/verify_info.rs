@@ -3,6 +3,10 @@
 //! only. When a record fails, says which field looks wrong if the fault is visible without the
 //! key (format tag, hex lengths, identifiers, sizes); otherwise that the signature does not
 //! match.
+//!
+//! The file comes from a peer: it is read only up to 1 MiB (a larger one is refused, exit 2),
+//! and every field, JSON error and member name it holds is sanitised and bounded before it is
+//! printed.
 
 use std::path::PathBuf;
 
@@ -20,7 +24,8 @@ use super::untrusted;
 /// Arguments of `verify-info`.
 #[derive(Debug, Args)]
 pub struct VerifyInfoArgs {
-    /// A ShardInfo JSON file (a single object, or one object per line as printed by `seal`).
+    /// A ShardInfo JSON file (a single object, or one object per line as printed by `seal`;
+    /// at most 1 MiB).
     #[arg(value_name = "FILE.json")]
     pub file: PathBuf,
 }
@@ -101,7 +106,11 @@ fn parse(text: &str) -> Result<Vec<(usize, ShardInfo)>, String> {
         Ok(info) => return Ok(vec![(1, info)]),
         Err(e) => e,
     };
-    let several = text.lines().filter(|l| !l.trim().is_empty()).nth(1).is_some();
+    let several = text
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .nth(1)
+        .is_some();
     if !several {
         return match text.trim() {
             "" => Err("the file is empty".to_string()),
@@ -260,7 +269,11 @@ mod tests {
     fn a_huge_member_name_gives_a_bounded_error() {
         let name = "x".repeat(500_000);
         let err = parse(&format!("{{\"{name}\":1}}")).unwrap_err();
-        assert!(err.chars().count() <= MAX_PARSE_ERROR_CHARS + 1, "{}", err.len());
+        assert!(
+            err.chars().count() <= MAX_PARSE_ERROR_CHARS + 1,
+            "{}",
+            err.len()
+        );
         assert!(err.contains("column"), "{err}");
     }
 
@@ -272,26 +285,33 @@ mod tests {
 
     fn shard_info() -> impl Strategy<Value = ShardInfo> {
         (
-            (any::<String>(), any::<String>(), any::<String>(), any::<String>()),
+            (
+                any::<String>(),
+                any::<String>(),
+                any::<String>(),
+                any::<String>(),
+            ),
             (any::<u32>(), any::<u64>(), any::<u64>(), any::<u64>()),
             ("[0-9a-fA-F]{0,70}", "[0-9a-fA-Fg]{62,66}", any::<String>()),
             (any::<Option<u32>>(), any::<Option<u32>>()),
         )
-            .prop_map(|((f, w, s, m), (g, v, c, t), (d, r, sig), (i, n))| ShardInfo {
-                format: f,
-                worker_id: w,
-                shard_id: s,
-                model_ref: m,
-                gpu_device: g,
-                vram_bytes: v,
-                digest: d,
-                merkle_root: r,
-                chunk_size: c,
-                sealed_at_unix_nanos: t,
-                shard_index: i,
-                total_shards: n,
-                signature: sig,
-            })
+            .prop_map(
+                |((f, w, s, m), (g, v, c, t), (d, r, sig), (i, n))| ShardInfo {
+                    format: f,
+                    worker_id: w,
+                    shard_id: s,
+                    model_ref: m,
+                    gpu_device: g,
+                    vram_bytes: v,
+                    digest: d,
+                    merkle_root: r,
+                    chunk_size: c,
+                    sealed_at_unix_nanos: t,
+                    shard_index: i,
+                    total_shards: n,
+                    signature: sig,
+                },
+            )
     }
 
     proptest! {

@@ -28,6 +28,8 @@ pub enum AuditMsg {
     Emit(DateTime<Utc>, AuditEvent),
     /// Write everything emitted before this message and make it durable (fsync).
     Flush(RpcReplyPort<Result<AuditStats, VramError>>),
+    /// Like `Flush`, then the newest durable record's seq and MAC.
+    Head(RpcReplyPort<Result<crate::types::AuditHead, VramError>>),
     /// Internal: the batch timer fired.
     Tick,
     /// The lines written so far (in-memory sink only; empty for a file sink).

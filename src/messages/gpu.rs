@@ -74,6 +74,19 @@ pub struct LeafCheck {
     pub observed_root: Option<Hash>,
 }
 
+/// What the handle fills in before asking a device actor to sign an attestation; the actor adds
+/// the backend and device identity and checks residency in the same handler as the signature.
+pub struct AttestDraft {
+    /// The challenger's nonce (length checked).
+    pub nonce: Vec<u8>,
+    /// The mode the shard was just verified in.
+    pub verified_mode: crate::types::VerifyMode,
+    /// When that verification passed.
+    pub verified_at_unix_nanos: u64,
+    /// The durable audit head, taken after the verification.
+    pub audit_head: crate::types::AuditHead,
+}
+
 /// Messages handled by `GpuActor`.
 pub enum GpuMsg {
     /// Allocate, upload, hash and sign a shard.
@@ -100,6 +113,16 @@ pub enum GpuMsg {
     Residency {
         query: ResidencyQuery,
         reply: RpcReplyPort<Result<(), VramError>>,
+    },
+    /// Sign an attestation for a shard just verified: residency (resident under this handle,
+    /// exactly this record, not quarantined, device accepting work) is checked and the seal
+    /// keeper asked for the signature within this one handler, so no quarantine can come
+    /// between the check and the signature.
+    Attest {
+        shard: ShardRef,
+        info: Box<ShardInfo>,
+        draft: Box<AttestDraft>,
+        reply: RpcReplyPort<Result<crate::attestation::Attestation, VramError>>,
     },
     /// Run a closure against the shard's device memory.
     Execute {

@@ -1,6 +1,10 @@
 //! What callers may do with a resident shard besides verifying it: ask whether exactly that
-//! record is resident (signature-only verification, a peer's `ShardInfo`), and run a closure
-//! against its device memory (`execute`).
+//! record is resident (signature-only verification, a peer's `ShardInfo`), have an attestation
+//! signed for it, and run a closure against its device memory (`execute`).
+//!
+//! An attestation is signed here, not by the handle: the residency check and the request to the
+//! seal keeper happen in one handler, so no scrub result, fault or release on this device can
+//! quarantine or free the shard between them.
 //!
 //! `execute` runs the closure on this actor, in mailbox order, so no release, fault or seal on
 //! the device can interleave with it; a panic in the caller's closure is caught and reported
@@ -10,9 +14,14 @@ use std::panic::AssertUnwindSafe;
 
 use super::GpuState;
 use super::verify::quarantined;
+use crate::actors::ask;
+use crate::attestation::{ATTEST_FORMAT, Attestation, StatementFields, device_id, statement};
+use crate::audit::events::AuditEvent;
 use crate::error::VramError;
 use crate::gpu::DeviceView;
-use crate::messages::gpu::{ExecuteFn, ResidencyQuery, ShardRef};
+use crate::messages::gpu::{AttestDraft, ExecuteFn, ResidencyQuery, ShardRef};
+use crate::messages::seal_keeper::SealKeeperMsg;
+use crate::seal::claims::ShardInfo;
 
 impl GpuState {
     pub(super) fn residency(&self, query: ResidencyQuery) -> Result<(), VramError> {
@@ -33,6 +42,57 @@ impl GpuState {
             return Err(quarantined(&info.shard_id, bad));
         }
         Ok(())
+    }
+
+    /// Checks that the shard is still resident, exactly as sealed, not quarantined, on a device
+    /// accepting work, then has the statement signed, all before this handler returns.
+    pub(super) async fn attest(
+        &mut self,
+        shard: ShardRef,
+        info: Box<ShardInfo>,
+        draft: AttestDraft,
+    ) -> Result<Attestation, VramError> {
+        self.accepting_work()?;
+        self.residency(ResidencyQuery::Handle(shard, info.clone()))?;
+        let backend = self.identity.backend.to_string();
+        let device = device_id(&self.identity);
+        let verified_mode = draft.verified_mode.to_string();
+        let stmt = statement(&StatementFields {
+            nonce: &draft.nonce,
+            shard: &info,
+            verified_mode: &verified_mode,
+            verified_at_unix_nanos: draft.verified_at_unix_nanos,
+            backend: &backend,
+            device_id: &device,
+            audit_head: &draft.audit_head,
+        })?;
+        let signature = ask(
+            &self.args.seal_keeper,
+            |reply| SealKeeperMsg::Attest {
+                statement: stmt,
+                reply,
+            },
+            self.args.settings.call_timeout,
+            "the seal keeper",
+            || VramError::ShuttingDown,
+        )
+        .await?;
+        self.audit(AuditEvent::AttestationIssued {
+            shard_id: info.shard_id.clone(),
+            gpu_device: self.device(),
+            nonce_sha256: crate::seal::sha256_hex(&draft.nonce),
+        });
+        Ok(Attestation {
+            format: ATTEST_FORMAT.to_string(),
+            nonce: hex::encode(&draft.nonce),
+            shard: *info,
+            verified_mode,
+            verified_at_unix_nanos: draft.verified_at_unix_nanos,
+            backend,
+            device_id: device,
+            audit_head: draft.audit_head,
+            signature,
+        })
     }
 
     pub(super) fn execute(

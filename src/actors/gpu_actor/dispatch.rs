@@ -84,6 +84,15 @@ impl Actor for GpuActor {
             GpuMsg::Residency { query, reply } => {
                 let _ = reply.send(state.residency(query));
             }
+            GpuMsg::Attest {
+                shard,
+                info,
+                draft,
+                reply,
+            } => {
+                let r = state.attest(shard, info, *draft).await;
+                let _ = reply.send(r);
+            }
             GpuMsg::Execute { shard, job, reply } => {
                 let _ = reply.send(state.execute(&shard, job));
             }

@@ -270,3 +270,67 @@ async fn a_verification_answer_is_ready_only_after_the_hashing() {
     assert!(report.elapsed >= Duration::from_millis(1_000));
     gpu.stop(None);
 }
+
+async fn attest(
+    gpu: &ActorRef<GpuMsg>,
+    shard: ShardRef,
+    info: &ShardInfo,
+) -> Result<crate::attestation::Attestation, VramError> {
+    let info = Box::new(info.clone());
+    let draft = Box::new(crate::messages::gpu::AttestDraft {
+        nonce: b"challenger-nonce-0123".to_vec(),
+        verified_mode: VerifyMode::Full,
+        verified_at_unix_nanos: 1,
+        audit_head: crate::types::AuditHead::new(0, &[0; 32]),
+    });
+    call(gpu, |reply| GpuMsg::Attest {
+        shard,
+        info,
+        draft,
+        reply,
+    })
+    .await
+}
+
+/// The signing step re-checks residency in the device actor: a quarantine that lands after the
+/// caller's verification passed (a scrub, another caller's verify) is caught there, and nothing
+/// is signed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attest_signs_only_a_resident_unquarantined_shard() {
+    let gpu = spawn_gpu(1 << 20).await;
+    let info = seal(&gpu, "a", 40_000, 1).await.unwrap();
+    verify(&gpu, shard("a", 1), &info, VerifyMode::Full)
+        .await
+        .unwrap();
+    let att = attest(&gpu, shard("a", 1), &info).await.unwrap();
+    assert_eq!(att.backend, "simulated");
+    assert_eq!(att.device_id, "simulated device 0");
+    crate::attestation::verify_attestation(&att, &token(), b"challenger-nonce-0123").unwrap();
+    // A stale handle or another record: refused.
+    assert!(matches!(
+        attest(&gpu, shard("a", 2), &info).await,
+        Err(VramError::UnknownShard(_))
+    ));
+    let mut other = info.clone();
+    other.vram_bytes += 1;
+    assert!(attest(&gpu, shard("a", 1), &other).await.is_err());
+
+    // The caller's verification passed above; now a quarantine lands before the signature.
+    let flip = Fault::FlipBits {
+        shard_id: "a".into(),
+        offset: 10,
+        mask: 1,
+    };
+    call(&gpu, |reply| GpuMsg::InjectFault { fault: flip, reply })
+        .await
+        .unwrap();
+    assert!(
+        verify(&gpu, shard("a", 1), &info, VerifyMode::Full)
+            .await
+            .is_err()
+    );
+    assert!(matches!(
+        attest(&gpu, shard("a", 1), &info).await,
+        Err(VramError::SealVerificationFailed { .. } | VramError::DeviceStopped { .. })
+    ));
+}

@@ -90,6 +90,11 @@ impl MemoryChain {
         self.chain.next_seq
     }
 
+    /// The last record appended: its seq and MAC.
+    pub fn head(&self) -> crate::types::AuditHead {
+        crate::types::AuditHead::new(self.chain.last_seq(), &self.chain.prev_mac)
+    }
+
     /// Records kept so far.
     pub fn records_written(&self) -> u64 {
         self.chain.last_seq()

@@ -4,10 +4,12 @@
 //! * [`AuditLogWriter::open`] creates the file (mode `0o600` on Unix) or, if it exists, walks its
 //!   whole chain with the key first. A log that does not verify is refused — we never append to a
 //!   log we cannot vouch for — except for a *torn tail* (an incomplete final line left by a crash),
-//!   which is cut off and reported in [`OpenReport::torn_tail_bytes`]. No complete record is ever
-//!   removed or rewritten. The caller then records
-//!   `AuditLogOpened { resumed_from_seq, torn_tail_bytes }` as the first new record
-//!   ([`OpenReport::opened_event`]).
+//!   which is cut off and reported in [`OpenReport::torn_tail_bytes`] with the SHA-256 of the
+//!   bytes cut ([`OpenReport::torn_tail_sha256`]). No complete record is ever removed or
+//!   rewritten. The caller then records
+//!   `AuditLogOpened { resumed_from_seq, torn_tail_bytes, torn_tail_sha256 }` as the first new
+//!   record ([`OpenReport::opened_event`]), so what was cut stays on record: an edit dressed up
+//!   as a crash is evident from it, and a head kept elsewhere catches it.
 //! * [`AuditLogWriter::append_batch`] encodes a batch and writes it with one `write_all`. If the
 //!   write fails, the file is truncated back to its length before the batch and the chain state is
 //!   left as it was, so a failed batch leaves no partial line; if even that truncation fails the
@@ -26,7 +28,7 @@
 
 use std::fmt;
 use std::fs::{File, OpenOptions};
-use std::io::{self, BufReader, Write};
+use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use crate::audit::events::AuditEvent;
@@ -51,6 +53,8 @@ pub struct OpenReport {
     pub resumed_from_seq: u64,
     /// Bytes of an incomplete final line that were cut before resuming, if there was one.
     pub torn_tail_bytes: Option<u64>,
+    /// SHA-256 of those bytes.
+    pub torn_tail_sha256: Option<[u8; 32]>,
 }
 
 impl OpenReport {
@@ -59,6 +63,7 @@ impl OpenReport {
         AuditEvent::AuditLogOpened {
             resumed_from_seq: self.resumed_from_seq,
             torn_tail_bytes: self.torn_tail_bytes,
+            torn_tail_sha256: self.torn_tail_sha256.map(hex::encode),
         }
     }
 }
@@ -135,10 +140,13 @@ impl AuditLogWriter {
         let scanned = scan(BufReader::new(&file), &key).map_err(io_err("read"))?;
         let mut len = scanned.verified_len;
         let mut torn_tail_bytes = None;
+        let mut torn_tail_sha256 = None;
         match scanned.report.first_problem {
             None => {}
             Some(problem) => match problem.kind {
                 ProblemKind::TornTail { bytes } => {
+                    torn_tail_sha256 =
+                        Some(hash_from(&mut file, len).map_err(io_err("read torn tail"))?);
                     file.set_len(len).map_err(io_err("truncate torn tail"))?;
                     file.sync_data().map_err(io_err("sync"))?;
                     torn_tail_bytes = Some(bytes);
@@ -163,6 +171,7 @@ impl AuditLogWriter {
         let report = OpenReport {
             resumed_from_seq: scanned.chain.last_seq(),
             torn_tail_bytes,
+            torn_tail_sha256,
         };
         let writer = Self {
             file: Box::new(file),
@@ -239,6 +248,11 @@ impl AuditLogWriter {
         self.chain.last_seq()
     }
 
+    /// The last record written: its seq and MAC (durable once [`sync`](Self::sync) returned).
+    pub fn head(&self) -> crate::types::AuditHead {
+        crate::types::AuditHead::new(self.chain.last_seq(), &self.chain.prev_mac)
+    }
+
     /// Records appended by this writer since it was opened.
     pub fn records_written(&self) -> u64 {
         self.records_written
@@ -263,6 +277,22 @@ impl AuditLogWriter {
             None => Ok(()),
         }
     }
+}
+
+/// SHA-256 of the file's bytes from `offset` to its end (a torn tail: at most one line).
+fn hash_from(file: &mut File, offset: u64) -> io::Result<[u8; 32]> {
+    use sha2::Digest;
+    file.seek(SeekFrom::Start(offset))?;
+    let mut hasher = sha2::Sha256::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(buf.get(..n).unwrap_or_default());
+    }
+    Ok(hasher.finalize().into())
 }
 
 /// Makes a newly created file's directory entry durable.

@@ -16,7 +16,21 @@ fn resumed(seq: u64, torn_tail_bytes: Option<u64>) -> OpenReport {
     OpenReport {
         resumed_from_seq: seq,
         torn_tail_bytes,
+        torn_tail_sha256: None,
     }
+}
+
+/// `report` without the torn tail's hash (checked separately where the bytes are known).
+fn unhashed(report: OpenReport) -> OpenReport {
+    OpenReport {
+        torn_tail_sha256: None,
+        ..report
+    }
+}
+
+fn sha256(bytes: &[u8]) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes).into()
 }
 
 #[test]
@@ -142,7 +156,8 @@ fn reopen_cuts_a_torn_tail_only() {
     std::fs::write(&path, &bytes).unwrap();
 
     let (mut w, report) = AuditLogWriter::open(&path, key(), "worker-1").unwrap();
-    assert_eq!(report, resumed(10, Some(torn.len() as u64)));
+    assert_eq!(unhashed(report), resumed(10, Some(torn.len() as u64)));
+    assert_eq!(report.torn_tail_sha256, Some(sha256(torn)));
     // Exactly the torn bytes were cut: every complete record is still there, byte for byte.
     assert_eq!(std::fs::read(&path).unwrap(), full);
     w.append_batch(&[rec(&report.opened_event())]).unwrap();
@@ -154,8 +169,9 @@ fn reopen_cuts_a_torn_tail_only() {
     assert_eq!(
         opened.event_json,
         format!(
-            r#"{{"type":"AuditLogOpened","resumed_from_seq":10,"torn_tail_bytes":{}}}"#,
-            torn.len()
+            r#"{{"type":"AuditLogOpened","resumed_from_seq":10,"torn_tail_bytes":{},"torn_tail_sha256":"{}"}}"#,
+            torn.len(),
+            hex::encode(sha256(torn))
         )
     );
 }
@@ -165,7 +181,8 @@ fn reopen_of_a_torn_only_file() {
     let (_dir, path) = temp_log();
     std::fs::write(&path, b"{\"seq\":1,\"ts").unwrap();
     let (mut w, report) = AuditLogWriter::open(&path, key(), "w").unwrap();
-    assert_eq!(report, resumed(0, Some(12)));
+    assert_eq!(unhashed(report), resumed(0, Some(12)));
+    assert_eq!(report.torn_tail_sha256, Some(sha256(b"{\"seq\":1,\"ts")));
     w.append_batch(&[rec(&report.opened_event())]).unwrap();
     drop(w);
     verify_intact(&path);
@@ -333,7 +350,8 @@ fn failed_rollback_poisons_until_reopened() {
         }
     );
     let (mut w, report) = AuditLogWriter::open(&path, key(), "worker-1").unwrap();
-    assert_eq!(report, resumed(10, Some(40)));
+    assert_eq!(unhashed(report), resumed(10, Some(40)));
+    assert!(report.torn_tail_sha256.is_some());
     w.append_batch(&[rec(&report.opened_event())]).unwrap();
     drop(w);
     verify_intact(&path);
