@@ -18,7 +18,7 @@ use tokio::sync::mpsc;
 use crate::error::VramError;
 use crate::gpu::{BackendError, DeviceReader};
 use crate::messages::gpu::LeafCheck;
-use crate::seal::merkle::{Hash, MerkleTree, leaf_hashes_sequential};
+use crate::seal::merkle::{Hash, MerkleTree, leaf_hashes_parallel};
 use crate::types::ProgressFn;
 
 /// `k` distinct chunk indices out of `n`, from the thread's CSPRNG (ChaCha, OS-seeded).
@@ -86,16 +86,6 @@ pub(crate) struct Staged {
 }
 
 impl Staged {
-    /// Another handle on the same piece; the buffer is recycled (or freed) when the last
-    /// handle is dropped.
-    fn share(&self) -> Self {
-        Self {
-            buf: self.buf.clone(),
-            range: self.range.clone(),
-            recycle: self.recycle.clone(),
-        }
-    }
-
     pub(crate) fn bytes(&self) -> &[u8] {
         self.buf
             .as_ref()
@@ -132,97 +122,12 @@ fn free_elsewhere(bytes: Vec<u8>) {
     }
 }
 
-/// Leaf-hashing jobs a seal keeps on the rayon pool at once (see [`SealHasher`]).
-const LANE_DEPTH: usize = 1;
-
-/// The seal's two hashes of one source, piece by piece. The plain SHA-256 is sequential and the
-/// critical path, so it runs on the calling (blocking) thread without a break; each piece's
-/// Merkle leaves go to a lane on the rayon pool — at most [`LANE_DEPTH`] pieces at a time, so
-/// the seal keeps two cores busy (digest here, leaves and the upload copies there) rather than
-/// three runnable threads fighting over two cores. When the lane is still busy as the next
-/// piece arrives, this thread hashes that piece's leaves itself after its digest, so neither
-/// side waits for the other.
-struct SealHasher {
-    sha: Sha256,
-    chunk: usize,
-    /// Each piece's leaves, in order: ready, or still being hashed in the lane.
-    pieces: std::collections::VecDeque<PieceLeaves>,
-    leaves: Vec<Hash>,
-}
-
-enum PieceLeaves {
-    Ready(Vec<Hash>),
-    InLane(std::sync::mpsc::Receiver<Vec<Hash>>),
-}
-
-impl SealHasher {
-    fn new(chunk: usize) -> Self {
-        Self {
-            sha: Sha256::new(),
-            chunk,
-            pieces: std::collections::VecDeque::new(),
-            leaves: Vec::new(),
-        }
-    }
-
-    /// Moves finished pieces (in order) from the queue to the leaf list; returns how many are
-    /// still in the lane.
-    fn collect(&mut self) -> usize {
-        while let Some(front) = self.pieces.front() {
-            let done = match front {
-                PieceLeaves::Ready(_) => true,
-                PieceLeaves::InLane(rx) => match rx.try_recv() {
-                    Ok(v) => {
-                        self.leaves.extend(v);
-                        self.pieces.pop_front();
-                        continue;
-                    }
-                    Err(_) => false,
-                },
-            };
-            if !done {
-                break;
-            }
-            if let Some(PieceLeaves::Ready(v)) = self.pieces.pop_front() {
-                self.leaves.extend(v);
-            }
-        }
-        self.pieces
-            .iter()
-            .filter(|p| matches!(p, PieceLeaves::InLane(_)))
-            .count()
-    }
-
-    /// Hashes one piece (whole chunks, except perhaps the source's last).
-    fn piece(&mut self, piece: &Staged) {
-        if self.collect() < LANE_DEPTH {
-            let (tx, rx) = std::sync::mpsc::sync_channel(1);
-            let (shared, chunk) = (piece.share(), self.chunk);
-            rayon::spawn(move || {
-                let _ = tx.send(leaf_hashes_sequential(shared.bytes(), chunk));
-            });
-            self.pieces.push_back(PieceLeaves::InLane(rx));
-            self.sha.update(piece.bytes());
-        } else {
-            self.sha.update(piece.bytes());
-            let leaves = leaf_hashes_sequential(piece.bytes(), self.chunk);
-            self.pieces.push_back(PieceLeaves::Ready(leaves));
-        }
-    }
-
-    /// The digest and every leaf, in order, once the lane has finished.
-    fn finish(mut self) -> Result<(Hash, Vec<Hash>), VramError> {
-        for piece in std::mem::take(&mut self.pieces) {
-            match piece {
-                PieceLeaves::Ready(v) => self.leaves.extend(v),
-                PieceLeaves::InLane(rx) => self.leaves.extend(
-                    rx.recv()
-                        .map_err(|_| VramError::Internal("a leaf-hashing job failed".into()))?,
-                ),
-            }
-        }
-        Ok((self.sha.finalize().into(), self.leaves))
-    }
+/// Hashes one staging piece: the plain SHA-256 stream on one worker while the piece's Merkle
+/// leaves are spread over the other workers of the rayon pool.
+fn hash_piece(sha: &mut Sha256, leaves: &mut Vec<Hash>, piece: &[u8], chunk: usize) {
+    let (_, piece_leaves) =
+        rayon::join(|| sha.update(piece), || leaf_hashes_parallel(piece, chunk));
+    leaves.extend(piece_leaves);
 }
 
 /// In-memory bytes: hash piece by piece and hand each piece (no copy) to the uploader.
@@ -235,30 +140,34 @@ pub(crate) fn hash_in_memory(
 ) -> Result<(Hash, Vec<Hash>), VramError> {
     let total = bytes.len();
     let buf = Arc::new(bytes);
-    let mut hasher = SealHasher::new(chunk);
+    let mut sha = Sha256::new();
+    let mut leaves = Vec::new();
     let mut start = 0usize;
     while start < total {
         let end = start.saturating_add(staging).min(total);
         // Hand the piece to the uploader first, so its upload overlaps its hashing.
-        let piece = Staged {
+        tx.blocking_send(Staged {
             buf: Some(Arc::clone(&buf)),
             range: start..end,
             recycle: None,
-        };
-        tx.blocking_send(piece.share())
-            .map_err(|_| VramError::ShuttingDown)?;
-        hasher.piece(&piece);
+        })
+        .map_err(|_| VramError::ShuttingDown)?;
+        hash_piece(
+            &mut sha,
+            &mut leaves,
+            buf.get(start..end).unwrap_or_default(),
+            chunk,
+        );
         if let Some(p) = progress {
             p(end as u64, total as u64);
         }
         start = end;
     }
-    let hashed = hasher.finish();
     // If the uploader already dropped its pieces, this is the last reference.
     if let Ok(bytes) = Arc::try_unwrap(buf) {
         free_elsewhere(bytes);
     }
-    hashed
+    Ok((sha.finalize().into(), leaves))
 }
 
 /// A stream (file or any `Read`): read a staging buffer, hash it, hand it to the uploader. At
@@ -272,7 +181,8 @@ pub(crate) fn hash_stream(
     tx: &mpsc::Sender<Staged>,
     progress: Option<&ProgressFn>,
 ) -> Result<(Hash, Vec<Hash>), VramError> {
-    let mut hasher = SealHasher::new(chunk);
+    let mut sha = Sha256::new();
+    let mut leaves = Vec::new();
     let mut done = 0u64;
     let (recycle_tx, recycle_rx) = std::sync::mpsc::channel::<Vec<u8>>();
     loop {
@@ -305,17 +215,16 @@ pub(crate) fn hash_stream(
             ));
         }
         // Hand the piece to the uploader first, so its upload overlaps its hashing.
-        let piece = Staged {
-            buf: Some(Arc::new(buf)),
+        let buf = Arc::new(buf);
+        tx.blocking_send(Staged {
+            buf: Some(Arc::clone(&buf)),
             range: 0..filled,
             recycle: Some(recycle_tx.clone()),
-        };
-        tx.blocking_send(piece.share())
-            .map_err(|_| VramError::ShuttingDown)?;
-        hasher.piece(&piece);
-        // Give our handle up now; whoever drops the last one (the uploader or the leaf lane)
-        // sends the buffer back for the next read.
-        drop(piece);
+        })
+        .map_err(|_| VramError::ShuttingDown)?;
+        hash_piece(&mut sha, &mut leaves, &buf, chunk);
+        // Give our reference up now, so the uploader's drop can recycle the buffer.
+        drop(buf);
         if let Some(p) = progress {
             p(done, expected_len);
         }
@@ -323,5 +232,5 @@ pub(crate) fn hash_stream(
             break;
         }
     }
-    hasher.finish()
+    Ok((sha.finalize().into(), leaves))
 }
