@@ -11,7 +11,7 @@
     clippy::arithmetic_side_effects
 )] // test code: a failing step should fail loudly
 
-use hmac::{Hmac, Mac};
+use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 use vram_residency::attestation::{StatementFields, statement};
 use vram_residency::{Attestation, WorkerToken, verify_attestation};

@@ -37,7 +37,7 @@ fn case_info(case: &Value) -> ShardInfo {
 /// (and those bytes are what HKDF over the published token gives).
 #[test]
 fn derived_keys_match() {
-    use hmac::Mac;
+    use hmac::{KeyInit, Mac};
     let v = vectors();
     let t = token(&v);
     let token_bytes = v["worker_token"].as_str().unwrap().as_bytes();

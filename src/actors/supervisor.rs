@@ -168,21 +168,20 @@ impl SupervisorState {
                 u32::try_from(i).unwrap_or(u32::MAX),
                 Err(StopCause::ShuttingDown),
             );
-            if let Some(g) = gpu.take() {
-                if g.drain_and_wait(timeout).await.is_err() {
-                    // A device that cannot finish its queue in time is killed, so that nothing it
-                    // emits can arrive after the audit log is closed. Its memory goes with its
-                    // context; the missing per-shard records are explained by this one.
-                    crate::actors::emit_audit(
-                        &self.audit,
-                        AuditEvent::DeviceStopped {
-                            gpu_device: u32::try_from(i).unwrap_or(u32::MAX),
-                            reason: "did not drain within the call timeout at shutdown; killed"
-                                .into(),
-                        },
-                    );
-                    let _ = g.kill_and_wait(timeout).await;
-                }
+            if let Some(g) = gpu.take()
+                && g.drain_and_wait(timeout).await.is_err()
+            {
+                // A device that cannot finish its queue in time is killed, so that nothing it
+                // emits can arrive after the audit log is closed. Its memory goes with its
+                // context; the missing per-shard records are explained by this one.
+                crate::actors::emit_audit(
+                    &self.audit,
+                    AuditEvent::DeviceStopped {
+                        gpu_device: u32::try_from(i).unwrap_or(u32::MAX),
+                        reason: "did not drain within the call timeout at shutdown; killed".into(),
+                    },
+                );
+                let _ = g.kill_and_wait(timeout).await;
             }
         }
         let _ = self.seal_keeper.drain_and_wait(timeout).await;
@@ -401,11 +400,11 @@ mod tests {
                 .await;
             let mut replaced = None;
             for _ in 0..200 {
-                if let Ok(g) = dir.gpu(0) {
-                    if g.get_id() != gpu0.get_id() {
-                        replaced = Some(g);
-                        break;
-                    }
+                if let Ok(g) = dir.gpu(0)
+                    && g.get_id() != gpu0.get_id()
+                {
+                    replaced = Some(g);
+                    break;
                 }
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }

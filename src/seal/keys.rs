@@ -11,12 +11,14 @@
 //!
 //! None of these types implements `Debug`, `Display`, `Clone` or `Serialize`, and all of them
 //! zeroize their bytes on drop. The raw key bytes never leave this module except to the
-//! crate's own unit tests (`cfg(test)`): callers get a keyed HMAC instance instead. What is
-//! not wiped: the HMAC instances handed out hold the key's padded blocks in `hmac`'s own state,
-//! which this version of `hmac` does not zeroize on drop.
+//! crate's own unit tests (`cfg(test)`): callers get a keyed HMAC instance instead. With the
+//! `zeroize` features of `sha2` and `hmac`, the hash states inside those HMAC instances (which
+//! hold the key's padded blocks) are wiped on drop too. What is not wiped: copies the compiler
+//! makes on the stack or in registers while hashing, and a token that reached the process as an
+//! ordinary `String` before it was wrapped (an environment variable, for example).
 
 use hkdf::Hkdf;
-use hmac::{Hmac, Mac};
+use hmac::{Hmac, KeyInit};
 use sha2::Sha256;
 use zeroize::Zeroizing;
 
@@ -125,9 +127,9 @@ impl<P: KeyPurpose> DerivedKey<P> {
     pub fn mac(&self) -> HmacSha256 {
         // HMAC accepts keys of any length, so this never takes the error branch; the fallback
         // keeps library code free of `expect`.
-        match <HmacSha256 as Mac>::new_from_slice(&*self.bytes) {
+        match <HmacSha256 as KeyInit>::new_from_slice(&*self.bytes) {
             Ok(m) => m,
-            Err(_) => <HmacSha256 as hmac::digest::KeyInit>::new(&Default::default()),
+            Err(_) => <HmacSha256 as KeyInit>::new(&Default::default()),
         }
     }
 

@@ -115,20 +115,20 @@ impl GpuState {
     ) -> Result<ShardInfo, VramError> {
         let device = self.device();
         let digest_hex = hex::encode(digest);
-        if let Some(expected) = &meta.expected_sha256 {
-            if *expected != digest_hex {
-                self.audit(AuditEvent::SealRejected {
-                    shard_id: meta.shard_id.clone(),
-                    gpu_device: device,
-                    reason: "the bytes do not match the expected SHA-256".into(),
-                    expected_digest: expected.clone(),
-                    actual_digest: digest_hex.clone(),
-                });
-                return Err(VramError::DigestMismatch {
-                    expected: expected.clone(),
-                    actual: digest_hex,
-                });
-            }
+        if let Some(expected) = &meta.expected_sha256
+            && *expected != digest_hex
+        {
+            self.audit(AuditEvent::SealRejected {
+                shard_id: meta.shard_id.clone(),
+                gpu_device: device,
+                reason: "the bytes do not match the expected SHA-256".into(),
+                expected_digest: expected.clone(),
+                actual_digest: digest_hex.clone(),
+            });
+            return Err(VramError::DigestMismatch {
+                expected: expected.clone(),
+                actual: digest_hex,
+            });
         }
         let (shard_index, total_shards) = meta.tensor_parallel.unzip();
         let mut info = ShardInfo {

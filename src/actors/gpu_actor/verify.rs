@@ -274,10 +274,11 @@ impl GpuState {
             }),
         }
         // A release that waited for this verification can go ahead now.
-        if let Ok(entry) = self.table.get_mut(&shard) {
-            if entry.in_flight == 0 && !entry.pending_release.is_empty() {
-                let _ = self.release_now(&shard.shard_id);
-            }
+        if let Ok(entry) = self.table.get_mut(&shard)
+            && entry.in_flight == 0
+            && !entry.pending_release.is_empty()
+        {
+            let _ = self.release_now(&shard.shard_id);
         }
         result
     }

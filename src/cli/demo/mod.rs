@@ -244,12 +244,12 @@ fn check_args(args: &DemoArgs) -> Result<(), CliError> {
     if args.size == 0 {
         return Err(CliError::usage("--size must be at least 1 byte"));
     }
-    if let Some(n) = args.devices {
-        if n < 2 {
-            return Err(CliError::usage(
-                "the demo needs at least 2 devices (one is stopped on purpose, the other keeps serving)",
-            ));
-        }
+    if let Some(n) = args.devices
+        && n < 2
+    {
+        return Err(CliError::usage(
+            "the demo needs at least 2 devices (one is stopped on purpose, the other keeps serving)",
+        ));
     }
     Ok(())
 }
