@@ -14,13 +14,7 @@
 //! Throughput is in events (elements) per second. After the groups, a manual best-of-3
 //! measurement prints events/s and the ratio chained / plain for both cases. Run:
 //! `cargo bench --bench audit` (about a minute).
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing,
-    clippy::arithmetic_side_effects
-)] // test code: a failing step should fail loudly
+#![allow(clippy::expect_used, clippy::arithmetic_side_effects)] // test code fails loudly
 
 use std::fs::File;
 use std::io::{BufWriter, Write};

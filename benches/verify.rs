@@ -11,13 +11,7 @@
 //! Criterion does not hand its estimates back to the program, so after the groups a short
 //! manual best-of-3 measurement in the same process prints the ratios the targets are stated
 //! in (throughput ÷ baseline throughput). Run: `cargo bench --bench verify` (about a minute).
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing,
-    clippy::arithmetic_side_effects
-)] // test code: a failing step should fail loudly
+#![allow(clippy::expect_used, clippy::arithmetic_side_effects)] // test code fails loudly
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};

@@ -1,12 +1,6 @@
 //! `audit verify --head`: a cut tail exits 3 against a head kept elsewhere, and without a head a
 //! log that does not end with `AuditLogClosed` exits 0 but is reported open.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing,
-    clippy::arithmetic_side_effects
-)] // test code: a failing step should fail loudly
+#![allow(clippy::unwrap_used)] // test code fails loudly
 
 use std::path::Path;
 

@@ -1,12 +1,6 @@
 //! The core capability through the public API: seal, verify, execute, release, fail-closed,
 //! capacity, validation, faults, supervision and shutdown — all on the simulated backend.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing,
-    clippy::arithmetic_side_effects
-)] // test code: a failing step should fail loudly
+#![allow(clippy::unwrap_used, clippy::indexing_slicing)] // test code fails loudly
 
 mod common;
 

@@ -19,14 +19,7 @@
 //!
 //! `src/lib.rs` (the public face, re-exporting from every layer) and the command line
 //! (`src/main.rs`, `src/cli/`, a separate crate that uses only the public API) stand outside.
-
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing,
-    clippy::arithmetic_side_effects
-)] // test code: a failing step should fail loudly
+#![allow(clippy::unwrap_used, clippy::arithmetic_side_effects)] // test code fails loudly
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -7,11 +7,9 @@
 //! (The command line's own parsers — sizes, hex — are tested in `src/cli/`.)
 #![allow(
     clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
     clippy::indexing_slicing,
     clippy::arithmetic_side_effects
-)] // test code: a failing step should fail loudly
+)] // test code fails loudly
 
 use std::collections::BTreeMap;
 

@@ -4,13 +4,7 @@
 //! weaker than required, from a simulated device, answered to a short nonce or tagged v1; a
 //! peer's forged `ShardInfo` is on record while the device keeps serving; and a token file
 //! swapped for a symlink is refused.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing,
-    clippy::arithmetic_side_effects
-)] // test code: a failing step should fail loudly
+#![allow(clippy::unwrap_used, clippy::indexing_slicing)] // test code fails loudly
 
 mod common;
 

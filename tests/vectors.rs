@@ -1,11 +1,5 @@
 //! The published `vram-seal-v1` / `vram-audit-v1` vectors, reproduced through the public API.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing,
-    clippy::arithmetic_side_effects
-)] // test code: a failing step should fail loudly
+#![allow(clippy::unwrap_used)] // test code fails loudly
 
 mod common;
 

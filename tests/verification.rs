@@ -1,13 +1,6 @@
 //! The verification engine: parallel leaves agree with the sequential definition, streaming
 //! sources seal like in-memory ones, the background scrub catches corruption on its own, and
 //! sampled verification reports its detection probability.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing,
-    clippy::arithmetic_side_effects
-)] // test code: a failing step should fail loudly
 
 mod common;
 
