@@ -200,7 +200,7 @@ impl VramResidency {
             .ok()
             .and_then(|i| self.inner.admission.get(i))
             .ok_or_else(|| VramError::Internal("no admission for a valid device".into()))?;
-        let _permit = admission.enter(device).await?;
+        let _permit = admission.enter().await?;
         self.ask_gpu_now(device, build).await
     }
 
@@ -681,16 +681,14 @@ impl Admission {
         }
     }
 
-    /// Waits for room on `device`; the permit is given back when dropped.
-    async fn enter(&self, device: u32) -> Result<tokio::sync::OwnedSemaphorePermit, VramError> {
+    /// Waits for room; the permit is given back when dropped.
+    async fn enter(&self) -> Result<tokio::sync::OwnedSemaphorePermit, VramError> {
         self.waiting.fetch_add(1, Ordering::Relaxed);
         let _still_waiting = DecrementOnDrop(&self.waiting);
         let permit = Arc::clone(&self.permits)
             .acquire_owned()
             .await
             .map_err(|_| VramError::ShuttingDown)?;
-        metrics::gauge!("vram_device_requests_in_flight", "gpu_device" => device.to_string())
-            .set(self.load().in_flight as f64);
         Ok(permit)
     }
 
