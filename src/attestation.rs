@@ -83,11 +83,13 @@ pub struct StatementFields<'a> {
     pub audit_head: &'a AuditHead,
 }
 
-/// The device identity an attestation names: the GPU's UUID on CUDA (this build has no CUDA
-/// backend; one must report its UUID as the device name), the device name (which includes the
-/// index) on a simulated device.
+/// The device identity an attestation names: the GPU's UUID on CUDA, the device name (which
+/// includes the index) on a simulated device.
 pub fn device_id(identity: &DeviceIdentity) -> String {
-    identity.name.clone()
+    identity
+        .uuid
+        .clone()
+        .unwrap_or_else(|| identity.name.clone())
 }
 
 /// Checks a nonce's length (`16..=1024` bytes).

@@ -64,6 +64,8 @@ pub struct Config {
     pub(crate) audit_buffer_limit: usize,
     pub(crate) audit_memory_lines: usize,
     pub(crate) staging_bytes: usize,
+    pub(crate) allow_integrated_gpu: bool,
+    pub(crate) cuda_fault_injection: bool,
     pub(crate) device_queue_limit: usize,
     pub(crate) scrub_interval: Option<Duration>,
     pub(crate) scrub_bytes_per_sec: Option<u64>,
@@ -111,6 +113,8 @@ impl Config {
             audit_buffer_limit: 65_536,
             audit_memory_lines: crate::audit::writer::DEFAULT_MEMORY_LINES,
             staging_bytes: 8 << 20,
+            allow_integrated_gpu: false,
+            cuda_fault_injection: false,
             device_queue_limit: 64,
             scrub_interval: None,
             scrub_bytes_per_sec: None,
@@ -140,20 +144,48 @@ impl Config {
         c
     }
 
-    /// The best backend this build has. This build has no CUDA backend yet, so it always
-    /// chooses simulated devices (2 × 1 GiB); [`Config::backend_description`] says so. Once the
-    /// CUDA backend lands, `auto` will pick it when a driver and a device are present.
+    /// CUDA when a driver library and at least one device are present, else 2 simulated
+    /// devices of 1 GiB. The probe asks the loader for the driver library before any other CUDA
+    /// call (cudarc panics without it), so this never panics; the fallback is logged once, with
+    /// the reason, and [`Config::backend_description`] says which was chosen and why.
     pub fn auto() -> Self {
-        let mut c = Self::simulated(2, 1 << 30);
-        c.backend_reason =
-            "no CUDA backend in this build (the cudarc backend is not implemented yet); using 2 simulated devices of 1 GiB".into();
-        c
+        match crate::gpu::cuda::probe() {
+            Ok(found) => Self::with_backend(
+                BackendChoice::Cuda,
+                format!(
+                    "auto: {} CUDA device(s): {}",
+                    found.device_count,
+                    found.names.join(", ")
+                ),
+            ),
+            Err(why) => {
+                let mut c = Self::simulated(2, 1 << 30);
+                c.backend_reason = format!("auto: {why}; using 2 simulated devices of 1 GiB");
+                tracing::info!("no CUDA: {why}; using 2 simulated devices of 1 GiB");
+                c
+            }
+        }
     }
 
-    /// CUDA devices only; `start` fails with `VramError::Cuda` if none can be used (in this
-    /// build, always: it has no CUDA backend yet).
+    /// CUDA devices only (every device the driver shows); `start` fails with `VramError::Cuda`
+    /// when there is no driver library or no device.
     pub fn cuda() -> Self {
         Self::with_backend(BackendChoice::Cuda, "CUDA requested".into())
+    }
+
+    /// Accept integrated GPUs, whose "device memory" is host memory (default: refused at
+    /// start-up with `PolicyViolation`, VP-001). CUDA only.
+    pub fn allow_integrated_gpu(mut self, allow: bool) -> Self {
+        self.allow_integrated_gpu = allow;
+        self
+    }
+
+    /// Accept injected faults on CUDA devices (`FlipBits` as a device-side XOR,
+    /// `FailNextAlloc`), for tests and the demo. Off by default: a production worker refuses
+    /// them with `Unsupported`. Simulated devices always accept faults.
+    pub fn cuda_fault_injection(mut self, on: bool) -> Self {
+        self.cuda_fault_injection = on;
+        self
     }
 
     /// Which backend was chosen, and why.

@@ -78,6 +78,22 @@ pub enum VramError {
         actual: String,
     },
 
+    /// What landed in device memory is not what the host read from the source: re-hashed on the
+    /// device right after the upload, the leaves differ from the ones the host computed. The
+    /// seal was refused and the allocation freed (a bad copy is caught at the seal, not at the
+    /// first verification).
+    #[error(
+        "upload corrupted on device {device}: {bad_chunk_count} chunk(s) differ from the source, first at chunk {first_bad_chunk}; nothing was sealed"
+    )]
+    UploadCorrupted {
+        /// The device index.
+        device: u32,
+        /// The first chunk whose device leaf differs.
+        first_bad_chunk: u64,
+        /// How many chunks differ.
+        bad_chunk_count: u64,
+    },
+
     /// The shard in device memory no longer matches its seal, or the seal itself is not valid.
     /// The shard is quarantined and its device stopped (fail-closed).
     /// `first_bad_chunk` and `bad_chunks` name the chunks (index and byte range) found to
@@ -230,7 +246,9 @@ impl VramError {
     pub fn is_integrity_failure(&self) -> bool {
         matches!(
             self,
-            Self::SealVerificationFailed { .. } | Self::DigestMismatch { .. }
+            Self::SealVerificationFailed { .. }
+                | Self::DigestMismatch { .. }
+                | Self::UploadCorrupted { .. }
         )
     }
 

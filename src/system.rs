@@ -73,6 +73,37 @@ impl std::fmt::Debug for VramResidency {
     }
 }
 
+/// The CUDA backend factory: probes the driver (a clear `Cuda` error when there is no library or
+/// no device) and checks the integrated-GPU policy before any actor starts; each device actor
+/// then opens its own device with it.
+fn cuda_backend(config: &Config) -> Result<(u32, BackendFactory), VramError> {
+    let found = crate::gpu::cuda::probe()
+        .map_err(|why| VramError::Cuda(format!("CUDA was requested but cannot be used: {why}")))?;
+    if !config.allow_integrated_gpu {
+        for index in 0..found.device_count {
+            if crate::gpu::cuda::probe::is_integrated(index)? {
+                return Err(VramError::PolicyViolation(format!(
+                    "VP-001: CUDA device {index} is an integrated GPU (its memory is host memory); \
+                     refused unless Config::allow_integrated_gpu(true)"
+                )));
+            }
+        }
+    }
+    let options = crate::gpu::cuda::CudaOptions {
+        allow_integrated: config.allow_integrated_gpu,
+        fault_injection: config.cuda_fault_injection,
+        staging_bytes: config.staging_bytes,
+    };
+    Ok((
+        found.device_count,
+        Arc::new(move |i| {
+            crate::gpu::cuda::CudaDevice::open(i, options.clone())
+                .map(|d| Box::new(d) as Box<dyn DeviceBackend>)
+                .map_err(|e| format!("CUDA device {i}: {e}"))
+        }),
+    ))
+}
+
 impl VramResidency {
     /// Starts the actors: audit log (opened, or verified and continued), seal keeper, and one
     /// device actor per device. Fails with `InvalidInput` for a bad configuration, and
@@ -83,16 +114,15 @@ impl VramResidency {
         let (device_count, factory): (u32, BackendFactory) = match config.backend.clone() {
             BackendChoice::Simulated { count, capacity } => (
                 count,
-                Box::new(move |i| {
+                Arc::new(move |i| {
                     Ok(Box::new(SimDevice::new(i, capacity)) as Box<dyn DeviceBackend>)
                 }),
             ),
-            BackendChoice::Cuda => {
-                return Err(VramError::Cuda(
-                    "this build has no CUDA backend yet; use Config::simulated or Config::auto"
-                        .into(),
-                ));
-            }
+            BackendChoice::Cuda => cuda_backend(&config)?,
+        };
+        let backend_kind = match config.backend {
+            BackendChoice::Simulated { .. } => crate::gpu::BackendKind::Simulated,
+            BackendChoice::Cuda => crate::gpu::BackendKind::Cuda,
         };
         let (writer, directory) = directory::directory(device_count);
         let args = SupervisorArgs {
@@ -147,7 +177,7 @@ impl VramResidency {
                     .collect(),
                 shut_down: AtomicBool::new(false),
                 backend_description,
-                backend_kind: crate::gpu::BackendKind::Simulated,
+                backend_kind,
             }),
         })
     }

@@ -98,6 +98,9 @@ pub struct DeviceIdentity {
     pub index: u32,
     /// Human-readable name.
     pub name: String,
+    /// The device's UUID as the driver reports it (`GPU-xxxxxxxx-xxxx-…`, the form
+    /// `nvidia-smi -L` prints) on CUDA; `None` on a simulated device.
+    pub uuid: Option<String>,
     /// Backend kind.
     pub backend: BackendKind,
     /// Total device memory in bytes.

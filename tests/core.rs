@@ -1069,7 +1069,7 @@ async fn no_pointer_key_or_token_appears_in_any_output() {
     let (ptr, view_dbg) = system
         .execute(&shard, |v| {
             (
-                v.device_ptr().as_raw(),
+                *v.device_ptr().as_kernel_arg(),
                 format!("{v:?} {:?}", v.device_ptr()),
             )
         })

@@ -29,7 +29,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 use crate::actors::audit_actor::{AuditActor, AuditArgs};
 use crate::actors::directory::DirectoryWriter;
 pub use crate::actors::gpu_actor::DeviceSettings;
-use crate::actors::gpu_actor::{GpuActor, GpuArgs};
+use crate::actors::gpu_actor::{BackendSource, GpuActor, GpuArgs};
 use crate::actors::seal_keeper::SealKeeper;
 use crate::audit::events::AuditEvent;
 use crate::config::AuditSinkConfig;
@@ -61,8 +61,11 @@ impl Default for RestartBudget {
     }
 }
 
-/// Makes a fresh backend context for a device (at start and after a crash).
-pub type BackendFactory = Box<dyn Fn(u32) -> Result<Box<dyn DeviceBackend>, String> + Send + Sync>;
+/// Opens a device's backend (its context, streams and kernels on CUDA). Each `GpuActor` calls it
+/// when it starts — at start-up and when it replaces a crashed one — so the actor creates, and
+/// owns, its device's context.
+pub type BackendFactory =
+    std::sync::Arc<dyn Fn(u32) -> Result<Box<dyn DeviceBackend>, String> + Send + Sync>;
 
 /// The actor.
 pub struct Supervisor;
@@ -104,13 +107,12 @@ impl SupervisorState {
         myself: &ActorRef<SupervisorMsg>,
         device: u32,
     ) -> Result<ActorRef<GpuMsg>, ActorProcessingErr> {
-        let backend = (self.factory)(device)?;
         let (gpu, _) = Actor::spawn_linked(
             None,
             GpuActor,
             GpuArgs {
                 device,
-                backend,
+                backend: BackendSource::Open(std::sync::Arc::clone(&self.factory)),
                 settings: self.settings.clone(),
                 seal_keeper: self.seal_keeper.clone(),
                 audit: self.audit.clone(),
@@ -357,7 +359,7 @@ mod tests {
     fn args(writer: DirectoryWriter, devices: u32) -> SupervisorArgs {
         SupervisorArgs {
             device_count: devices,
-            factory: Box::new(|i| {
+            factory: std::sync::Arc::new(|i| {
                 Ok(Box::new(SimDevice::new(i, 1 << 20)) as Box<dyn DeviceBackend>)
             }),
             settings: DeviceSettings::for_tests(),

@@ -12,9 +12,10 @@
 //!   keeps serving) and to `execute` closures. The actor guarantees an allocation is not freed
 //!   while a reader of it is in use.
 //!
-//! Backends: [`sim`] (device memory simulated in host memory, with a fixed capacity and fault
-//! injection). The CUDA backend (cudarc, dynamically loaded) plugs in behind the same trait.
+//! Backends: [`cuda`] (real GPUs through the CUDA driver API, loaded at run time) and [`sim`]
+//! (device memory simulated in host memory, with a fixed capacity and fault injection).
 
+pub mod cuda;
 pub mod sim;
 mod view;
 
@@ -33,23 +34,65 @@ use crate::seal::merkle::{Hash, chunk_range, leaf_count, leaf_hash};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct AllocationId(pub(crate) u64);
 
-/// A device address. Handed to `execute` closures so they can launch work on the weights; its
-/// `Debug` never shows the value, and it has no `Display`.
+/// Where an allocation lives in the device's address space, as a backend reports it to its actor.
+/// Opaque outside the crate: it has no accessor and its `Debug` never shows the value. Callers
+/// reach an address only through [`DeviceView::device_ptr`], borrowed for one `execute` call.
 #[derive(Clone, Copy, PartialEq, Eq)]
-pub struct DevicePtr(u64);
+pub struct DeviceAddress(u64);
 
-impl DevicePtr {
+impl DeviceAddress {
     pub(crate) fn new(raw: u64) -> Self {
         Self(raw)
     }
 
-    /// The raw device address, for passing to a kernel launch. Never log it.
-    pub fn as_raw(&self) -> u64 {
+    pub(crate) fn raw(self) -> u64 {
         self.0
     }
 }
 
-impl fmt::Debug for DevicePtr {
+impl fmt::Debug for DeviceAddress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("DeviceAddress(<redacted>)")
+    }
+}
+
+/// The weights' device address, lent to an `execute` closure for the length of the call.
+///
+/// It borrows the [`DeviceView`] it came from, and is neither `Copy` nor `Clone`, so it cannot
+/// be returned from the closure or kept past it (the shard may be released or quarantined as
+/// soon as the closure returns):
+///
+/// ```compile_fail
+/// # async fn f(system: vram_residency::VramResidency, shard: vram_residency::SealedShard) {
+/// // Does not compile: the pointer borrows the view, which lives only for the call.
+/// let escaped = system.execute(&shard, |view| view.device_ptr()).await;
+/// # }
+/// ```
+///
+/// Kernel launches take the address by reference ([`DevicePtr::as_kernel_arg`], the shape
+/// cudarc's launch builder wants). Its `Debug` never shows the value and it has no `Display`.
+pub struct DevicePtr<'view> {
+    raw: u64,
+    _view: std::marker::PhantomData<&'view ()>,
+}
+
+impl<'view> DevicePtr<'view> {
+    pub(crate) fn new(address: DeviceAddress) -> Self {
+        Self {
+            raw: address.raw(),
+            _view: std::marker::PhantomData,
+        }
+    }
+
+    /// The raw device address, by reference, to push as a kernel argument (for example
+    /// `launch.arg(ptr.as_kernel_arg())` with cudarc). Never log it, and do not copy it out of
+    /// the closure: after the call the memory may be gone.
+    pub fn as_kernel_arg(&self) -> &u64 {
+        &self.raw
+    }
+}
+
+impl fmt::Debug for DevicePtr<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("DevicePtr(<redacted>)")
     }
@@ -97,6 +140,15 @@ pub enum BackendError {
     /// A worker thread doing device work for the actor failed.
     #[error("device worker failed: {0}")]
     Worker(String),
+    /// The VRAM-only policy (SPEC §6, VP-001..006) refused the memory: it is not dedicated
+    /// device memory (managed, host-mapped or on an integrated GPU). Nothing stays allocated.
+    #[error("{policy}: {violation}")]
+    Policy {
+        /// The rule broken (`VP-002`, …).
+        policy: &'static str,
+        /// What was found, in words (never an address).
+        violation: String,
+    },
 }
 
 impl BackendError {
@@ -116,6 +168,7 @@ impl BackendError {
             Self::Unsupported(m) => VramError::Unsupported(m),
             Self::Driver(m) => VramError::Cuda(m),
             Self::Worker(m) => VramError::Internal(m),
+            e @ Self::Policy { .. } => VramError::PolicyViolation(e.to_string()),
         }
     }
 }
@@ -166,7 +219,7 @@ pub trait DeviceBackend: Send + 'static {
     /// A shareable read-only view of a sealed allocation.
     fn reader(&self, id: AllocationId) -> Result<Arc<dyn DeviceReader>, BackendError>;
     /// The allocation's device address.
-    fn device_ptr(&self, id: AllocationId) -> Result<DevicePtr, BackendError>;
+    fn device_address(&self, id: AllocationId) -> Result<DeviceAddress, BackendError>;
     /// Frees the allocation, returning its size.
     fn free(&mut self, id: AllocationId) -> Result<u64, BackendError>;
     /// Injects a fault. Real hardware backends answer `Unsupported`.
@@ -205,25 +258,16 @@ pub trait DeviceReader: Send + Sync {
     fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), BackendError>;
 
     /// Merkle leaf hashes of the given chunks. The default copies each chunk back to the host and
-    /// hashes it, spread over the rayon pool; a backend that can hash in place (or on the device)
-    /// overrides it.
+    /// hashes it, spread over the rayon pool ([`host_leaf_hashes`]); a backend that can hash in
+    /// place (or on the device) overrides it.
     fn leaf_hashes(&self, chunk_size: u64, indices: &[u64]) -> Result<Vec<Hash>, BackendError> {
-        let len = self.len();
-        indices
-            .par_iter()
-            .map(|&i| {
-                let (off, n) = chunk_range(i, chunk_size, len).ok_or(BackendError::OutOfRange {
-                    offset: i.saturating_mul(chunk_size),
-                    len: chunk_size,
-                    size: len,
-                })?;
-                let n = usize::try_from(n)
-                    .map_err(|_| BackendError::Unsupported("chunk too large".into()))?;
-                let mut buf = vec![0u8; n];
-                self.read(off, &mut buf)?;
-                Ok(leaf_hash(&buf))
-            })
-            .collect()
+        host_leaf_hashes(self, chunk_size, indices)
+    }
+
+    /// Whether [`DeviceReader::leaf_hashes`] runs on the device itself (so a seal can re-hash
+    /// what landed there and compare it with what the host hashed from the source).
+    fn hashes_on_device(&self) -> bool {
+        false
     }
 
     /// Leaf hashes of every chunk, in order.
@@ -232,4 +276,29 @@ pub trait DeviceReader: Send + Sync {
         let indices: Vec<u64> = (0..n).collect();
         self.leaf_hashes(chunk_size, &indices)
     }
+}
+
+/// Leaf hashes computed on the host: each chunk is copied back with [`DeviceReader::read`] and
+/// hashed, spread over the rayon pool. The fallback of every backend that cannot hash in place.
+pub fn host_leaf_hashes<R: DeviceReader + ?Sized>(
+    reader: &R,
+    chunk_size: u64,
+    indices: &[u64],
+) -> Result<Vec<Hash>, BackendError> {
+    let len = reader.len();
+    indices
+        .par_iter()
+        .map(|&i| {
+            let (off, n) = chunk_range(i, chunk_size, len).ok_or(BackendError::OutOfRange {
+                offset: i.saturating_mul(chunk_size),
+                len: chunk_size,
+                size: len,
+            })?;
+            let n = usize::try_from(n)
+                .map_err(|_| BackendError::Unsupported("chunk too large".into()))?;
+            let mut buf = vec![0u8; n];
+            reader.read(off, &mut buf)?;
+            Ok(leaf_hash(&buf))
+        })
+        .collect()
 }

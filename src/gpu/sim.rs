@@ -21,8 +21,8 @@ use std::time::Duration;
 use rayon::prelude::*;
 
 use super::{
-    AllocationId, BackendError, BackendFault, BackendKind, DeviceBackend, DeviceIdentity,
-    DevicePtr, DeviceReader, DeviceUpload,
+    AllocationId, BackendError, BackendFault, BackendKind, DeviceAddress, DeviceBackend,
+    DeviceIdentity, DeviceReader, DeviceUpload,
 };
 use crate::seal::merkle::{Hash, chunk_range, leaf_hash};
 
@@ -78,6 +78,10 @@ pub struct SimDevice {
     /// device memory stays resident, so a new allocation does not pay host page faults that a
     /// real device never would. Cached plus live buffers never exceed `capacity`.
     cached: Vec<Vec<u8>>,
+    /// Freed sealed memory that a reader was still holding when it was freed. Like memory a
+    /// real device frees only once the work queued on it is done, it still counts against the
+    /// device's free memory until the last reader lets go; then it is reclaimed into the cache.
+    parked: Vec<Arc<Vec<u8>>>,
     fail_next_alloc: bool,
     faults: Arc<SharedFaults>,
 }
@@ -93,6 +97,7 @@ impl SimDevice {
             next_addr: SIM_ADDRESS_BASE,
             allocations: HashMap::new(),
             cached: Vec::new(),
+            parked: Vec::new(),
             fail_next_alloc: false,
             faults: Arc::new(SharedFaults::default()),
         }
@@ -119,6 +124,32 @@ impl SimDevice {
                 None
             }
         }
+    }
+
+    /// Bytes freed by the owner but still held by a reader.
+    fn parked_bytes(&self) -> u64 {
+        self.parked
+            .iter()
+            .filter(|b| Arc::strong_count(b) > 1)
+            .map(|b| b.len() as u64)
+            .fold(0u64, u64::saturating_add)
+    }
+
+    /// Moves parked memory whose readers are all gone into the cache.
+    fn reclaim_parked(&mut self) {
+        for bytes in std::mem::take(&mut self.parked) {
+            match Arc::try_unwrap(bytes) {
+                Ok(bytes) => self.cached.push(bytes),
+                Err(still_read) => self.parked.push(still_read),
+            }
+        }
+    }
+
+    /// Device memory not held by live allocations or by readers of freed ones.
+    fn unheld(&self) -> u64 {
+        self.capacity
+            .saturating_sub(self.used)
+            .saturating_sub(self.parked_bytes())
     }
 
     fn allocation(&self, id: AllocationId) -> Result<&SimAllocation, BackendError> {
@@ -153,6 +184,7 @@ impl DeviceBackend for SimDevice {
         DeviceIdentity {
             index: self.index,
             name: format!("simulated device {}", self.index),
+            uuid: None,
             backend: BackendKind::Simulated,
             total_bytes: self.capacity,
             integrated: false,
@@ -161,7 +193,7 @@ impl DeviceBackend for SimDevice {
 
     fn free_bytes(&self) -> Result<u64, BackendError> {
         self.live()?;
-        Ok(self.capacity.saturating_sub(self.used))
+        Ok(self.unheld())
     }
 
     fn allocate(&mut self, len: u64) -> Result<AllocationId, BackendError> {
@@ -171,7 +203,8 @@ impl DeviceBackend for SimDevice {
                 "injected allocation failure".into(),
             ));
         }
-        let available = self.capacity.saturating_sub(self.used);
+        self.reclaim_parked();
+        let available = self.unheld();
         if len > available {
             return Err(BackendError::OutOfMemory {
                 needed: len,
@@ -250,9 +283,9 @@ impl DeviceBackend for SimDevice {
         }
     }
 
-    fn device_ptr(&self, id: AllocationId) -> Result<DevicePtr, BackendError> {
+    fn device_address(&self, id: AllocationId) -> Result<DeviceAddress, BackendError> {
         self.live()?;
-        Ok(DevicePtr::new(self.allocation(id)?.addr))
+        Ok(DeviceAddress::new(self.allocation(id)?.addr))
     }
 
     fn free(&mut self, id: AllocationId) -> Result<u64, BackendError> {
@@ -263,15 +296,14 @@ impl DeviceBackend for SimDevice {
             .remove(&id)
             .ok_or(BackendError::UnknownAllocation)?;
         self.used = self.used.saturating_sub(a.len);
-        // Keep the memory for reuse unless a reader still holds it (then it is dropped when the
-        // reader finishes) or an uploader has it (dropped with the upload handle).
+        // Keep the memory for reuse; if a reader still holds it, park it (still counted as
+        // held) until the reader lets go. An uploader's memory is dropped with its handle.
         match a.memory {
             Memory::Fresh(bytes) => self.cached.push(bytes),
-            Memory::Sealed(bytes) => {
-                if let Ok(bytes) = Arc::try_unwrap(bytes) {
-                    self.cached.push(bytes);
-                }
-            }
+            Memory::Sealed(bytes) => match Arc::try_unwrap(bytes) {
+                Ok(bytes) => self.cached.push(bytes),
+                Err(still_read) => self.parked.push(still_read),
+            },
             Memory::Lent => {}
         }
         Ok(a.len)
@@ -499,13 +531,59 @@ mod tests {
         assert_eq!(d.used, 0);
     }
 
+    /// The reader/free contract: freeing memory a verification is still reading never pulls it
+    /// from under the reader; the memory stays held (and counted as held by the device) until
+    /// the reader lets go, as on a real device whose free waits for queued work.
+    #[test]
+    fn a_freed_allocation_stays_held_until_its_last_reader_lets_go() {
+        let mut d = SimDevice::new(0, 1 << 16);
+        let a = d.allocate(1 << 15).unwrap();
+        let data: Vec<u8> = (0..1u32 << 15).map(|i| (i % 251) as u8).collect();
+        upload(&mut d, a, &data);
+        let reader = d.reader(a).unwrap();
+        assert_eq!(d.free(a).unwrap(), 1 << 15);
+        // The owner's books are back, but the device still holds the reader's bytes.
+        assert_eq!(d.used, 0);
+        assert_eq!(d.free_bytes().unwrap(), 1 << 15);
+        assert!(matches!(
+            d.allocate(1 << 16),
+            Err(BackendError::OutOfMemory { .. })
+        ));
+        // The reader still sees exactly what was sealed.
+        let mut back = vec![0u8; 1 << 15];
+        reader.read(0, &mut back).unwrap();
+        assert_eq!(back, data);
+        drop(reader);
+        assert_eq!(d.free_bytes().unwrap(), 1 << 16);
+        let b = d.allocate(1 << 16).unwrap();
+        assert_eq!(d.free(b).unwrap(), 1 << 16);
+    }
+
+    /// A device dropped (its actor crashed or shut down) while a reader is hashing: the reader
+    /// keeps working on the bytes it was given.
+    #[test]
+    fn a_reader_outlives_the_device_that_handed_it_out() {
+        let mut d = SimDevice::new(0, 1 << 16);
+        let a = d.allocate(4096).unwrap();
+        upload(&mut d, a, &[7u8; 4096]);
+        let reader = d.reader(a).unwrap();
+        drop(d);
+        let mut back = [0u8; 4096];
+        reader.read(0, &mut back).unwrap();
+        assert_eq!(back, [7u8; 4096]);
+        assert_eq!(
+            reader.all_leaf_hashes(4096).unwrap(),
+            vec![crate::seal::merkle::leaf_hash(&[7u8; 4096])]
+        );
+    }
+
     #[test]
     fn pointers_are_not_printed() {
         let mut d = SimDevice::new(0, 1 << 20);
         let a = d.allocate(10).unwrap();
-        let p = d.device_ptr(a).unwrap();
+        let p = d.device_address(a).unwrap();
         let dbg = format!("{p:?}");
-        assert!(!dbg.contains(&format!("{:x}", p.as_raw())));
-        assert!(!dbg.contains(&p.as_raw().to_string()));
+        assert!(!dbg.contains(&format!("{:x}", p.raw())));
+        assert!(!dbg.contains(&p.raw().to_string()));
     }
 }

@@ -7,7 +7,7 @@
 use std::fmt;
 use std::sync::Arc;
 
-use super::{DevicePtr, DeviceReader};
+use super::{DeviceAddress, DevicePtr, DeviceReader};
 use crate::error::VramError;
 
 /// What an `execute` closure sees: the shard's device memory, verified just before the call.
@@ -15,7 +15,7 @@ pub struct DeviceView {
     pub(crate) gpu_device: u32,
     pub(crate) shard_id: String,
     pub(crate) len: u64,
-    pub(crate) ptr: DevicePtr,
+    pub(crate) address: DeviceAddress,
     pub(crate) reader: Arc<dyn DeviceReader>,
 }
 
@@ -40,11 +40,12 @@ impl DeviceView {
         &self.shard_id
     }
 
-    /// The weights' device address, for kernel launches. Never log it. It is valid only while
-    /// the closure runs: after it returns the shard may be released or quarantined, so do not
-    /// keep it.
-    pub fn device_ptr(&self) -> DevicePtr {
-        self.ptr
+    /// The weights' device address, for kernel launches. Never log it. It borrows this view,
+    /// so it cannot outlive the closure call: after it returns the shard may be released or
+    /// quarantined. Work launched on it must finish before the closure returns (synchronise
+    /// your stream); a release waits for the device to finish queued work before freeing.
+    pub fn device_ptr(&self) -> DevicePtr<'_> {
+        DevicePtr::new(self.address)
     }
 
     /// Copies `buf.len()` bytes at `offset` from device memory into `buf`.
@@ -61,7 +62,7 @@ impl fmt::Debug for DeviceView {
             .field("gpu_device", &self.gpu_device)
             .field("shard_id", &self.shard_id)
             .field("len", &self.len)
-            .field("ptr", &self.ptr)
+            .field("ptr", &self.address)
             .finish()
     }
 }

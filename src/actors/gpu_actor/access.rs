@@ -107,9 +107,9 @@ impl GpuState {
         }
         let allocation = entry.allocation;
         let len = entry.info.vram_bytes;
-        let ptr = self.args.backend.device_ptr(allocation);
-        let reader = self.args.backend.reader(allocation);
-        let (ptr, reader) = match (ptr, reader) {
+        let address = self.backend.device_address(allocation);
+        let reader = self.backend.reader(allocation);
+        let (address, reader) = match (address, reader) {
             (Ok(p), Ok(r)) => (p, r),
             (Err(e), _) | (_, Err(e)) => return Err(self.map(e)),
         };
@@ -117,7 +117,7 @@ impl GpuState {
             gpu_device: self.device(),
             shard_id: shard.shard_id.clone(),
             len,
-            ptr,
+            address,
             reader,
         };
         // The closure is the caller's code: a panic in it must not take the device down.

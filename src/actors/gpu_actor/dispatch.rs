@@ -23,15 +23,18 @@ impl Actor for GpuActor {
     async fn pre_start(
         &self,
         myself: ActorRef<GpuMsg>,
-        args: GpuArgs,
+        mut args: GpuArgs,
     ) -> Result<GpuState, ActorProcessingErr> {
-        let identity = args.backend.identity();
+        // The actor creates its device's backend (on CUDA: the context, streams, kernels).
+        let backend = args.backend.open(args.device).await?;
+        let identity = backend.identity();
         if let Some(interval) = args.settings.scrub_interval {
             myself.send_interval(interval, || GpuMsg::ScrubTick);
         }
         let stopped = args.stopped.clone();
         Ok(GpuState {
             args,
+            backend,
             identity,
             table: ShardTable::default(),
             stopped,

@@ -49,8 +49,7 @@ impl GpuState {
             }
         };
         let lose = matches!(backend_fault, BackendFault::LoseDevice);
-        self.args
-            .backend
+        self.backend
             .inject_fault(backend_fault)
             .map_err(|e| self.map(e))?;
         if lose {

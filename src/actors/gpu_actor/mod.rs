@@ -53,8 +53,9 @@ type VerifyReply = ractor::RpcReplyPort<Result<VerifyReport, VramError>>;
 pub struct GpuArgs {
     /// The device index.
     pub device: u32,
-    /// The device's backend; the actor owns it (and with it every allocation) from here on.
-    pub backend: Box<dyn DeviceBackend>,
+    /// Where the device's backend comes from; the actor owns it (and with it the device's
+    /// context and every allocation) from its start on.
+    pub backend: BackendSource,
     /// Settings shared by every device.
     pub settings: DeviceSettings,
     /// Signs seals.
@@ -67,6 +68,32 @@ pub struct GpuArgs {
     /// The fail-closed stop this actor starts with: a replacement for a crashed actor inherits
     /// the stop of the one it replaces.
     pub stopped: Option<String>,
+}
+
+/// How a `GpuActor` gets its backend.
+pub enum BackendSource {
+    /// The actor opens it when it starts (on a blocking thread: creating a CUDA context and
+    /// compiling kernels takes a while), so the context is created by the actor that owns it.
+    Open(crate::actors::supervisor::BackendFactory),
+    /// Already open (unit tests hand in a simulated device).
+    #[cfg(test)]
+    Ready(Box<dyn DeviceBackend>),
+    /// Moved into the actor's state (what `GpuArgs` keeps after the start).
+    Taken,
+}
+
+impl BackendSource {
+    /// Opens (or hands over) the backend for `device`, leaving `Taken` behind.
+    async fn open(&mut self, device: u32) -> Result<Box<dyn DeviceBackend>, String> {
+        match std::mem::replace(self, Self::Taken) {
+            #[cfg(test)]
+            Self::Ready(backend) => Ok(backend),
+            Self::Open(factory) => tokio::task::spawn_blocking(move || factory(device))
+                .await
+                .map_err(|e| format!("opening device {device} failed: {e}"))?,
+            Self::Taken => Err(format!("device {device}'s backend was already taken")),
+        }
+    }
 }
 
 /// Settings every device actor is started with (the same for all devices; the supervisor keeps
@@ -112,6 +139,8 @@ impl DeviceSettings {
 /// The actor's state.
 pub struct GpuState {
     args: GpuArgs,
+    /// The device's memory: every allocation, upload and free goes through it, here only.
+    backend: Box<dyn DeviceBackend>,
     identity: DeviceIdentity,
     table: ShardTable,
     stopped: Option<String>,
@@ -181,7 +210,7 @@ impl GpuState {
             .saturating_sub(self.args.settings.headroom_bytes);
         // A real device may have less free than our books say (other processes); trust the
         // smaller figure.
-        match self.args.backend.free_bytes() {
+        match self.backend.free_bytes() {
             Ok(free) => books.min(free.saturating_sub(self.args.settings.headroom_bytes)),
             Err(_) => books,
         }
@@ -218,7 +247,7 @@ impl GpuState {
         };
         // Free even when the device is lost: the memory is gone either way and the books must
         // come back to their starting value.
-        let _ = self.args.backend.free(entry.allocation);
+        let _ = self.backend.free(entry.allocation);
         let freed = entry.info.vram_bytes;
         self.audit(AuditEvent::VramDeallocated {
             shard_id: shard_id.to_string(),

@@ -84,9 +84,22 @@ impl GpuState {
                 available,
             });
         }
-        let allocation = match self.args.backend.allocate(len) {
+        let allocation = match self.backend.allocate(len) {
             Ok(a) => a,
             Err(e) => {
+                if let BackendError::Policy { policy, violation } = &e {
+                    self.audit(AuditEvent::PolicyViolation {
+                        policy: (*policy).to_string(),
+                        violation: violation.clone(),
+                        details: format!(
+                            "allocation for shard {} on device {device} refused",
+                            meta.shard_id
+                        ),
+                        severity: crate::audit::events::Severity::Critical,
+                        action_taken: "allocation freed; seal refused".into(),
+                        gpu_device: Some(device),
+                    });
+                }
                 let err = self.map(e);
                 self.audit(refused(err.to_string()));
                 return Err(err);
@@ -181,7 +194,7 @@ impl GpuState {
 
     /// Frees the allocation of a seal that did not complete, and audits it.
     fn abort_seal(&mut self, shard_id: &str, allocation: AllocationId, len: u64) {
-        let _ = self.args.backend.free(allocation);
+        let _ = self.backend.free(allocation);
         self.audit(AuditEvent::VramDeallocated {
             shard_id: shard_id.to_string(),
             freed_bytes: len,
@@ -210,7 +223,6 @@ impl GpuState {
             .max(1)
             .saturating_mul(chunk);
         let upload = self
-            .args
             .backend
             .begin_upload(allocation)
             .map_err(|e| self.map(e))?;
@@ -246,11 +258,56 @@ impl GpuState {
                 format!("source changed size while sealing: expected {len} bytes, read {offset}"),
             ));
         }
-        self.args
-            .backend
+        self.backend
             .finish_upload(allocation, upload)
             .map_err(|e| self.map(e))?;
+        self.check_landed(allocation, &leaves).await?;
         Ok((digest, MerkleTree::from_leaves(leaves)))
+    }
+
+    /// The seal covers what landed on the device: where the backend hashes in device memory
+    /// (CUDA with the leaf kernel), every leaf is re-hashed there and compared with the leaf the
+    /// host computed from the source. A bad copy fails the seal here (the caller frees the
+    /// allocation) instead of surfacing at the first verification. Where hashing would mean
+    /// copying everything back (simulated memory, CUDA without NVRTC), the upload's own
+    /// checks stand and this costs nothing.
+    async fn check_landed(
+        &mut self,
+        allocation: AllocationId,
+        host_leaves: &[Hash],
+    ) -> Result<(), VramError> {
+        let reader = self.backend.reader(allocation).map_err(|e| self.map(e))?;
+        if !reader.hashes_on_device() {
+            return Ok(());
+        }
+        let chunk = self.args.settings.chunk_size;
+        let on_device = tokio::task::spawn_blocking(move || reader.all_leaf_hashes(chunk))
+            .await
+            .map_err(|_| {
+                self.map(BackendError::Worker(
+                    "the device leaf check ended without a result".into(),
+                ))
+            })?
+            .map_err(|e| self.map(e))?;
+        let mut bad = host_leaves
+            .iter()
+            .zip(on_device.iter())
+            .enumerate()
+            .filter(|(_, (host, device))| host != device)
+            .map(|(i, _)| i as u64);
+        let first = bad.next();
+        let extra = bad.count() as u64;
+        let missing = (host_leaves.len() as u64).abs_diff(on_device.len() as u64);
+        match first {
+            None if missing == 0 => Ok(()),
+            first => Err(VramError::UploadCorrupted {
+                device: self.device(),
+                first_bad_chunk: first.unwrap_or(on_device.len() as u64),
+                bad_chunk_count: u64::from(first.is_some())
+                    .saturating_add(extra)
+                    .saturating_add(missing),
+            }),
+        }
     }
 
     /// Copies each staged piece into the lent memory, in order, on the rayon pool; returns the

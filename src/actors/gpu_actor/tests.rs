@@ -7,7 +7,7 @@ use std::time::Duration;
 use ractor::{Actor, ActorRef};
 use tokio_test::{assert_pending, assert_ready, task};
 
-use super::{DeviceSettings, GpuActor, GpuArgs};
+use super::{BackendSource, DeviceSettings, GpuActor, GpuArgs};
 use crate::actors::audit_actor::{AuditActor, AuditArgs};
 use crate::actors::seal_keeper::SealKeeper;
 use crate::config::AuditSinkConfig;
@@ -48,7 +48,7 @@ async fn spawn_gpu(capacity: u64) -> ActorRef<GpuMsg> {
         GpuActor,
         GpuArgs {
             device: 0,
-            backend: Box::new(SimDevice::new(0, capacity)),
+            backend: BackendSource::Ready(Box::new(SimDevice::new(0, capacity))),
             settings: DeviceSettings::for_tests(),
             seal_keeper: keeper,
             audit,

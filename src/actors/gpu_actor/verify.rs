@@ -174,7 +174,7 @@ impl GpuState {
             Err(e) => return Err((e, reply)),
         };
         let tree = Arc::clone(&entry.tree);
-        let reader = match self.args.backend.reader(entry.allocation) {
+        let reader = match self.backend.reader(entry.allocation) {
             Ok(r) => r,
             Err(e) => return Err((self.map(e), reply)),
         };

@@ -1,0 +1,121 @@
+//! One `cuMemAlloc` allocation, freed when its last holder lets go.
+//!
+//! The backend's table holds one reference, and so does every reader handed to a verification
+//! and every `execute` view. `free` drops only the table's; the memory goes back to the driver
+//! when the last reference drops, after `cuCtxSynchronize` has waited for every kernel and copy
+//! queued in the context (ours and any an `execute` closure launched). That is the reader/free
+//! contract on real memory: a release, a shutdown, or an actor that crashed and dropped its
+//! backend can never free memory a verification is still hashing. Until then the driver's own
+//! free-memory figure (`cuMemGetInfo`, which the capacity check trusts when it is the smaller)
+//! still counts the bytes as used.
+
+use std::sync::Arc;
+
+use cudarc::driver::{CudaContext, result, sys};
+
+use super::driver;
+use crate::gpu::BackendError;
+
+/// One device allocation.
+pub(crate) struct DeviceBuffer {
+    ctx: Arc<CudaContext>,
+    ptr: sys::CUdeviceptr,
+    len: u64,
+}
+
+impl DeviceBuffer {
+    /// Allocates `len` bytes with `cuMemAlloc` (never managed, mapped or pinned host memory:
+    /// VP-001).
+    pub(crate) fn allocate(ctx: &Arc<CudaContext>, len: u64) -> Result<Self, BackendError> {
+        let bytes = usize::try_from(len).map_err(|_| {
+            BackendError::Unsupported("allocation larger than the address space".into())
+        })?;
+        ctx.bind_to_thread()
+            .map_err(|e| driver("binding the context", e))?;
+        // SAFETY: the context is current on this thread (bound above); `malloc_sync` returns a
+        // fresh device allocation of `bytes` bytes or an error, and we own the pointer from here
+        // on (freed exactly once, in `Drop`).
+        let ptr = unsafe { result::malloc_sync(bytes) }.map_err(|e| match e.0 {
+            sys::CUresult::CUDA_ERROR_OUT_OF_MEMORY => BackendError::OutOfMemory {
+                needed: len,
+                available: ctx.mem_get_info().map(|(free, _)| free as u64).unwrap_or(0),
+            },
+            _ => driver("cuMemAlloc", e),
+        })?;
+        Ok(Self {
+            ctx: Arc::clone(ctx),
+            ptr,
+            len,
+        })
+    }
+
+    pub(crate) fn ptr(&self) -> sys::CUdeviceptr {
+        self.ptr
+    }
+
+    pub(crate) fn len(&self) -> u64 {
+        self.len
+    }
+
+    pub(crate) fn context(&self) -> &Arc<CudaContext> {
+        &self.ctx
+    }
+
+    /// Checks the VRAM-only policy on this allocation's pointer attributes: memory type device
+    /// (VP-002) and not managed (VP-003).
+    pub(crate) fn check_policy(&self) -> Result<(), BackendError> {
+        let memory_type: u32 =
+            self.attribute(sys::CUpointer_attribute::CU_POINTER_ATTRIBUTE_MEMORY_TYPE)?;
+        if memory_type != sys::CUmemorytype::CU_MEMORYTYPE_DEVICE as u32 {
+            return Err(BackendError::Policy {
+                policy: "VP-002",
+                violation: format!("allocation is not device memory (memory type {memory_type})"),
+            });
+        }
+        let managed: u32 =
+            self.attribute(sys::CUpointer_attribute::CU_POINTER_ATTRIBUTE_IS_MANAGED)?;
+        if managed != 0 {
+            return Err(BackendError::Policy {
+                policy: "VP-003",
+                violation: "allocation is managed (unified) memory".into(),
+            });
+        }
+        Ok(())
+    }
+
+    fn attribute(&self, attribute: sys::CUpointer_attribute) -> Result<u32, BackendError> {
+        self.ctx
+            .bind_to_thread()
+            .map_err(|e| driver("binding the context", e))?;
+        let mut value: u32 = 0;
+        // SAFETY: both attributes asked here are 32-bit values (`CUmemorytype`, a boolean
+        // `unsigned int`), so `value` is a valid, large-enough destination; `self.ptr` is a live
+        // allocation of this context, which is current.
+        let rc = unsafe {
+            sys::cuPointerGetAttribute(std::ptr::from_mut(&mut value).cast(), attribute, self.ptr)
+        };
+        rc.result()
+            .map_err(|e| driver("cuPointerGetAttribute", e))?;
+        Ok(value)
+    }
+}
+
+impl Drop for DeviceBuffer {
+    fn drop(&mut self) {
+        // Wait for every kernel and copy queued in this context before the memory goes back:
+        // a kernel launched on it (by us or by an `execute` closure) must not run on freed
+        // memory. Failures cannot be returned from `drop`; they are counted.
+        let synced = self
+            .ctx
+            .bind_to_thread()
+            .and_then(|()| self.ctx.synchronize());
+        // SAFETY: `self.ptr` came from `cuMemAlloc` in this context (current: bound above) and
+        // is freed exactly once, here; every holder of this buffer is gone (this is its drop) and
+        // the context has finished all work queued on it.
+        let freed = unsafe { result::free_sync(self.ptr) };
+        if synced.is_err() || freed.is_err() {
+            metrics::counter!("vram_cuda_free_errors_total").increment(1);
+            tracing::error!("freeing device memory reported a driver error");
+        }
+    }
+}

@@ -1,0 +1,54 @@
+//! `unsafe` lives only in the CUDA backend (`src/gpu/cuda/`, FFI to the driver). The crate's
+//! lint level is `deny` rather than `forbid` only so that module can allow it; this test keeps
+//! everything else honest: no `unsafe` block, fn or impl and no `allow(unsafe_code)` anywhere
+//! else, and every `unsafe` inside the CUDA module preceded by a `// SAFETY:` comment.
+#![allow(clippy::unwrap_used, clippy::indexing_slicing)]
+
+use std::path::{Path, PathBuf};
+
+fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            rust_files(&path, out);
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            out.push(path);
+        }
+    }
+}
+
+/// Whether a line (outside comments) uses the `unsafe` keyword.
+fn uses_unsafe(line: &str) -> bool {
+    let code = line.split("//").next().unwrap_or("");
+    code.split(|c: char| !(c.is_alphanumeric() || c == '_'))
+        .any(|word| word == "unsafe")
+}
+
+#[test]
+fn unsafe_appears_only_in_the_cuda_backend_and_always_with_a_safety_comment() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let cuda = root.join("src/gpu/cuda");
+    let mut files = Vec::new();
+    rust_files(&root.join("src"), &mut files);
+    let mut problems = Vec::new();
+    for file in &files {
+        let text = std::fs::read_to_string(file).unwrap();
+        let inside = file.starts_with(&cuda);
+        let lines: Vec<&str> = text.lines().collect();
+        for (i, line) in lines.iter().enumerate() {
+            let at = format!("{}:{}", file.strip_prefix(root).unwrap().display(), i + 1);
+            if !inside && (line.contains("allow(unsafe_code)") || uses_unsafe(line)) {
+                problems.push(format!("{at}: unsafe outside src/gpu/cuda"));
+            }
+            if inside && uses_unsafe(line) && !line.trim_start().starts_with("pub unsafe fn") {
+                // The SAFETY comment is on one of the lines just above (a comment block may
+                // run a few lines).
+                let above = lines[i.saturating_sub(8)..i].join("\n");
+                if !above.contains("SAFETY:") && !line.contains("SAFETY:") {
+                    problems.push(format!("{at}: unsafe without a `// SAFETY:` comment"));
+                }
+            }
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
