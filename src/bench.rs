@@ -37,6 +37,8 @@ pub struct BenchOptions {
     pub sampled_chunks: u32,
     /// Calls per latency figure (default 2000).
     pub latency_iterations: u32,
+    /// Run on the CUDA devices (`Config::cuda()`) instead of one simulated device.
+    pub cuda: bool,
 }
 
 impl Default for BenchOptions {
@@ -47,6 +49,7 @@ impl Default for BenchOptions {
             repeats: 3,
             sampled_chunks: 16,
             latency_iterations: 2000,
+            cuda: false,
         }
     }
 }
@@ -58,6 +61,8 @@ pub struct Throughput {
     pub seconds: f64,
     /// Bytes per second at that time, in GiB/s.
     pub gib_per_s: f64,
+    /// The same in decimal gigabytes per second (10^9 bytes), the unit GPU bandwidths use.
+    pub gb_per_s: f64,
 }
 
 impl Throughput {
@@ -66,6 +71,7 @@ impl Throughput {
         Self {
             seconds: s,
             gib_per_s: bytes as f64 / s / f64::from(1u32 << 30),
+            gb_per_s: bytes as f64 / s / 1e9,
         }
     }
 }
@@ -110,10 +116,18 @@ pub struct BenchReport {
     pub threads: usize,
     /// Backend used.
     pub backend: String,
+    /// Name of the device the shard lived on (the GPU's name on CUDA).
+    pub device: String,
     /// Single-threaded SHA-256 of the bytes in host memory.
     pub baseline_sha256: Throughput,
     /// Copy the whole shard back, then one sequential SHA-256.
     pub reference_verify: Throughput,
+    /// Copy the whole shard back, then hash its leaves on the host over every core (the
+    /// fallback when leaves cannot be hashed where the shard lives).
+    pub copy_back_verify: Throughput,
+    /// Whether the leaves hashed where the shard lives (the leaf kernel on CUDA) agree with
+    /// the leaves hashed on the host from a copy of the same bytes; checked on every run.
+    pub leaf_agreement: bool,
     /// `seal` of the bytes.
     pub seal: Throughput,
     /// `seal` ÷ baseline (target ≥ 0.8).
@@ -157,8 +171,13 @@ pub async fn run(opts: BenchOptions, say: impl Fn(&str)) -> Result<BenchReport, 
     }
     let repeats = opts.repeats.max(1);
     let token: [u8; 32] = rand::random();
-    let system = VramResidency::start(
+    let config = if opts.cuda {
+        crate::config::Config::cuda()
+    } else {
         crate::config::Config::simulated(1, opts.size_bytes.saturating_mul(2))
+    };
+    let system = VramResidency::start(
+        config
             .worker_id("bench")
             .worker_token(hex::encode(token))
             .chunk_size(opts.chunk_size)
@@ -226,6 +245,31 @@ pub async fn run(opts: BenchOptions, say: impl Fn(&str)) -> Result<BenchReport, 
     }
     let reference = Throughput::new(opts.size_bytes, best);
 
+    say("copy-back verify: copy back + leaf hashes on the host (all cores)");
+    let chunk = usize::try_from(opts.chunk_size)
+        .map_err(|_| VramError::invalid("chunk size does not fit in memory"))?;
+    let mut best = Duration::MAX;
+    let mut host_root = None;
+    for _ in 0..repeats {
+        let (ok, elapsed, root) = system
+            .execute(&shard, move |view| {
+                let t = Instant::now();
+                let mut host = vec![0u8; size];
+                let ok = view.read(0, &mut host).is_ok();
+                let leaves = crate::seal::merkle::leaf_hashes_parallel(&host, chunk);
+                let elapsed = t.elapsed();
+                let root = crate::seal::merkle::root_from_leaves(&leaves);
+                (ok, elapsed, root)
+            })
+            .await?;
+        if !ok {
+            return Err(VramError::Internal("copy-back read failed".into()));
+        }
+        best = best.min(elapsed);
+        host_root = Some(root);
+    }
+    let copy_back = Throughput::new(opts.size_bytes, best);
+
     say("full verify");
     let mut best = Duration::MAX;
     for _ in 0..repeats {
@@ -234,6 +278,10 @@ pub async fn run(opts: BenchOptions, say: impl Fn(&str)) -> Result<BenchReport, 
         best = best.min(t.elapsed());
     }
     let full = Throughput::new(opts.size_bytes, best);
+    // The full verify just compared every leaf hashed where the shard lives with the sealed
+    // tree; the host's leaves of a copy of the same bytes must give the same root.
+    let leaf_agreement =
+        host_root.map(hex::encode).as_deref() == Some(shard.info().merkle_root.as_str());
 
     say("sampled verify");
     let sampled_iterations = (opts.latency_iterations / 10).max(10);
@@ -271,6 +319,12 @@ pub async fn run(opts: BenchOptions, say: impl Fn(&str)) -> Result<BenchReport, 
     let sig = Latency::from(samples);
 
     let backend = system.backend_description().to_string();
+    let device = system
+        .devices()
+        .await?
+        .first()
+        .map(|d| d.identity.name.clone())
+        .unwrap_or_default();
     system.release(shard).await?;
     system.shutdown().await?;
     let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { 0.0 };
@@ -279,8 +333,11 @@ pub async fn run(opts: BenchOptions, say: impl Fn(&str)) -> Result<BenchReport, 
         chunk_size: opts.chunk_size,
         threads: rayon::current_num_threads(),
         backend,
+        device,
         baseline_sha256: baseline,
         reference_verify: reference,
+        copy_back_verify: copy_back,
+        leaf_agreement,
         seal,
         seal_vs_baseline: ratio(seal.gib_per_s, baseline.gib_per_s),
         full_verify: full,
@@ -294,6 +351,29 @@ pub async fn run(opts: BenchOptions, say: impl Fn(&str)) -> Result<BenchReport, 
 }
 
 impl BenchReport {
+    /// The header of [`BenchReport::markdown_row`]'s table (two lines).
+    pub const MARKDOWN_HEADER: &'static str = "| device | size | chunk | seal GB/s | seal ÷ 1-thread SHA-256 | full verify GB/s | full ÷ SHA-256 | copy-back verify GB/s | reference (copy back + SHA-256) GB/s | sampled p50 (chunks) | signature-only p50 | leaves agree |\n|---|---|---|---|---|---|---|---|---|---|---|---|";
+
+    /// One Markdown table row of the figures a GPU check reports.
+    pub fn markdown_row(&self) -> String {
+        format!(
+            "| {} | {:.1} GiB | {} KiB | {:.2} | {:.2}x | {:.1} | {:.1}x | {:.2} | {:.2} | {:.1} µs ({}) | {:.1} µs | {} |",
+            self.device,
+            self.size_bytes as f64 / f64::from(1u32 << 30),
+            self.chunk_size / 1024,
+            self.seal.gb_per_s,
+            self.seal_vs_baseline,
+            self.full_verify.gb_per_s,
+            self.full_verify_vs_baseline,
+            self.copy_back_verify.gb_per_s,
+            self.reference_verify.gb_per_s,
+            self.sampled_verify.p50_us,
+            self.sampled_chunks,
+            self.signature_only.p50_us,
+            if self.leaf_agreement { "yes" } else { "NO" },
+        )
+    }
+
     /// A human-readable table.
     pub fn table(&self) -> String {
         let mib = self.size_bytes as f64 / f64::from(1u32 << 20);
@@ -322,6 +402,11 @@ impl BenchReport {
             &self.reference_verify,
             Some(self.reference_verify.gib_per_s / self.baseline_sha256.gib_per_s.max(1e-12)),
         ));
+        s.push_str(&row(
+            "copy back + host leaf hashes",
+            &self.copy_back_verify,
+            Some(self.copy_back_verify.gib_per_s / self.baseline_sha256.gib_per_s.max(1e-12)),
+        ));
         s.push_str(&row("seal", &self.seal, Some(self.seal_vs_baseline)));
         s.push_str(&row(
             "verify full",
@@ -340,8 +425,10 @@ impl BenchReport {
             self.signature_only.p50_us, self.signature_only.p99_us, self.signature_only.samples
         ));
         s.push_str(&format!(
-            "full verify vs reference design: {:.2}x\n",
-            self.full_verify_vs_reference
+            "full verify vs reference design: {:.2}x; full verify {:.1} GB/s; device/host leaves agree: {}\n",
+            self.full_verify_vs_reference,
+            self.full_verify.gb_per_s,
+            if self.leaf_agreement { "yes" } else { "NO" }
         ));
         s
     }

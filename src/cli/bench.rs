@@ -1,4 +1,4 @@
-//! `bench`: runs the verification benchmark suite (`vram_residency::bench`) on a fresh simulated
+//! `bench`: runs the verification benchmark suite (`vram_residency::bench`) on a fresh CUDA or simulated
 //! device and prints a table, or one JSON object on stdout with `--json`.
 //!
 //! Every figure is measured next to its baseline in the same run (one single-threaded SHA-256
@@ -15,12 +15,15 @@ use vram_residency::bench::{self, BenchOptions};
 use vram_residency::validation;
 
 use super::error::CliError;
-use super::human_bytes;
 use super::untrusted;
+use super::{BackendArg, BackendOpt, human_bytes};
 
 /// Arguments of `bench`.
 #[derive(Debug, Args)]
 pub struct BenchArgs {
+    #[command(flatten)]
+    pub backend: BackendOpt,
+
     /// Shard size: bytes, or with a suffix (KiB, MiB, GiB, TiB; K, M, G, T mean the same).
     /// Host memory needed is about three times this.
     #[arg(long, value_name = "BYTES", default_value = "1GiB", value_parser = parse_size)]
@@ -46,6 +49,15 @@ pub struct BenchArgs {
     #[arg(long)]
     pub json: bool,
 
+    /// Print one Markdown table row (`--markdown-header` prints the header) instead of the
+    /// table; `scripts/gpu-check.sh` builds its report from these.
+    #[arg(long, conflicts_with = "json")]
+    pub markdown_row: bool,
+
+    /// Print the header of the `--markdown-row` table and exit.
+    #[arg(long)]
+    pub markdown_header: bool,
+
     /// Print progress lines on stderr even when it is not a terminal.
     #[arg(long, short = 'v')]
     pub verbose: bool,
@@ -53,6 +65,10 @@ pub struct BenchArgs {
 
 /// Runs `bench`.
 pub async fn run(args: BenchArgs) -> Result<(), CliError> {
+    if args.markdown_header {
+        println!("{}", bench::BenchReport::MARKDOWN_HEADER);
+        return Ok(());
+    }
     if args.size == 0 {
         return Err(CliError::usage("--size must be at least 1 byte"));
     }
@@ -65,14 +81,24 @@ pub async fn run(args: BenchArgs) -> Result<(), CliError> {
         repeats: args.repeats,
         sampled_chunks: args.sampled_chunks,
         latency_iterations: args.latency_iterations,
+        cuda: match args.backend.backend {
+            BackendArg::Cuda => true,
+            BackendArg::Simulated => false,
+            BackendArg::Auto => vram_residency::gpu::cuda::probe().is_ok(),
+        },
     };
     let progress = args.verbose || std::io::stderr().is_terminal();
     if progress {
         eprintln!(
-            "bench: {} shard, {} chunks, best of {} (simulated device)",
+            "bench: {} shard, {} chunks, best of {} ({})",
             human_bytes(args.size),
             human_bytes(args.chunk_size),
-            args.repeats
+            args.repeats,
+            if opts.cuda {
+                "CUDA device 0"
+            } else {
+                "simulated device"
+            }
         );
     }
     let report = bench::run(opts, |phase| {
@@ -85,7 +111,9 @@ pub async fn run(args: BenchArgs) -> Result<(), CliError> {
         CliError::from(e)
             .hint("try a smaller --size (the run needs about three times it in host memory)")
     })?;
-    if args.json {
+    if args.markdown_row {
+        println!("{}", report.markdown_row());
+    } else if args.json {
         let line = serde_json::to_string(&report)
             .map_err(|e| CliError::env(format!("cannot encode the report as JSON: {e}")))?;
         println!("{line}");

@@ -1,17 +1,20 @@
-//! `devices`: starts the system on the embedded default (`Config::auto()`, or `--devices N`
-//! simulated ones) and prints, per device, its backend, name, total and free memory, resident
-//! shards and policy status.
+//! `devices`: starts the system on the chosen backend (`--backend auto|cuda|simulated`, or
+//! `--devices N` simulated ones) and prints, per device and as the driver reports it, its
+//! backend, name, UUID, total and free memory, resident shards and policy status.
 
 use clap::Args;
 use vram_residency::VramResidency;
 
 use super::error::CliError;
 use super::token::TokenSource;
-use super::{Global, base_config, human_bytes};
+use super::{BackendOpt, Global, base_config, human_bytes};
 
 /// Arguments of `devices`.
 #[derive(Debug, Args)]
 pub struct DevicesArgs {
+    #[command(flatten)]
+    pub backend: BackendOpt,
+
     /// Use N simulated devices (1 GiB each) instead of the default backend.
     #[arg(long, value_name = "N")]
     pub devices: Option<u32>,
@@ -29,7 +32,12 @@ pub async fn run(global: &Global, args: DevicesArgs) -> Result<(), CliError> {
     // Listing devices needs no secret; a throwaway token is fine when none is configured.
     let token = TokenSource::find_or_generate(global.token_file.as_deref());
     token.load()?;
-    let config = token.apply(base_config(global, args.devices, None));
+    let config = token.apply(base_config(
+        global,
+        args.backend.backend,
+        args.devices,
+        None,
+    )?);
     let system = VramResidency::start(config).await?;
     let result = report(&system, args.json).await;
     let shut = system.shutdown().await;
@@ -60,8 +68,8 @@ async fn report(system: &VramResidency, json: bool) -> Result<(), CliError> {
     }
     println!("backend: {}", system.backend_description());
     println!(
-        "{:<4} {:<10} {:<24} {:>10} {:>10} {:>7}  {:<8} policy",
-        "dev", "backend", "name", "total", "free", "shards", "state"
+        "{:<4} {:<10} {:<24} {:<40} {:>10} {:>10} {:>7}  {:<8} policy",
+        "dev", "backend", "name", "uuid", "total", "free", "shards", "state"
     );
     for (s, c) in rows {
         let state = if s.lost {
@@ -75,10 +83,11 @@ async fn report(system: &VramResidency, json: bool) -> Result<(), CliError> {
             .map(|c| human_bytes(c.available_bytes))
             .unwrap_or_else(|| "?".into());
         println!(
-            "{:<4} {:<10} {:<24} {:>10} {:>10} {:>7}  {:<8} {}{}",
+            "{:<4} {:<10} {:<24} {:<40} {:>10} {:>10} {:>7}  {:<8} {}{}",
             s.identity.index,
             s.identity.backend.to_string(),
             s.identity.name,
+            s.identity.uuid.as_deref().unwrap_or("-"),
             human_bytes(s.identity.total_bytes),
             free,
             s.shards,

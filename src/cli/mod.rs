@@ -19,7 +19,7 @@ pub mod verify_info;
 
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use vram_residency::Config;
 
@@ -66,8 +66,9 @@ const TOP_AFTER_HELP: &str = concat!(
 
 /// Keep model weights sealed in GPU memory, prove they are unchanged, and audit every step.
 ///
-/// This build has no CUDA backend yet, so it runs on simulated devices (device memory held in
-/// host memory, with fault injection). Start with `vram-residency demo`.
+/// Runs on CUDA GPUs when a driver and a device are present, and on simulated devices (device
+/// memory held in host memory, with fault injection) otherwise; `--backend` chooses. Start
+/// with `vram-residency demo`.
 #[derive(Debug, Parser)]
 #[command(name = "vram-residency", version, after_help = TOP_AFTER_HELP)]
 pub struct Cli {
@@ -258,17 +259,55 @@ pub fn shard_id_from_name(name: &str) -> String {
 /// Default capacity of each simulated device when `--devices` is given without a capacity.
 pub const DEFAULT_SIM_CAPACITY: u64 = 1 << 30;
 
-/// `Config::auto()`, or `count` simulated devices of `capacity` bytes when either is given.
-pub fn base_config(global: &Global, devices: Option<u32>, capacity: Option<u64>) -> Config {
-    let config = if devices.is_some() || capacity.is_some() {
+/// Which devices a command runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
+pub enum BackendArg {
+    /// CUDA when a driver library and a device are present, else simulated devices.
+    #[default]
+    Auto,
+    /// CUDA devices only; fails when there is no driver or device.
+    Cuda,
+    /// Simulated devices (device memory held in host memory).
+    Simulated,
+}
+
+/// `--backend`, shared by `demo`, `bench`, `seal` and `devices`.
+#[derive(Debug, Clone, Copy, Args)]
+pub struct BackendOpt {
+    /// Devices to run on: auto (CUDA when a driver and a device are present, else simulated),
+    /// cuda, or simulated.
+    #[arg(long, value_enum, default_value_t = BackendArg::Auto, value_name = "auto|cuda|simulated")]
+    pub backend: BackendArg,
+}
+
+/// The configuration for `--backend`: `Config::auto()` / `Config::cuda()`, or `count`
+/// simulated devices of `capacity` bytes (`--devices` / `--device-capacity` imply simulated
+/// devices under `auto`, and are refused with `cuda`, which uses the GPUs that are there).
+pub fn base_config(
+    global: &Global,
+    backend: BackendArg,
+    devices: Option<u32>,
+    capacity: Option<u64>,
+) -> Result<Config, CliError> {
+    let sizes_given = devices.is_some() || capacity.is_some();
+    let simulated = || {
         Config::simulated(
             devices.unwrap_or(2),
             capacity.unwrap_or(DEFAULT_SIM_CAPACITY),
         )
-    } else {
-        Config::auto()
     };
-    config.worker_id(global.worker_id.clone())
+    let config = match backend {
+        BackendArg::Cuda if sizes_given => {
+            return Err(CliError::usage(
+                "--devices and --device-capacity describe simulated devices; --backend cuda uses the GPUs that are present",
+            ));
+        }
+        BackendArg::Cuda => Config::cuda(),
+        BackendArg::Simulated => simulated(),
+        BackendArg::Auto if sizes_given => simulated(),
+        BackendArg::Auto => Config::auto(),
+    };
+    Ok(config.worker_id(global.worker_id.clone()))
 }
 
 #[cfg(test)]

@@ -15,7 +15,7 @@ use vram_residency::{SealRequest, SealedShard, VerifyMode, VramError, VramReside
 use super::error::CliError;
 use super::progress;
 use super::token::TokenSource;
-use super::{Global, base_config, human_bytes, millis, shard_id_from_name};
+use super::{BackendOpt, Global, base_config, human_bytes, millis, shard_id_from_name};
 
 /// Arguments of `seal`.
 #[derive(Debug, Args)]
@@ -44,6 +44,9 @@ pub struct SealArgs {
     /// While holding, verify every SECONDS.
     #[arg(long, value_name = "SECONDS", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
     pub verify_every: u64,
+
+    #[command(flatten)]
+    pub backend: BackendOpt,
 
     /// Use N simulated devices instead of the default backend.
     #[arg(long, value_name = "N")]
@@ -89,7 +92,12 @@ pub async fn run(global: &Global, args: SealArgs) -> Result<(), CliError> {
     let token = TokenSource::require(global.token_file.as_deref())?;
     token.load()?;
 
-    let mut config = token.apply(base_config(global, args.devices, args.device_capacity));
+    let mut config = token.apply(base_config(
+        global,
+        args.backend.backend,
+        args.devices,
+        args.device_capacity,
+    )?);
     if let Some(c) = args.chunk_size {
         config = config.chunk_size(c);
     }

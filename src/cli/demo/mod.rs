@@ -1,11 +1,11 @@
-//! `demo`: the whole story in a few seconds, on the default backend (`Config::auto()`: in this
-//! build, simulated devices, since the CUDA backend is not built yet).
+//! `demo`: the whole story in a few seconds, on the chosen backend (`--backend`; by default
+//! `Config::auto()`: a CUDA GPU when one is present, simulated devices otherwise).
 //!
 //! It generates a model file, seals it from the file (streamed, with a progress bar), shows the
 //! seal, verifies it in each mode with timings, executes on a verified view, attests a random
-//! nonce and checks the attestation, flips one bit in device memory (simulated devices only),
+//! nonce and checks the attestation, flips one bit in device memory (a device-side XOR on CUDA),
 //! shows the detection with the chunk index and byte range, shows device 0 refusing work
-//! (fail-closed) while device 1 seals and serves, releases everything, shuts down, verifies the
+//! (fail-closed) while device 1 seals and serves (skipped on a one-GPU machine), releases everything, shuts down, verifies the
 //! audit log offline, and prints a summary table. Every step checks its own claim; the command
 //! exits 3 if any claim did not hold.
 //!
@@ -26,7 +26,7 @@ use vram_residency::{Config, VramResidency};
 
 use super::error::CliError;
 use super::token::TokenSource;
-use super::{DEFAULT_SIM_CAPACITY, Global};
+use super::{BackendArg, BackendOpt, DEFAULT_SIM_CAPACITY, Global};
 
 mod story;
 
@@ -41,8 +41,10 @@ pub struct DemoArgs {
     #[arg(long, value_name = "BYTES", default_value_t = 64 << 20)]
     pub size: u64,
 
-    /// Use N simulated devices (at least 2) instead of the default backend (2 simulated
-    /// devices in this build).
+    #[command(flatten)]
+    pub backend: BackendOpt,
+
+    /// Use N simulated devices (at least 2) instead of the default backend.
     #[arg(long, value_name = "N")]
     pub devices: Option<u32>,
 
@@ -213,7 +215,7 @@ pub async fn run(global: &Global, args: DemoArgs) -> Result<(), CliError> {
         .audit_log
         .clone()
         .unwrap_or_else(|| workdir.0.join("audit.jsonl"));
-    let config = demo_config(global, &args, &token, &audit_path);
+    let config = demo_config(global, &args, &token, &audit_path)?;
 
     let mut demo = Demo {
         json: args.json,
@@ -254,20 +256,33 @@ fn check_args(args: &DemoArgs) -> Result<(), CliError> {
     Ok(())
 }
 
-/// The worker's configuration: the default backend, or simulated devices when `--devices` asks
-/// for them or the model would not fit twice into the default simulated capacity.
-fn demo_config(global: &Global, args: &DemoArgs, token: &TokenSource, audit_path: &Path) -> Config {
-    // Room for the model twice over, so the second device can take a copy too.
+/// The worker's configuration on the chosen backend. Simulated devices are sized to hold the
+/// model twice (the second device takes a copy). On CUDA the demo opts in to fault injection
+/// (its bit flip is a device-side XOR), which a production worker never does.
+fn demo_config(
+    global: &Global,
+    args: &DemoArgs,
+    token: &TokenSource,
+    audit_path: &Path,
+) -> Result<Config, CliError> {
     let needs_bigger = args.size > DEFAULT_SIM_CAPACITY / 4;
-    let config = if args.devices.is_some() || needs_bigger {
-        let capacity = args.size.saturating_mul(2).max(DEFAULT_SIM_CAPACITY);
-        Config::simulated(args.devices.unwrap_or(2), capacity)
-    } else {
-        Config::auto()
+    let capacity = args.size.saturating_mul(2).max(DEFAULT_SIM_CAPACITY);
+    let config = match args.backend.backend {
+        BackendArg::Cuda if args.devices.is_some() => {
+            return Err(CliError::usage(
+                "--devices describes simulated devices; --backend cuda uses the GPUs that are present",
+            ));
+        }
+        BackendArg::Cuda => Config::cuda().cuda_fault_injection(true),
+        BackendArg::Simulated => Config::simulated(args.devices.unwrap_or(2), capacity),
+        BackendArg::Auto if args.devices.is_some() || needs_bigger => {
+            Config::simulated(args.devices.unwrap_or(2), capacity)
+        }
+        BackendArg::Auto => Config::auto().cuda_fault_injection(true),
     };
-    token
+    Ok(token
         .apply(config.worker_id(global.worker_id.clone()))
-        .audit_log(audit_path.to_path_buf())
+        .audit_log(audit_path.to_path_buf()))
 }
 
 /// The opening lines: what runs where, with which token, logging to which file.
