@@ -147,26 +147,33 @@ static __device__ __forceinline__ void vr_sha256_compress(unsigned int st[8], co
     st[7] += h;
 }
 
-/* Little-endian 32-bit word from four bytes (the unaligned fallback of vr_load16). */
+/* Little-endian 32-bit word from four bytes (the unaligned fallback of vr_load64). */
 static __device__ __forceinline__ unsigned int vr_le32(const unsigned char* p)
 {
     return (unsigned int)p[0] | ((unsigned int)p[1] << 8) | ((unsigned int)p[2] << 16) |
            ((unsigned int)p[3] << 24);
 }
 
-/* 16 bytes at p as four little-endian words: one 16-byte load when p is 16-byte aligned,
- * byte loads otherwise (the flag is the same for every block of a leaf). */
-static __device__ __forceinline__ uint4 vr_load16(const unsigned char* p, int aligned)
+/* The 64 bytes at p as sixteen little-endian words in q[0..3]: four 16-byte loads when p is
+ * 16-byte aligned, byte loads otherwise. The flag is the same for every group of a leaf, so the
+ * branch is taken once per group, around all four loads. */
+static __device__ __forceinline__ void vr_load64(const unsigned char* __restrict__ p, int aligned, uint4 q[4])
 {
     if (aligned) {
-        return *(const uint4*)p;
+        const uint4* __restrict__ v = (const uint4*)p;
+        VR_UNROLL
+        for (int i = 0; i < 4; ++i) {
+            q[i] = v[i];
+        }
+    } else {
+        VR_UNROLL
+        for (int i = 0; i < 4; ++i) {
+            q[i].x = vr_le32(p + 16 * i);
+            q[i].y = vr_le32(p + 16 * i + 4);
+            q[i].z = vr_le32(p + 16 * i + 8);
+            q[i].w = vr_le32(p + 16 * i + 12);
+        }
     }
-    uint4 v;
-    v.x = vr_le32(p);
-    v.y = vr_le32(p + 4);
-    v.z = vr_le32(p + 8);
-    v.w = vr_le32(p + 12);
-    return v;
 }
 
 /* Big-endian message word whose top byte is the top (last) byte of little-endian word `before`
@@ -209,23 +216,16 @@ static __device__ __forceinline__ void vr_leaf_hash(const unsigned char* __restr
      * loaded as 64k .. 64k+63 plus the byte carried in `prev`. */
     const unsigned long long groups = clen / 64ull;
     unsigned int prev = 0u; /* top byte = the next message byte: the 0x00 prefix at first */
-    uint4 n0 = {0u, 0u, 0u, 0u}, n1 = {0u, 0u, 0u, 0u}, n2 = {0u, 0u, 0u, 0u}, n3 = {0u, 0u, 0u, 0u};
+    uint4 next[4] = {{0u, 0u, 0u, 0u}, {0u, 0u, 0u, 0u}, {0u, 0u, 0u, 0u}, {0u, 0u, 0u, 0u}};
     if (groups > 0ull) {
-        n0 = vr_load16(p, aligned);
-        n1 = vr_load16(p + 16, aligned);
-        n2 = vr_load16(p + 32, aligned);
-        n3 = vr_load16(p + 48, aligned);
+        vr_load64(p, aligned, next);
     }
     VR_NO_UNROLL
     for (unsigned long long k = 0ull; k < groups; ++k) {
-        const uint4 c0 = n0, c1 = n1, c2 = n2, c3 = n3;
+        const uint4 c0 = next[0], c1 = next[1], c2 = next[2], c3 = next[3];
         if (k + 1ull < groups) {
             /* The next group's loads go out before this group's 64 rounds. */
-            const unsigned char* q = p + 64ull * (k + 1ull);
-            n0 = vr_load16(q, aligned);
-            n1 = vr_load16(q + 16, aligned);
-            n2 = vr_load16(q + 32, aligned);
-            n3 = vr_load16(q + 48, aligned);
+            vr_load64(p + 64ull * (k + 1ull), aligned, next);
         }
         m[0] = vr_shifted_be(c0.x, prev);
         m[1] = vr_shifted_be(c0.y, c0.x);
