@@ -39,16 +39,7 @@ impl Kernels {
         let (major, minor) = ctx
             .compute_capability()
             .map_err(|e| format!("compute capability: {e:?}"))?;
-        let options = CompileOptions {
-            options: vec![
-                format!("--gpu-architecture=compute_{major}{minor}"),
-                "--std=c++17".into(),
-            ],
-            name: Some("sha256_leaf.cu".into()),
-            ..CompileOptions::default()
-        };
-        let ptx = compile_ptx_with_opts(LEAF_KERNEL_SOURCE, options)
-            .map_err(|e| format!("NVRTC failed to compile the leaf kernel: {e:?}"))?;
+        let ptx = compile_ptx(&format!("compute_{major}{minor}"))?;
         let module = ctx
             .load_module(ptx)
             .map_err(|e| format!("loading the leaf kernel: {e:?}"))?;
@@ -174,8 +165,37 @@ impl Kernels {
     }
 }
 
+/// Compiles the kernel source to PTX for `arch` (`compute_90`, …) with NVRTC.
+fn compile_ptx(arch: &str) -> Result<cudarc::nvrtc::Ptx, String> {
+    let options = CompileOptions {
+        // PTX for the device's own architecture (the driver JITs it once at load): `compute_XY`
+        // rather than `sm_XY`, because cudarc reads PTX back from NVRTC.
+        options: vec![format!("--gpu-architecture={arch}")],
+        name: Some("sha256_leaf.cu".into()),
+        ..CompileOptions::default()
+    };
+    compile_ptx_with_opts(LEAF_KERNEL_SOURCE, options)
+        .map_err(|e| format!("NVRTC failed to compile the leaf kernel: {e:?}"))
+}
+
 /// Whether the NVRTC library can be loaded. Never panics.
 pub(crate) fn nvrtc_present() -> bool {
     // SAFETY: only tries `dlopen` on NVRTC's usual names (see `probe::driver_library_present`).
     unsafe { cudarc::nvrtc::sys::is_culib_present() }
+}
+
+#[cfg(test)]
+mod tests {
+    /// The kernel source compiles with the NVRTC this crate loads, for Hopper, with both entry
+    /// points present in the PTX. Skips (saying so) where no NVRTC library can be loaded.
+    #[test]
+    fn the_leaf_kernel_compiles_with_nvrtc_where_present() {
+        if !super::nvrtc_present() {
+            eprintln!("skipping: no NVRTC library here");
+            return;
+        }
+        let ptx = super::compile_ptx("compute_90").unwrap().to_src();
+        assert!(ptx.contains(".entry vr_sha256_leaves"), "{ptx}");
+        assert!(ptx.contains(".entry vr_xor_byte"), "{ptx}");
+    }
 }
