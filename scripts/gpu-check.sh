@@ -19,6 +19,7 @@ build() {
   # The CUDA tests as one binary (they skip themselves without a device).
   local test_bin
   test_bin=$(cargo test --release --test cuda --no-run --message-format=json 2>/dev/null \
+    | grep '"name":"cuda"' | grep '"test":true' \
     | grep -o '"executable":"[^"]*"' | tail -1 | cut -d'"' -f4)
   [ -n "$test_bin" ] || { echo "could not find the cuda test binary" >&2; exit 1; }
   rm -rf "$BUNDLE" && mkdir -p "$BUNDLE"

@@ -257,8 +257,9 @@ impl DeviceBackend for CudaDevice {
             .ok_or(BackendError::UnknownAllocation)?;
         let len = entry.buffer.len();
         // Drops the table's reference; the memory goes back to the driver when the last reader
-        // (if any is still hashing) lets go — see `buffer`.
-        drop(entry);
+        // (if any is still hashing) lets go — see `buffer`. That last drop waits for the
+        // context's queued work, so it happens on the rayon pool, never on the actor's thread.
+        rayon::spawn(move || drop(entry));
         Ok(len)
     }
 
