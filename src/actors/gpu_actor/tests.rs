@@ -27,6 +27,11 @@ fn token() -> WorkerToken {
 /// One device actor on a simulated device of `capacity` bytes (4 KiB chunks), with its seal
 /// keeper and an in-memory audit actor.
 async fn spawn_gpu(capacity: u64) -> ActorRef<GpuMsg> {
+    spawn_gpu_on(Box::new(SimDevice::new(0, capacity))).await
+}
+
+/// One device actor on `backend` (see [`spawn_gpu`]).
+async fn spawn_gpu_on(backend: Box<dyn crate::gpu::DeviceBackend>) -> ActorRef<GpuMsg> {
     let (audit, _) = Actor::spawn(
         None,
         AuditActor,
@@ -48,7 +53,7 @@ async fn spawn_gpu(capacity: u64) -> ActorRef<GpuMsg> {
         GpuActor,
         GpuArgs {
             device: 0,
-            backend: BackendSource::Ready(Box::new(SimDevice::new(0, capacity))),
+            backend: BackendSource::Ready(backend),
             settings: DeviceSettings::for_tests(),
             seal_keeper: keeper,
             audit,
@@ -333,4 +338,119 @@ async fn attest_signs_only_a_resident_unquarantined_shard() {
         attest(&gpu, shard("a", 1), &info).await,
         Err(VramError::SealVerificationFailed { .. } | VramError::DeviceStopped { .. })
     ));
+}
+
+/// A device whose DMA corrupts one byte of every upload and whose reader hashes "on the
+/// device": a simulated device underneath, so what verification reads is what really landed.
+mod bad_dma {
+    use std::sync::Arc;
+
+    use crate::gpu::sim::SimDevice;
+    use crate::gpu::{
+        AllocationId, BackendError, DeviceAddress, DeviceBackend, DeviceIdentity, DeviceReader,
+        DeviceUpload,
+    };
+    use crate::seal::merkle::Hash;
+
+    pub(super) struct BadDma(pub(super) SimDevice);
+
+    struct Upload(Box<dyn DeviceUpload>);
+
+    impl DeviceUpload for Upload {
+        fn write(&mut self, offset: u64, data: &[u8]) -> Result<(), BackendError> {
+            let mut landed = data.to_vec();
+            // The byte at offset 5000 of the allocation arrives with a bit flipped.
+            if let Some(i) = 5000u64.checked_sub(offset) {
+                if let Some(b) = landed.get_mut(i as usize) {
+                    *b ^= 0x04;
+                }
+            }
+            self.0.write(offset, &landed)
+        }
+
+        fn into_any(self: Box<Self>) -> Box<dyn std::any::Any + Send> {
+            self
+        }
+    }
+
+    struct Reader(Arc<dyn DeviceReader>);
+
+    impl DeviceReader for Reader {
+        fn len(&self) -> u64 {
+            self.0.len()
+        }
+        fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), BackendError> {
+            self.0.read(offset, buf)
+        }
+        fn leaf_hashes(&self, chunk: u64, indices: &[u64]) -> Result<Vec<Hash>, BackendError> {
+            self.0.leaf_hashes(chunk, indices)
+        }
+        fn hashes_on_device(&self) -> bool {
+            true
+        }
+    }
+
+    impl DeviceBackend for BadDma {
+        fn identity(&self) -> DeviceIdentity {
+            self.0.identity()
+        }
+        fn free_bytes(&self) -> Result<u64, BackendError> {
+            self.0.free_bytes()
+        }
+        fn allocate(&mut self, len: u64) -> Result<AllocationId, BackendError> {
+            self.0.allocate(len)
+        }
+        fn begin_upload(
+            &mut self,
+            id: AllocationId,
+        ) -> Result<Box<dyn DeviceUpload>, BackendError> {
+            Ok(Box::new(Upload(self.0.begin_upload(id)?)))
+        }
+        fn finish_upload(
+            &mut self,
+            id: AllocationId,
+            upload: Box<dyn DeviceUpload>,
+        ) -> Result<(), BackendError> {
+            match upload.into_any().downcast::<Upload>() {
+                Ok(ours) => self.0.finish_upload(id, ours.0),
+                Err(_) => Err(BackendError::Worker("not our upload".into())),
+            }
+        }
+        fn reader(&self, id: AllocationId) -> Result<Arc<dyn DeviceReader>, BackendError> {
+            Ok(Arc::new(Reader(self.0.reader(id)?)))
+        }
+        fn device_address(&self, id: AllocationId) -> Result<DeviceAddress, BackendError> {
+            self.0.device_address(id)
+        }
+        fn free(&mut self, id: AllocationId) -> Result<u64, BackendError> {
+            self.0.free(id)
+        }
+    }
+}
+
+/// The seal covers what landed on the device: a backend that hashes in place re-hashes every
+/// leaf after the upload, and a corrupted copy fails the seal with nothing left allocated.
+#[tokio::test]
+async fn a_seal_refuses_an_upload_that_landed_corrupted() {
+    let gpu = spawn_gpu_on(Box::new(bad_dma::BadDma(SimDevice::new(0, 1 << 20)))).await;
+    let err = seal(&gpu, "s", 20_000, 1).await.unwrap_err();
+    match err {
+        VramError::UploadCorrupted {
+            device,
+            first_bad_chunk,
+            bad_chunk_count,
+        } => {
+            assert_eq!(device, 0);
+            assert_eq!(first_bad_chunk, 5000 / 4096);
+            assert_eq!(bad_chunk_count, 1);
+        }
+        other => panic!("expected UploadCorrupted, got {other:?}"),
+    }
+    assert_eq!(capacity(&gpu).await.used_bytes, 0);
+    // The id is free again, and nothing claims residency.
+    assert!(matches!(
+        seal(&gpu, "s", 20_000, 2).await,
+        Err(VramError::UploadCorrupted { .. })
+    ));
+    assert_eq!(capacity(&gpu).await.used_bytes, 0);
 }
