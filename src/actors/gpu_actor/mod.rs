@@ -15,7 +15,8 @@
 //!   arrives meanwhile waits until no verification is reading the shard;
 //! * [`access`](self::access) — residency checks and `execute`;
 //! * [`scrub`](self::scrub) — the background scrub, round robin between requests;
-//! * [`faults`](self::faults) — fault injection.
+//! * [`faults`](self::faults) — fault injection;
+//! * [`group`](self::group) — quarantining a member of a tensor-parallel group that failed.
 //!
 //! Fail-closed: a verification that finds a bad chunk quarantines the shard, stops the device for
 //! new seals and executions until `reset_device`, and emits a critical audit event.
@@ -23,6 +24,7 @@
 mod access;
 mod dispatch;
 mod faults;
+mod group;
 mod scrub;
 mod seal;
 #[cfg(test)]

@@ -360,10 +360,10 @@ mod bad_dma {
         fn write(&mut self, offset: u64, data: &[u8]) -> Result<(), BackendError> {
             let mut landed = data.to_vec();
             // The byte at offset 5000 of the allocation arrives with a bit flipped.
-            if let Some(i) = 5000u64.checked_sub(offset) {
-                if let Some(b) = landed.get_mut(i as usize) {
-                    *b ^= 0x04;
-                }
+            if let Some(i) = 5000u64.checked_sub(offset)
+                && let Some(b) = landed.get_mut(i as usize)
+            {
+                *b ^= 0x04;
             }
             self.0.write(offset, &landed)
         }
