@@ -15,7 +15,8 @@
 //!   arrives meanwhile waits until no verification is reading the shard;
 //! * [`access`](self::access) — residency checks and `execute`;
 //! * [`scrub`](self::scrub) — the background scrub, round robin between requests;
-//! * [`faults`](self::faults) — fault injection.
+//! * [`faults`](self::faults) — fault injection;
+//! * [`gauges`](self::gauges) — the device's memory gauges (see [`crate::telemetry`]).
 //!
 //! Fail-closed: a verification that finds a bad chunk quarantines the shard, stops the device for
 //! new seals and executions until `reset_device`, and emits a critical audit event.
@@ -23,6 +24,7 @@
 mod access;
 mod dispatch;
 mod faults;
+mod gauges;
 mod scrub;
 mod seal;
 #[cfg(test)]
