@@ -24,6 +24,7 @@ use subtle::ConstantTimeEq;
 
 use crate::error::VramError;
 use crate::seal::claims::ShardInfo;
+use crate::seal::group::GroupInfo;
 use crate::seal::keys::{AttestKey, WorkerToken};
 use crate::types::{AuditHead, BackendKind, DeviceIdentity, VerifyMode};
 
@@ -318,6 +319,66 @@ pub fn verify_attestation_with(
         .duration_since(UNIX_EPOCH)
         .unwrap_or(Duration::ZERO);
     policy.check(att, now)
+}
+
+/// The answer to one challenge for a whole tensor-parallel group: the group's signed record
+/// and one `vram-attest-v2` attestation per member, in `shard_index` order, all under the
+/// challenger's nonce. Nothing new is signed: the group signature binds the member seals in
+/// order, and each attestation binds its member's seal to the nonce (layout and checks in
+/// `.specs/groups-v1.md`). Check it with [`verify_group_attestation`] or
+/// [`verify_group_attestation_with`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupAttestation {
+    /// The group's record (`vram-group-v1`).
+    pub group: GroupInfo,
+    /// One attestation per member: `members[i].shard` is `group.members[i]`.
+    pub members: Vec<Attestation>,
+}
+
+/// Checks a group attestation against the worker token and the nonce the challenger sent: the
+/// group record offline ([`GroupInfo::verify`]: shape, every member seal, the group signature),
+/// one attestation per member, attestation `i` for exactly member `i`'s seal, and every
+/// attestation with [`verify_attestation`]. The first failure is returned; a failing
+/// attestation's error names the member's shard id.
+pub fn verify_group_attestation(
+    att: &GroupAttestation,
+    token: &WorkerToken,
+    expected_nonce: &[u8],
+) -> Result<(), VramError> {
+    att.group.verify(token)?;
+    if att.members.len() != att.group.members.len() {
+        return Err(VramError::invalid(format!(
+            "the group has {} member(s) but {} attestation(s) came with it",
+            att.group.members.len(),
+            att.members.len()
+        )));
+    }
+    for (i, (member, seal)) in att.members.iter().zip(&att.group.members).enumerate() {
+        if member.shard != *seal {
+            return Err(VramError::invalid(format!(
+                "attestation {i} is not for member {i} ({}) of the group",
+                crate::text::sanitize(&seal.shard_id.chars().take(64).collect::<String>())
+            )));
+        }
+        verify_attestation(member, token, expected_nonce)?;
+    }
+    Ok(())
+}
+
+/// [`verify_group_attestation`], then the challenger's `policy` on every member's attestation
+/// (freshness, minimum mode, device memory). A policy failure is `PolicyViolation`.
+pub fn verify_group_attestation_with(
+    att: &GroupAttestation,
+    token: &WorkerToken,
+    expected_nonce: &[u8],
+    policy: &AttestationPolicy,
+) -> Result<(), VramError> {
+    verify_group_attestation(att, token, expected_nonce)?;
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO);
+    att.members.iter().try_for_each(|m| policy.check(m, now))
 }
 
 #[cfg(test)]

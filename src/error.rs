@@ -186,6 +186,38 @@ pub enum VramError {
     /// A device call did not answer in time.
     #[error("timed out waiting for {0}")]
     Timeout(String),
+
+    /// One member of a tensor-parallel group failed (`seal_group`, `verify_group`,
+    /// `attest_group`); `cause` is that member's own error. Every part a failed `seal_group`
+    /// had already sealed was released before this was returned; a member that failed
+    /// verification quarantined every member of its group (fail-all).
+    #[error("group {group_id}: member {shard_index} ({shard_id}): {cause}")]
+    GroupMember {
+        /// The group.
+        group_id: String,
+        /// The member's position in the group.
+        shard_index: u32,
+        /// The member's shard id.
+        shard_id: String,
+        /// What went wrong with it.
+        cause: Box<VramError>,
+    },
+
+    /// The shard is intact as far as is known, but it belongs to a tensor-parallel group one
+    /// of whose members failed verification: the whole group is quarantined (fail-all), so
+    /// neither this shard nor any other member is executed or attested again. Release the
+    /// group.
+    #[error(
+        "shard {shard_id} is quarantined with its group {group_id}: member {failed_shard_id} failed verification (fail-all); release the group"
+    )]
+    GroupQuarantined {
+        /// The shard refused.
+        shard_id: String,
+        /// Its group.
+        group_id: String,
+        /// The member whose failure quarantined the group.
+        failed_shard_id: String,
+    },
 }
 
 impl VramError {
@@ -194,6 +226,9 @@ impl VramError {
     /// devices, and permanent backend failures (`Cuda`: a driver that cannot start will not
     /// start on a retry).
     pub fn is_retriable(&self) -> bool {
+        if let Self::GroupMember { cause, .. } = self {
+            return cause.is_retriable();
+        }
         matches!(
             self,
             Self::InsufficientVram { .. }
@@ -228,10 +263,24 @@ impl VramError {
 
     /// Whether the error means the weights or their seal cannot be trusted.
     pub fn is_integrity_failure(&self) -> bool {
-        matches!(
-            self,
-            Self::SealVerificationFailed { .. } | Self::DigestMismatch { .. }
-        )
+        match self {
+            Self::GroupMember { cause, .. } => cause.is_integrity_failure(),
+            _ => matches!(
+                self,
+                Self::SealVerificationFailed { .. }
+                    | Self::DigestMismatch { .. }
+                    | Self::GroupQuarantined { .. }
+            ),
+        }
+    }
+
+    /// The error itself, or for [`VramError::GroupMember`] the member's own error: what to
+    /// branch on when the group it happened in does not matter.
+    pub fn innermost(&self) -> &VramError {
+        match self {
+            Self::GroupMember { cause, .. } => cause.innermost(),
+            other => other,
+        }
     }
 
     pub(crate) fn invalid(msg: impl Into<String>) -> Self {

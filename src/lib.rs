@@ -40,6 +40,7 @@ pub mod bench;
 pub mod config;
 pub mod error;
 pub mod gpu;
+pub mod group;
 mod messages;
 pub mod seal;
 pub mod shard;
@@ -50,14 +51,17 @@ mod types;
 pub mod validation;
 
 pub use attestation::{
-    Attestation, AttestationPolicy, verify_attestation, verify_attestation_with,
+    Attestation, AttestationPolicy, GroupAttestation, verify_attestation, verify_attestation_with,
+    verify_group_attestation, verify_group_attestation_with,
 };
 pub use audit::events::AuditEvent;
 pub use config::Config;
 pub use error::VramError;
 pub use gpu::{BackendKind, DeviceIdentity, DevicePtr};
+pub use group::{GroupRequest, SealedGroup};
 pub use messages::audit::AuditStats;
 pub use seal::claims::ShardInfo;
+pub use seal::group::GroupInfo;
 pub use seal::keys::WorkerToken;
 pub use shard::{
     ChunkSpan, DeviceView, Fault, SealRequest, SealedShard, VerifyMode, VerifyReport, VramCapacity,

@@ -3,7 +3,10 @@
 //! Every method validates its input here, before any message is sent (so a rejected request
 //! changes nothing), then talks to the right actor. The handle holds no lock and no state that
 //! an actor also holds: device actors are found through the [`DeviceDirectory`], which the
-//! supervisor updates when it restarts one.
+//! supervisor updates when it restarts one. Tensor-parallel groups (`seal_group` and friends)
+//! are in [`group`].
+
+mod group;
 
 use std::any::Any;
 use std::sync::Arc;

@@ -13,8 +13,9 @@
 //!  6  messages              what the actors say to each other
 //!  7  actors                device actors, seal keeper, audit actor, supervisor
 //!  8  shard                 the handles a caller holds
-//!  9  system                VramResidency
-//! 10  bench                 the benchmark suite (feature `cli`)
+//!  9  group                 tensor-parallel groups of those handles
+//! 10  system                VramResidency
+//! 11  bench                 the benchmark suite (feature `cli`)
 //! ```
 //!
 //! `src/lib.rs` (the public face, re-exporting from every layer) and the command line
@@ -38,8 +39,9 @@ const LAYERS: &[(&str, u32)] = &[
     ("messages", 6),
     ("actors", 7),
     ("shard", 8),
-    ("system", 9),
-    ("bench", 10),
+    ("group", 9),
+    ("system", 10),
+    ("bench", 11),
 ];
 
 fn rank(module: &str) -> Option<u32> {

@@ -1,15 +1,16 @@
 //! `SealKeeper`: the only place the seal key lives.
 //!
 //! It derives the seal key (and the attestation key) from the worker token at start, then signs
-//! and checks claims on request. Callers get signatures and yes/no answers; the key itself never
+//! and checks claims on request: shard seals (`vram-seal-v1`), group records (`vram-group-v1`)
+//! and attestation statements. Callers get signatures and yes/no answers; the key itself never
 //! leaves this actor's state, and is zeroized when the actor stops.
 
 use hmac::Mac;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
 use crate::messages::seal_keeper::SealKeeperMsg;
-use crate::seal::claims;
 use crate::seal::keys::{AttestKey, SealKey, WorkerToken};
+use crate::seal::{claims, group};
 
 /// The actor.
 pub struct SealKeeper;
@@ -48,6 +49,12 @@ impl Actor for SealKeeper {
             }
             SealKeeperMsg::Verify { info, reply } => {
                 let _ = reply.send(claims::verify(&state.seal_key, &info));
+            }
+            SealKeeperMsg::SignGroup { info, reply } => {
+                let _ = reply.send(group::sign(&state.seal_key, &info));
+            }
+            SealKeeperMsg::VerifyGroup { info, reply } => {
+                let _ = reply.send(group::verify(&state.seal_key, &info));
             }
             SealKeeperMsg::Attest { statement, reply } => {
                 let mut mac = state.attest_key.mac();

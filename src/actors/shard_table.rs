@@ -29,6 +29,18 @@ pub struct Quarantine {
     pub count: u64,
     /// Tensors overlapping them (safetensors shards only).
     pub tensors: Vec<String>,
+    /// Set when the shard itself was not found bad but another member of its tensor-parallel
+    /// group was (fail-all); `chunks` is then empty.
+    pub group: Option<GroupFailure>,
+}
+
+/// Why a shard was quarantined with its group: which group, and which member failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupFailure {
+    /// The group.
+    pub group_id: String,
+    /// The member whose verification failed.
+    pub failed_shard_id: String,
 }
 
 /// One resident shard.

@@ -219,6 +219,72 @@ pub enum AuditEvent {
         #[serde(serialize_with = "sanitized")]
         reason: String,
     },
+    /// A tensor-parallel group was sealed: every member sealed (each has its own `VramSealed`)
+    /// and the group record signed.
+    GroupSealed {
+        /// The group.
+        #[serde(serialize_with = "sanitized")]
+        group_id: String,
+        /// The model the group holds.
+        #[serde(serialize_with = "sanitized")]
+        model_ref: String,
+        /// How many members.
+        total_shards: u32,
+        /// The members' shard ids in `shard_index` order (the first 32).
+        #[serde(serialize_with = "sanitized_list")]
+        members: Vec<String>,
+        /// The group signature (lowercase hex).
+        signature: String,
+    },
+    /// Sealing a group failed on one part; every part already sealed was released (each has its
+    /// own `VramDeallocated`).
+    GroupSealAborted {
+        /// The group.
+        #[serde(serialize_with = "sanitized")]
+        group_id: String,
+        /// The part that failed.
+        #[serde(serialize_with = "sanitized")]
+        failed_shard_id: String,
+        /// Why, in words.
+        #[serde(serialize_with = "sanitized")]
+        reason: String,
+        /// How many sealed parts were released.
+        parts_released: u32,
+    },
+    /// A member of a group failed verification (its own `SealVerificationFailed` is on record):
+    /// every member of the group is quarantined (fail-all).
+    GroupVerificationFailed {
+        /// The group.
+        #[serde(serialize_with = "sanitized")]
+        group_id: String,
+        /// The member that failed.
+        #[serde(serialize_with = "sanitized")]
+        failed_shard_id: String,
+        /// Its device.
+        gpu_device: u32,
+        /// Why, in words (the member's error).
+        #[serde(serialize_with = "sanitized")]
+        reason: String,
+        /// How many members the group has (all quarantined).
+        total_shards: u32,
+        /// How serious the event is.
+        severity: Severity,
+    },
+    /// A shard was quarantined, without being found bad itself, because another member of its
+    /// group failed verification.
+    GroupMemberQuarantined {
+        /// The shard quarantined.
+        #[serde(serialize_with = "sanitized")]
+        shard_id: String,
+        /// Its device.
+        gpu_device: u32,
+        /// Its group.
+        #[serde(serialize_with = "sanitized")]
+        group_id: String,
+        /// The member that failed.
+        #[serde(serialize_with = "sanitized")]
+        failed_shard_id: String,
+    },
 }
 
 impl AuditEvent {
@@ -240,6 +306,10 @@ impl AuditEvent {
             Self::DeviceStopped { .. } => "DeviceStopped",
             Self::DeviceReset { .. } => "DeviceReset",
             Self::AuditEventsDropped { .. } => "AuditEventsDropped",
+            Self::GroupSealed { .. } => "GroupSealed",
+            Self::GroupSealAborted { .. } => "GroupSealAborted",
+            Self::GroupVerificationFailed { .. } => "GroupVerificationFailed",
+            Self::GroupMemberQuarantined { .. } => "GroupMemberQuarantined",
         }
     }
 

@@ -128,7 +128,9 @@ fn one_line(s: &str) -> String {
 
 impl From<VramError> for CliError {
     fn from(e: VramError) -> Self {
-        match &e {
+        // A group member's error is classified by the member's own error; the message keeps
+        // the group and the member it happened to.
+        match e.innermost() {
             VramError::InvalidInput(m) => Self::usage(m.clone()),
             _ if e.is_integrity_failure() => Self::integrity(e.to_string()),
             VramError::DeviceStopped { .. } => Self::env(e.to_string()).hint(

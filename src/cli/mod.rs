@@ -56,6 +56,8 @@ const TOP_AFTER_HELP: &str = concat!(
   export VRAM_WORKER_TOKEN=...                          # or --token-file PATH (mode 0600)
   vram-residency seal model.safetensors > seal.json     # digest = sha256sum's
   vram-residency verify-info seal.json
+  vram-residency seal --group tp2 --group-devices 0,1 part0.bin part1.bin > group.json
+  vram-residency verify-info group.json                 # every member seal + the group's
   vram-residency seal model.safetensors --audit-log audit.jsonl --hold 0
   vram-residency audit verify audit.jsonl
   vram-residency devices
@@ -131,15 +133,18 @@ pub enum Command {
     ///
     /// The shard id is the file name reduced to [A-Za-z0-9_-]; the model ref is
     /// `file:<path>`. The digest is the file's SHA-256, the value `sha256sum` prints. With
-    /// --hold the shards stay resident and are verified periodically until the time is up or
-    /// Ctrl-C, then released cleanly.
+    /// --group ID --group-devices 0,1,... the files are the parts of one tensor-parallel group
+    /// (part i on the i-th listed device, shard id ID-i), sealed all or nothing; the group's
+    /// GroupInfo is printed instead. With --hold the shards stay resident and are verified
+    /// periodically until the time is up or Ctrl-C, then released cleanly.
     #[command(after_help = AFTER_HELP)]
     Seal(seal::SealArgs),
 
-    /// Check a ShardInfo record (from `seal` or a peer) against the worker token, offline.
+    /// Check a ShardInfo or GroupInfo record (from `seal` or a peer) against the worker token, offline.
     ///
-    /// Checks the HMAC signature only (it does not show that the shard is still resident).
-    /// When a record fails, names the field that looks wrong when it can.
+    /// Checks the HMAC signatures only (it does not show that the shard is still resident); a
+    /// group's member seals, member positions and group signature. When a record fails, names
+    /// the field that looks wrong when it can.
     #[command(name = "verify-info", after_help = AFTER_HELP)]
     VerifyInfo(verify_info::VerifyInfoArgs),
 

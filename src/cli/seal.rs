@@ -1,8 +1,11 @@
 //! `seal FILE...`: copies real model files into device memory, seals them, and prints each
 //! `ShardInfo` as one JSON line on stdout (progress bars go to stderr, and only to a terminal).
 //! The shard id is the file name reduced to `[A-Za-z0-9_-]`; the model ref is `file:<path>`.
-//! With `--hold`, the shards stay resident and are verified in full every few seconds until the
-//! time is up or Ctrl-C, then released cleanly before the system shuts down.
+//! With `--group ID --group-devices 0,1,…` the files are the parts of one tensor-parallel group
+//! instead (part *i* on the *i*-th listed device, shard id `ID-i`), sealed all or nothing, and
+//! the group's `GroupInfo` is printed as one JSON line. With `--hold`, the shards (or the group)
+//! stay resident and are verified in full every few seconds until the time is up or Ctrl-C,
+//! then released cleanly before the system shuts down.
 
 use std::collections::HashSet;
 use std::io::{IsTerminal, Write};
@@ -10,7 +13,10 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use clap::Args;
-use vram_residency::{SealRequest, SealedShard, VerifyMode, VramError, VramResidency, validation};
+use vram_residency::{
+    GroupRequest, SealRequest, SealedGroup, SealedShard, VerifyMode, VramError, VramResidency,
+    validation,
+};
 
 use super::error::CliError;
 use super::progress;
@@ -25,8 +31,28 @@ pub struct SealArgs {
     pub files: Vec<PathBuf>,
 
     /// Device to seal onto.
-    #[arg(long, value_name = "N", default_value_t = 0)]
+    #[arg(long, value_name = "N", default_value_t = 0, conflicts_with = "group")]
     pub device: u32,
+
+    /// Seal the files as the parts of one tensor-parallel group with this id (part i gets
+    /// shard id ID-i); prints the group's GroupInfo. Needs --group-devices.
+    #[arg(long, value_name = "ID", requires = "group_devices")]
+    pub group: Option<String>,
+
+    /// With --group: the device of each part, in order (part i on the i-th listed device),
+    /// e.g. 0,1,2,3; one per FILE.
+    #[arg(
+        long,
+        value_name = "N,N,...",
+        value_delimiter = ',',
+        requires = "group"
+    )]
+    pub group_devices: Vec<u32>,
+
+    /// With --group: the model reference of the group and its parts (default: `file:` and the
+    /// directory that holds the parts; each part keeps `file:<its path>`).
+    #[arg(long, value_name = "REF", requires = "group")]
+    pub model_ref: Option<String>,
 
     /// Refuse the seal unless the file's SHA-256 is this (64 hex characters; one FILE only).
     #[arg(long, value_name = "HEX")]
@@ -86,6 +112,14 @@ pub async fn run(global: &Global, args: SealArgs) -> Result<(), CliError> {
     for f in &args.files {
         check_file(f)?;
     }
+    if args.group.is_some() && args.group_devices.len() != args.files.len() {
+        return Err(CliError::usage(format!(
+            "--group-devices lists {} device(s) for {} file(s); give one device per part, in order",
+            args.group_devices.len(),
+            args.files.len()
+        ))
+        .hint("e.g. --group-devices 0,1,2,3 for four parts"));
+    }
     let token = TokenSource::require(global.token_file.as_deref())?;
     token.load()?;
 
@@ -97,7 +131,10 @@ pub async fn run(global: &Global, args: SealArgs) -> Result<(), CliError> {
         config = config.audit_log(p.clone());
     }
     let system = VramResidency::start(config).await?;
-    let result = seal_all(&system, &args, expected).await;
+    let result = match &args.group {
+        Some(group_id) => seal_group(&system, &args, group_id, expected).await,
+        None => seal_all(&system, &args, expected).await,
+    };
     let shut = system.shutdown().await;
     result?;
     shut?;
@@ -166,7 +203,7 @@ async fn seal_all(
     if let Some(secs) = args.hold {
         hold(
             system,
-            &shards,
+            Held::Shards(&shards),
             secs,
             Duration::from_secs(args.verify_every),
         )
@@ -180,6 +217,111 @@ async fn seal_all(
         eprintln!("released {} ({freed} bytes)", human_bytes(freed));
     }
     Ok(())
+}
+
+/// `--group`: seals the files as one tensor-parallel group (all or nothing) and prints its
+/// `GroupInfo` as one JSON line.
+async fn seal_group(
+    system: &VramResidency,
+    args: &SealArgs,
+    group_id: &str,
+    expected: Option<String>,
+) -> Result<(), CliError> {
+    for &device in &args.group_devices {
+        validation::validate_device(device, system.device_count()).map_err(|e| {
+            CliError::from(e).hint(format!(
+                "list devices 0..={} in --group-devices, or simulate more devices with --devices N",
+                system.device_count().saturating_sub(1)
+            ))
+        })?;
+    }
+    let full: Vec<PathBuf> = args
+        .files
+        .iter()
+        .map(|p| std::fs::canonicalize(p).unwrap_or_else(|_| p.clone()))
+        .collect();
+    let model_ref = match &args.model_ref {
+        Some(r) => r.clone(),
+        None => format!("file:{}", common_dir(&full).display()),
+    };
+    let mut request = GroupRequest::new(group_id, model_ref.clone());
+    let mut bars = Vec::new();
+    for (i, ((path, device), full)) in args
+        .files
+        .iter()
+        .zip(&args.group_devices)
+        .zip(&full)
+        .enumerate()
+    {
+        let shard_id = format!("{group_id}-{i}");
+        let part_ref = match &args.model_ref {
+            Some(r) => r.clone(),
+            None => format!("file:{}", full.display()),
+        };
+        let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+        let bar = progress::bytes_bar(size, &shard_id);
+        let mut part = SealRequest::from_file(shard_id, part_ref, *device, path.clone())
+            .on_progress(progress::seal_callback(&bar));
+        if let Some(h) = &expected {
+            part = part.expected_sha256(h.clone());
+        }
+        bars.push(bar);
+        request = request.part(part);
+    }
+    let sealed = system.seal_group(request).await;
+    for bar in bars {
+        bar.finish_and_clear();
+    }
+    let group = sealed.map_err(|e| {
+        let digest = matches!(e.innermost(), VramError::DigestMismatch { .. });
+        let err = CliError::from(e).context(format!("sealing group {group_id:?}"));
+        if digest {
+            err.hint("a part is not the file you expected; nothing was sealed")
+        } else {
+            err
+        }
+    })?;
+    let line = serde_json::to_string(group.info())
+        .map_err(|e| CliError::env(format!("cannot encode the group record: {e}")))?;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{line}")
+        .and_then(|()| out.flush())
+        .map_err(|e| CliError::env(format!("cannot write to stdout: {e}")))?;
+    drop(out);
+    tracing::info!(group_id = %group.group_id(), members = group.len(), "group sealed");
+
+    if let Some(secs) = args.hold {
+        hold(
+            system,
+            Held::Group(&group),
+            secs,
+            Duration::from_secs(args.verify_every),
+        )
+        .await?;
+    }
+    let freed = system.release_group(group).await?;
+    if args.hold.is_some() {
+        eprintln!("released {} ({freed} bytes)", human_bytes(freed));
+    }
+    Ok(())
+}
+
+/// The deepest directory holding every one of `paths` (canonical paths share at least `/`).
+fn common_dir(paths: &[PathBuf]) -> PathBuf {
+    let mut common: Option<PathBuf> = None;
+    for path in paths {
+        let dir = path.parent().unwrap_or(path);
+        common = Some(match common {
+            None => dir.to_path_buf(),
+            Some(c) => c
+                .components()
+                .zip(dir.components())
+                .take_while(|(a, b)| a == b)
+                .map(|(a, _)| a)
+                .collect(),
+        });
+    }
+    common.unwrap_or_default()
 }
 
 fn unique_id(used: &mut HashSet<String>, path: &Path) -> String {
@@ -200,12 +342,24 @@ fn unique_id(used: &mut HashSet<String>, path: &Path) -> String {
     id
 }
 
+/// What `--hold` keeps resident: loose shards, or one group (verified as a group: one bad
+/// member quarantines them all).
+#[derive(Clone, Copy)]
+enum Held<'a> {
+    Shards(&'a [SealedShard]),
+    Group(&'a SealedGroup),
+}
+
 async fn hold(
     system: &VramResidency,
-    shards: &[SealedShard],
+    held: Held<'_>,
     secs: u64,
     every: Duration,
 ) -> Result<(), CliError> {
+    let shards = match held {
+        Held::Shards(shards) => shards,
+        Held::Group(group) => group.shards(),
+    };
     let deadline = if secs == 0 {
         None
     } else {
@@ -247,11 +401,21 @@ async fn hold(
             return Ok(());
         }
         let started = Instant::now();
-        for shard in shards {
-            system
-                .verify(shard, VerifyMode::Full)
-                .await
-                .map_err(|e| CliError::from(e).context("periodic verification"))?;
+        match held {
+            Held::Group(group) => {
+                system
+                    .verify_group(group, VerifyMode::Full)
+                    .await
+                    .map_err(|e| CliError::from(e).context("periodic verification"))?;
+            }
+            Held::Shards(shards) => {
+                for shard in shards {
+                    system
+                        .verify(shard, VerifyMode::Full)
+                        .await
+                        .map_err(|e| CliError::from(e).context("periodic verification"))?;
+                }
+            }
         }
         tracing::info!(shards = shards.len(), "periodic full verification passed");
         if interactive {

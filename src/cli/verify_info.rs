@@ -1,8 +1,9 @@
-//! `verify-info FILE.json`: checks `ShardInfo` records (one JSON object, or JSON Lines as
-//! printed by `seal`) against the seal key derived from the worker token — offline, signature
-//! only. When a record fails, says which field looks wrong if the fault is visible without the
-//! key (format tag, hex lengths, identifiers, sizes); otherwise that the signature does not
-//! match.
+//! `verify-info FILE.json`: checks seal records — `ShardInfo` (`vram-seal-v1`) and tensor-parallel
+//! `GroupInfo` (`vram-group-v1`), one JSON object, or JSON Lines as printed by `seal` — against
+//! the seal key derived from the worker token: offline, signatures only. A group is checked the
+//! way a peer checks it (shape, every member seal, the group signature). When a record fails,
+//! says which field looks wrong if the fault is visible without the key (format tag, hex lengths,
+//! identifiers, sizes, member positions); otherwise that the signature does not match.
 //!
 //! The file comes from a peer: it is read only up to 1 MiB (a larger one is refused, exit 2),
 //! and every field, JSON error and member name it holds is sanitised and bounded before it is
@@ -11,10 +12,10 @@
 use std::path::PathBuf;
 
 use clap::Args;
-use vram_residency::ShardInfo;
 use vram_residency::seal::claims::{self, SEAL_FORMAT};
+use vram_residency::seal::group::{self, GROUP_FORMAT};
 use vram_residency::seal::keys::SealKey;
-use vram_residency::validation;
+use vram_residency::{GroupInfo, ShardInfo, validation};
 
 use super::Global;
 use super::error::CliError;
@@ -24,10 +25,19 @@ use super::untrusted;
 /// Arguments of `verify-info`.
 #[derive(Debug, Args)]
 pub struct VerifyInfoArgs {
-    /// A ShardInfo JSON file (a single object, or one object per line as printed by `seal`;
-    /// at most 1 MiB).
+    /// A ShardInfo or GroupInfo JSON file (a single object, or one object per line as printed
+    /// by `seal`; at most 1 MiB).
     #[arg(value_name = "FILE.json")]
     pub file: PathBuf,
+}
+
+/// One record of the file: a shard's seal or a group's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Record {
+    /// A `vram-seal-v1` record.
+    Shard(ShardInfo),
+    /// A `vram-group-v1` record.
+    Group(GroupInfo),
 }
 
 /// Runs `verify-info`.
@@ -36,14 +46,16 @@ pub fn run(global: &Global, args: VerifyInfoArgs) -> Result<(), CliError> {
     let shown = validation::shown_path(&args.file);
     let text = untrusted::read_json_file(&args.file, "ShardInfo file")?;
     let records = parse(&text).map_err(|e| {
-        CliError::usage(format!("{shown} is not a ShardInfo JSON record: {e}"))
-            .hint("give the JSON printed by `vram-residency seal` (one object, or one per line)")
+        CliError::usage(format!(
+            "{shown} is not a ShardInfo or GroupInfo JSON record: {e}"
+        ))
+        .hint("give the JSON printed by `vram-residency seal` (one object, or one per line)")
     })?;
     let key = SealKey::derive(&token);
     drop(token);
 
     let mut first_failure: Option<CliError> = None;
-    for (line, info) in &records {
+    for (line, record) in &records {
         let at = if records.len() > 1 {
             format!("{shown}:{line}")
         } else {
@@ -51,33 +63,21 @@ pub fn run(global: &Global, args: VerifyInfoArgs) -> Result<(), CliError> {
         };
         // Every field below was written by whoever made the file (a valid signature only says
         // a holder of the token signed it): sanitised and bounded before it is printed.
-        if claims::verify(&key, info) {
-            println!(
-                "ok: {at}: signature valid for shard {} ({}), {} bytes on device {}, sha256 {}, sealed {} by {}",
-                untrusted::field(&info.shard_id, validation::MAX_ID_LEN),
-                untrusted::field(&info.model_ref, validation::MAX_MODEL_REF_LEN),
-                info.vram_bytes,
-                info.gpu_device,
-                untrusted::field(&info.digest, 64),
-                sealed_at(info.sealed_at_unix_nanos),
-                untrusted::field(&info.worker_id, validation::MAX_ID_LEN)
-            );
-        } else {
-            let why = untrusted::text(&diagnose(info));
-            println!(
-                "FAILED: {at}: shard {:?}: {why}",
-                untrusted::field(&info.shard_id, validation::MAX_ID_LEN)
-            );
-            if first_failure.is_none() {
-                let err = CliError::integrity(format!("{at}: {why}"));
-                first_failure = Some(if why == SIGNATURE_MISMATCH {
-                    err.hint(
-                        "check the token is the one of the worker that sealed it; a record changed after sealing never verifies",
-                    )
-                } else {
-                    err
-                });
-            }
+        let failed = match record {
+            Record::Shard(info) => check_shard(&key, &at, info),
+            Record::Group(info) => check_group(&key, &at, info),
+        };
+        if let Some(why) = failed
+            && first_failure.is_none()
+        {
+            let err = CliError::integrity(format!("{at}: {why}"));
+            first_failure = Some(if why.ends_with(SIGNATURE_MISMATCH) {
+                err.hint(
+                    "check the token is the one of the worker that sealed it; a record changed after sealing never verifies",
+                )
+            } else {
+                err
+            });
         }
     }
     println!(
@@ -87,6 +87,100 @@ pub fn run(global: &Global, args: VerifyInfoArgs) -> Result<(), CliError> {
         Some(e) => Err(e),
         None => Ok(()),
     }
+}
+
+/// One line describing a member or a shard whose seal verified.
+fn describe(info: &ShardInfo) -> String {
+    format!(
+        "shard {} ({}), {} bytes on device {}, sha256 {}, sealed {} by {}",
+        untrusted::field(&info.shard_id, validation::MAX_ID_LEN),
+        untrusted::field(&info.model_ref, validation::MAX_MODEL_REF_LEN),
+        info.vram_bytes,
+        info.gpu_device,
+        untrusted::field(&info.digest, 64),
+        sealed_at(info.sealed_at_unix_nanos),
+        untrusted::field(&info.worker_id, validation::MAX_ID_LEN)
+    )
+}
+
+/// Checks one shard record and prints its verdict; returns why it failed (sanitised).
+fn check_shard(key: &SealKey, at: &str, info: &ShardInfo) -> Option<String> {
+    if claims::verify(key, info) {
+        println!("ok: {at}: signature valid for {}", describe(info));
+        return None;
+    }
+    let why = untrusted::text(&diagnose(info));
+    println!(
+        "FAILED: {at}: shard {:?}: {why}",
+        untrusted::field(&info.shard_id, validation::MAX_ID_LEN)
+    );
+    Some(why)
+}
+
+/// Checks one group record as a peer does (shape, every member seal, the group signature),
+/// printing the verdict and, when it holds, one line per member; returns why it failed.
+fn check_group(key: &SealKey, at: &str, info: &GroupInfo) -> Option<String> {
+    let name = untrusted::field(&info.group_id, validation::MAX_ID_LEN);
+    match diagnose_group(key, info) {
+        None => {
+            println!(
+                "ok: {at}: group {name} ({}): {} member(s), group signature and every member seal valid, sealed {} by {}",
+                untrusted::field(&info.model_ref, validation::MAX_MODEL_REF_LEN),
+                info.members.len(),
+                sealed_at(info.sealed_at_unix_nanos),
+                untrusted::field(&info.worker_id, validation::MAX_ID_LEN)
+            );
+            for (i, member) in info.members.iter().enumerate() {
+                println!("  member {i}: {}", describe(member));
+            }
+            None
+        }
+        Some(why) => {
+            let why = untrusted::text(&why);
+            println!("FAILED: {at}: group {name:?}: {why}");
+            Some(why)
+        }
+    }
+}
+
+/// Why a group record does not verify, or `None` when it does.
+pub fn diagnose_group(key: &SealKey, info: &GroupInfo) -> Option<String> {
+    if info.format != GROUP_FORMAT {
+        return Some(format!(
+            "format is {:?}, expected {GROUP_FORMAT:?}",
+            info.format.chars().take(32).collect::<String>()
+        ));
+    }
+    if let Err(e) = info.check_structure() {
+        return Some(plain(e));
+    }
+    if let Some((i, member)) = info
+        .members
+        .iter()
+        .enumerate()
+        .find(|(_, m)| !claims::verify(key, m))
+    {
+        return Some(format!(
+            "member {i} ({}): {}",
+            untrusted::field(&member.shard_id, validation::MAX_ID_LEN),
+            diagnose(member)
+        ));
+    }
+    if group::verify(key, info) {
+        return None;
+    }
+    for (field, value) in [("worker_id", &info.worker_id), ("group_id", &info.group_id)] {
+        if let Err(e) = validation::validate_identifier(field, value) {
+            return Some(plain(e));
+        }
+    }
+    if let Err(e) = validation::validate_model_ref(&info.model_ref) {
+        return Some(plain(e));
+    }
+    if let Some(p) = hex_problem("signature", &info.signature) {
+        return Some(p);
+    }
+    Some(format!("group {SIGNATURE_MISMATCH}"))
 }
 
 /// Longest rendering of a JSON parse error, in characters (serde_json quotes unknown member
@@ -99,11 +193,30 @@ fn parse_error(e: &serde_json::Error) -> String {
     untrusted::bounded(&e.to_string(), MAX_PARSE_ERROR_CHARS)
 }
 
+/// Parses one record: a `GroupInfo` when it says it is one (its format tag, or a `members`
+/// list), a `ShardInfo` otherwise, so a parse error speaks of the record it was meant to be.
+fn parse_record(text: &str) -> Result<Record, serde_json::Error> {
+    #[derive(serde::Deserialize)]
+    struct Peek {
+        #[serde(default)]
+        format: Option<String>,
+        #[serde(default)]
+        members: Option<serde::de::IgnoredAny>,
+    }
+    let group = serde_json::from_str::<Peek>(text)
+        .is_ok_and(|p| p.format.as_deref() == Some(GROUP_FORMAT) || p.members.is_some());
+    if group {
+        serde_json::from_str::<GroupInfo>(text).map(Record::Group)
+    } else {
+        serde_json::from_str::<ShardInfo>(text).map(Record::Shard)
+    }
+}
+
 /// Parses one JSON object, or JSON Lines (blank lines ignored). Returns 1-based line numbers.
 /// Error messages are sanitised and bounded.
-fn parse(text: &str) -> Result<Vec<(usize, ShardInfo)>, String> {
-    let whole = match serde_json::from_str::<ShardInfo>(text) {
-        Ok(info) => return Ok(vec![(1, info)]),
+fn parse(text: &str) -> Result<Vec<(usize, Record)>, String> {
+    let whole = match parse_record(text) {
+        Ok(record) => return Ok(vec![(1, record)]),
         Err(e) => e,
     };
     let several = text
@@ -123,8 +236,8 @@ fn parse(text: &str) -> Result<Vec<(usize, ShardInfo)>, String> {
         if line.trim().is_empty() {
             continue;
         }
-        match serde_json::from_str::<ShardInfo>(line) {
-            Ok(info) => out.push((n, info)),
+        match parse_record(line) {
+            Ok(record) => out.push((n, record)),
             // The first line is not a whole value: one object spread over several lines
             // (pretty-printed), whose own error says more than "EOF on line 1".
             Err(e) if out.is_empty() && e.is_eof() => return Err(parse_error(&whole)),
@@ -314,6 +427,74 @@ mod tests {
             )
     }
 
+    /// A signed two-member group (placeholder digests and roots) under `token`.
+    fn signed_group(key: &SealKey) -> GroupInfo {
+        let members = (0..2u32)
+            .map(|i| {
+                let mut m = ShardInfo {
+                    shard_id: format!("g-{i}"),
+                    gpu_device: i,
+                    shard_index: Some(i),
+                    total_shards: Some(2),
+                    ..record()
+                };
+                m.signature = claims::sign(key, &m).unwrap();
+                m
+            })
+            .collect();
+        let mut g = GroupInfo {
+            format: GROUP_FORMAT.into(),
+            worker_id: "worker-1".into(),
+            group_id: "g".into(),
+            model_ref: "hf:org/model@rev".into(),
+            sealed_at_unix_nanos: 1_700_000_000_000_000_001,
+            members,
+            signature: String::new(),
+        };
+        g.signature = group::sign(key, &g).unwrap();
+        g
+    }
+
+    #[test]
+    fn groups_and_shards_parse_side_by_side_and_groups_are_diagnosed() {
+        let token = WorkerToken::new(b"verify-info-unit-test-token".to_vec()).unwrap();
+        let key = SealKey::derive(&token);
+        let g = signed_group(&key);
+        let lines = format!(
+            "{}\n{}\n",
+            serde_json::to_string(&g).unwrap(),
+            serde_json::to_string(&g.members[0]).unwrap()
+        );
+        let parsed = parse(&lines).unwrap();
+        assert_eq!(parsed[0], (1, Record::Group(g.clone())));
+        assert_eq!(parsed[1], (2, Record::Shard(g.members[0].clone())));
+        assert_eq!(diagnose_group(&key, &g), None);
+
+        let mut swapped = g.clone();
+        swapped.members.swap(0, 1);
+        let why = diagnose_group(&key, &swapped).unwrap();
+        assert!(
+            why.contains("member 0 (g-1)") && why.contains("shard_index"),
+            "{why}"
+        );
+        let mut tampered = g.clone();
+        tampered.members[1].vram_bytes += 1;
+        let why = diagnose_group(&key, &tampered).unwrap();
+        assert_eq!(why, format!("member 1 (g-1): {SIGNATURE_MISMATCH}"));
+        let mut renamed = g.clone();
+        renamed.model_ref.push('!');
+        let why = diagnose_group(&key, &renamed).unwrap();
+        assert_eq!(why, format!("group {SIGNATURE_MISMATCH}"));
+        // An unknown member in a group is a parse error that speaks of the group's fields.
+        let mut v = serde_json::to_value(&g).unwrap();
+        v["extra"] = 1.into();
+        let err = parse(&v.to_string()).unwrap_err();
+        assert!(
+            err.contains("unknown field") && err.contains("members"),
+            "{err}"
+        );
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(256))]
 
@@ -338,7 +519,7 @@ mod tests {
             let parsed = parse(&text).unwrap();
             prop_assert_eq!(parsed.len(), infos.len());
             for (k, ((line, got), want)) in parsed.iter().zip(&infos).enumerate() {
-                prop_assert_eq!(got, want);
+                prop_assert_eq!(got, &Record::Shard(want.clone()));
                 prop_assert_eq!(*line, if blank { 2 * k + 1 } else { k + 1 });
             }
         }

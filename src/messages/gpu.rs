@@ -154,4 +154,13 @@ pub enum GpuMsg {
     },
     /// Internal: time for the background scrub to look at the next shard.
     ScrubTick,
+    /// Quarantine a member of a tensor-parallel group because another member failed
+    /// verification (fail-all). A shard already quarantined keeps its own finding. Replies
+    /// whether this call quarantined it.
+    QuarantineForGroup {
+        shard: ShardRef,
+        group_id: String,
+        failed_shard_id: String,
+        reply: RpcReplyPort<Result<bool, VramError>>,
+    },
 }

@@ -4,6 +4,7 @@ use ractor::RpcReplyPort;
 
 use crate::error::VramError;
 use crate::seal::claims::ShardInfo;
+use crate::seal::group::GroupInfo;
 
 /// Messages handled by `SealKeeper`.
 pub enum SealKeeperMsg {
@@ -15,6 +16,17 @@ pub enum SealKeeperMsg {
     /// Check a `ShardInfo`'s signature (constant time).
     Verify {
         info: Box<ShardInfo>,
+        reply: RpcReplyPort<bool>,
+    },
+    /// Sign an unsigned `GroupInfo` (`vram-group-v1` claims, seal key); replies with the
+    /// signature hex.
+    SignGroup {
+        info: Box<GroupInfo>,
+        reply: RpcReplyPort<Result<String, VramError>>,
+    },
+    /// Check a `GroupInfo`'s group signature (constant time).
+    VerifyGroup {
+        info: Box<GroupInfo>,
         reply: RpcReplyPort<bool>,
     },
     /// Sign an attestation statement; replies with the signature hex.

@@ -3,12 +3,14 @@
 //! * [`merkle`] — the chunked RFC 6962 tree that lets verification run in parallel and name the
 //!   bad chunk;
 //! * [`claims`] — the signed, public [`claims::ShardInfo`] record (`vram-seal-v1`);
+//! * [`group`] — the signed record of a tensor-parallel group of seals (`vram-group-v1`);
 //! * [`keys`] — the worker token and the seal/audit keys derived from it.
 //!
 //! The plain SHA-256 digest ([`sha256_hex`]) is what `sha256sum` prints; it is computed once at
 //! seal time (it is inherently sequential) while re-verification uses the Merkle tree.
 
 pub mod claims;
+pub mod group;
 pub mod keys;
 pub mod merkle;
 pub mod tensors;

@@ -127,6 +127,14 @@ impl Actor for GpuActor {
                 let _ = reply.send(state.status());
             }
             GpuMsg::ScrubTick => state.scrub_next(&myself),
+            GpuMsg::QuarantineForGroup {
+                shard,
+                group_id,
+                failed_shard_id,
+                reply,
+            } => {
+                let _ = reply.send(state.quarantine_for_group(&shard, group_id, failed_shard_id));
+            }
         }
         if publish {
             state.publish_capacity();

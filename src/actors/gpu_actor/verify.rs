@@ -317,6 +317,7 @@ impl GpuState {
             tensors,
             chunks: spans,
             count: bad.len() as u64,
+            group: None,
         };
         let err = quarantined(&shard.shard_id, &found);
         let event = AuditEvent::SealVerificationFailed {
@@ -358,6 +359,9 @@ impl GpuState {
 
 /// The error every refused call on a quarantined shard gets.
 pub(super) fn quarantined(shard_id: &str, bad: &Quarantine) -> VramError {
+    if let Some(group) = &bad.group {
+        return super::group::group_quarantined(shard_id, group);
+    }
     VramError::SealVerificationFailed {
         shard_id: shard_id.to_string(),
         first_bad_chunk: bad.chunks.first().map(|s| s.index),
