@@ -2,19 +2,21 @@
 //!
 //! ```sh
 //! cargo run --example attest_server --features http-example
-//! cargo run --example attest_server --features http-example -- --listen 127.0.0.1:9000 --devices 4 --size 8388608
+//! cargo run --example attest_server --features http-example -- --listen 127.0.0.1:9000 \
+//!     --devices 4 --size 8388608 --token-file worker.token --audit-log audit.jsonl
 //! ```
 //!
 //! Endpoints (JSON in and out, except `/metrics`):
 //!
 //! * `POST /attest` with `{"nonce": "<hex>"}` — a fresh challenge of 16..=1024 bytes, lowercase or
-//!   uppercase hex. The worker verifies every member of its group (per
-//!   `Config::execute_verify`, `Full` here) and answers `200` with
-//!   `{"worker_id", "group_id", "model_ref", "attestations": [Attestation…]}`: one
-//!   `vram-attest-v2` statement per member under the same nonce, in `shard_index` order
-//!   (`.specs/attestation-v2.md` has the byte layout). A member that fails verification makes
-//!   the whole challenge fail: `409` with `{"error": "…"}` naming it, and no attestation at all.
-//!   A malformed body or nonce is `400`; a worker shutting down or a lost device `503`.
+//!   uppercase hex. The worker answers with `VramResidency::attest_group`: it verifies every
+//!   member of its tensor-parallel group (per `Config::execute_verify`, `Full` here) and answers
+//!   `200` with the `GroupAttestation` bundle `{"group": GroupInfo, "members": [Attestation…]}`:
+//!   the signed group record and one `vram-attest-v2` statement per member under the same nonce,
+//!   in `shard_index` order (`.specs/groups-v1.md` and `.specs/attestation-v2.md` have the
+//!   layouts). A member that fails verification fails the whole group (fail-all) and the
+//!   challenge with it: `409` with `{"error": "…"}` naming the member, and no attestation at
+//!   all. A malformed body or nonce is `400`; a worker shutting down or a lost device `503`.
 //! * `GET /metrics` — the crate's metrics in the Prometheus text format (names in
 //!   `vram_residency::telemetry` and the README); the verification-duration histogram has
 //!   buckets, so it aggregates across workers.
@@ -24,9 +26,10 @@
 //! The worker token comes from `--token-file PATH` (owner-only permissions) or
 //! `VRAM_WORKER_TOKEN`; with neither, the worker writes a fresh random token to an owner-only
 //! file in the temp directory, prints that file's path (never the token), and deletes it at
-//! exit. The control plane holds the same token: it checks each attestation's signature and
-//! seal with it (`verify_attestation_with` and an `AttestationPolicy`), and nothing secret
-//! crosses the wire. `tests/http_attest.rs` plays that control plane against this router.
+//! exit. The control plane holds the same token: it checks the bundle with it
+//! (`verify_group_attestation_with`, or each member with `verify_attestation_with`, and an
+//! `AttestationPolicy`), and nothing secret crosses the wire. `tests/http_attest.rs` plays that
+//! control plane against this router.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -40,8 +43,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-use serde::{Deserialize, Serialize};
-use vram_residency::{Attestation, Config, SealRequest, SealedShard, VramError, VramResidency};
+use serde::Deserialize;
+use vram_residency::{
+    Config, GroupAttestation, GroupRequest, SealRequest, SealedGroup, VramError, VramResidency,
+};
 
 /// The largest request body accepted: a 1024-byte nonce in hex plus room for the JSON around it.
 const MAX_BODY_BYTES: usize = 4096;
@@ -55,9 +60,7 @@ const DURATION_BUCKETS: &[f64] = &[
 /// What the worker answers for: its system and the sealed model.
 pub struct Worker {
     system: VramResidency,
-    group_id: String,
-    model_ref: String,
-    members: Vec<SealedShard>,
+    group: SealedGroup,
     metrics: PrometheusHandle,
 }
 
@@ -67,19 +70,6 @@ pub struct Worker {
 pub struct Challenge {
     /// The challenger's nonce, hex (16..=1024 bytes once decoded).
     pub nonce: String,
-}
-
-/// The answer to a challenge.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct AttestResponse {
-    /// The worker that answered.
-    pub worker_id: String,
-    /// The group attested.
-    pub group_id: String,
-    /// The model the group holds.
-    pub model_ref: String,
-    /// One attestation per member, in `shard_index` order, all under the challenge's nonce.
-    pub attestations: Vec<Attestation>,
 }
 
 /// An error answer: `{"error": "…"}` with a status that says whose fault it is.
@@ -93,13 +83,13 @@ impl IntoResponse for ApiError {
 
 impl From<VramError> for ApiError {
     fn from(e: VramError) -> Self {
-        let status = match &e {
+        // A group's error wraps its member's: branch on the member's.
+        let status = match e.innermost() {
             VramError::InvalidInput(_) => StatusCode::BAD_REQUEST,
-            // The model is not what was sealed (or its device stopped fail-closed after it was
-            // found not to be): the worker cannot vouch for it.
-            VramError::SealVerificationFailed { .. } | VramError::DeviceStopped { .. } => {
-                StatusCode::CONFLICT
-            }
+            // The model is not what was sealed (or its device stopped fail-closed after part of
+            // it was found not to be): the worker cannot vouch for it.
+            inner if inner.is_integrity_failure() => StatusCode::CONFLICT,
+            VramError::DeviceStopped { .. } => StatusCode::CONFLICT,
             VramError::ShuttingDown | VramError::DeviceLost { .. } => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -111,30 +101,13 @@ impl From<VramError> for ApiError {
 }
 
 impl Worker {
-    /// A worker answering for `members` (one sealed model, in `shard_index` order).
-    pub fn new(
-        system: VramResidency,
-        group_id: impl Into<String>,
-        model_ref: impl Into<String>,
-        members: Vec<SealedShard>,
-        metrics: PrometheusHandle,
-    ) -> Self {
+    /// A worker answering for `group`, sealed on `system`; its metrics render from `metrics`.
+    pub fn new(system: VramResidency, group: SealedGroup, metrics: PrometheusHandle) -> Self {
         Self {
             system,
-            group_id: group_id.into(),
-            model_ref: model_ref.into(),
-            members,
+            group,
             metrics,
         }
-    }
-
-    /// Verifies every member and attests each under `nonce`; any failure fails the whole answer.
-    async fn attest(&self, nonce: &[u8]) -> Result<Vec<Attestation>, VramError> {
-        let mut attestations = Vec::with_capacity(self.members.len());
-        for member in &self.members {
-            attestations.push(self.system.attest(member, nonce).await?);
-        }
-        Ok(attestations)
     }
 }
 
@@ -151,18 +124,14 @@ pub fn app(worker: Arc<Worker>) -> Router {
 async fn attest(
     State(worker): State<Arc<Worker>>,
     body: Result<Json<Challenge>, JsonRejection>,
-) -> Result<Json<AttestResponse>, ApiError> {
+) -> Result<Json<GroupAttestation>, ApiError> {
     let Json(challenge) =
         body.map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("bad challenge: {e}")))?;
     let nonce = hex::decode(challenge.nonce.trim())
         .map_err(|_| ApiError(StatusCode::BAD_REQUEST, "nonce must be hex".into()))?;
-    let attestations = worker.attest(&nonce).await?;
-    Ok(Json(AttestResponse {
-        worker_id: worker.system.worker_id().to_string(),
-        group_id: worker.group_id.clone(),
-        model_ref: worker.model_ref.clone(),
-        attestations,
-    }))
+    Ok(Json(
+        worker.system.attest_group(&worker.group, &nonce).await?,
+    ))
 }
 
 async fn metrics(State(worker): State<Arc<Worker>>) -> impl IntoResponse {
@@ -230,6 +199,7 @@ struct Opts {
     devices: u32,
     size: usize,
     token_file: Option<PathBuf>,
+    audit_log: Option<PathBuf>,
 }
 
 #[cfg_attr(test, allow(dead_code))]
@@ -239,6 +209,7 @@ fn parse_opts() -> Result<Opts, String> {
         devices: 4,
         size: 8 << 20,
         token_file: None,
+        audit_log: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -250,10 +221,11 @@ fn parse_opts() -> Result<Opts, String> {
             }
             "--size" => opts.size = value()?.parse().map_err(|e| format!("--size: {e}"))?,
             "--token-file" => opts.token_file = Some(PathBuf::from(value()?)),
+            "--audit-log" => opts.audit_log = Some(PathBuf::from(value()?)),
             other => {
                 return Err(format!(
                     "unknown argument {other}; usage: attest_server [--listen ADDR] \
-                     [--devices N] [--size BYTES_PER_PART] [--token-file PATH]"
+                     [--devices N] [--size BYTES_PER_PART] [--token-file PATH] [--audit-log PATH]"
                 ));
             }
         }
@@ -271,20 +243,27 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let metrics = install_metrics()?;
 
     // The token: a file, the environment, or a fresh one written to an owner-only temp file
-    // (tempfile creates it 0600) so a control plane on this machine can read it.
-    let mut _generated = None;
-    let token_file = match (&opts.token_file, std::env::var("VRAM_WORKER_TOKEN")) {
-        (Some(path), _) => Some(path.clone()),
-        (None, Ok(t)) if !t.is_empty() => None,
-        (None, _) => {
+    // (tempfile creates it 0600) so a control plane on this machine can read it. Copies of it
+    // in memory are wiped when dropped.
+    let env_token = std::env::var("VRAM_WORKER_TOKEN")
+        .ok()
+        .filter(|t| !t.is_empty())
+        .map(zeroize::Zeroizing::new);
+    let capacity = u64::try_from(opts.size)?.saturating_mul(2).max(64 << 20);
+    let mut config = Config::simulated(opts.devices, capacity).worker_id("attest-worker-1");
+    let mut _generated = None; // the generated token's file lives (and is deleted) with this
+    config = match (&opts.token_file, &env_token) {
+        (Some(path), _) => config.worker_token_file(path),
+        (None, Some(token)) => config.worker_token(token.as_bytes()),
+        (None, None) => {
             use rand::RngCore;
             use std::io::Write;
-            let mut raw = [0u8; 32];
-            rand::rngs::OsRng.fill_bytes(&mut raw);
+            let mut raw = zeroize::Zeroizing::new([0u8; 32]);
+            rand::rngs::OsRng.fill_bytes(raw.as_mut());
             let mut file = tempfile::Builder::new()
                 .prefix("vram-worker-token-")
                 .tempfile()?;
-            file.write_all(hex::encode(raw).as_bytes())?;
+            file.write_all(zeroize::Zeroizing::new(hex::encode(raw.as_ref())).as_bytes())?;
             file.flush()?;
             println!(
                 "no token given: wrote a random worker token to {} (owner-only; deleted at exit)",
@@ -292,37 +271,33 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
             );
             let path = file.path().to_path_buf();
             _generated = Some(file);
-            Some(path)
+            config.worker_token_file(path)
         }
     };
-    let capacity = u64::try_from(opts.size)?.saturating_mul(2).max(64 << 20);
-    let mut config = Config::simulated(opts.devices, capacity).worker_id("attest-worker-1");
-    config = match token_file {
-        Some(path) => config.worker_token_file(path),
-        None => config
-            .worker_token(zeroize::Zeroizing::new(std::env::var("VRAM_WORKER_TOKEN")?).as_bytes()),
-    };
+    // With a file log, the audit heads in the attestations can be checked against it later
+    // (`vram-residency audit verify LOG --head SEQ:MAC`); without one, events stay in memory.
+    if let Some(path) = &opts.audit_log {
+        config = config.audit_log(path);
+    }
     let system = VramResidency::start(config).await?;
 
-    // One model split across every device: part i on device i.
+    // One model split across every device: part i on device i, sealed as one group.
     let group_id = format!("demo-model-tp{}", opts.devices);
     let model_ref = "example:demo-model@v1";
-    let mut members = Vec::new();
+    let mut request = GroupRequest::new(group_id.clone(), model_ref);
     for device in 0..opts.devices {
         let bytes: Vec<u8> = (0..opts.size)
             .map(|i| (i.wrapping_mul(31).wrapping_add(device as usize) % 251) as u8)
             .collect();
-        let request = SealRequest::new(format!("{group_id}-{device}"), model_ref, device, bytes)
-            .tensor_parallel(device, opts.devices);
-        members.push(system.seal(request).await?);
+        request = request.part(SealRequest::new(
+            format!("{group_id}-{device}"),
+            model_ref,
+            device,
+            bytes,
+        ));
     }
-    let worker = Arc::new(Worker::new(
-        system.clone(),
-        group_id.clone(),
-        model_ref,
-        members,
-        metrics,
-    ));
+    let group = system.seal_group(request).await?;
+    let worker = Arc::new(Worker::new(system.clone(), group.clone(), metrics));
 
     let listener = tokio::net::TcpListener::bind(opts.listen).await?;
     println!(
@@ -339,9 +314,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         })
         .await?;
 
-    for member in &worker.members {
-        system.release(member.clone()).await?;
-    }
+    drop(worker);
+    system.release_group(group).await?;
     system.shutdown().await?;
     println!("released the model and shut down");
     Ok(())

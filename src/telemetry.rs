@@ -10,8 +10,8 @@
 //! | `vram_device_total_bytes` | gauge | `gpu_device` | device memory |
 //! | `vram_device_used_bytes` | gauge | `gpu_device` | bytes held by sealed shards |
 //! | `vram_device_available_bytes` | gauge | `gpu_device` | bytes a new seal may use (total − used − headroom, or less when the device reports less free) |
-//! | `vram_seals_total` | counter | `result` | every `seal` call: `ok`, `invalid_input`, `insufficient_vram`, `allocation_failed`, `digest_mismatch`, `error` |
-//! | `vram_verifications_total` | counter | `mode`, `result`, `trigger` | every verification: `mode` is `full`, `sampled` or `signature_only`; `result` is `pass`, `fail` (the shard or record does not match its seal, or is quarantined) or `error` (no verdict: device lost or stopped, incomplete read, shard gone, timeout); `trigger` is `request` or `scrub` |
+//! | `vram_seals_total` | counter | `result` | every `seal` call, and every part `seal_group` seals: `ok`, `invalid_input`, `insufficient_vram`, `allocation_failed`, `digest_mismatch`, `error` |
+//! | `vram_verifications_total` | counter | `mode`, `result`, `trigger` | every verification: `mode` is `full`, `sampled` or `signature_only`; `result` is `pass`, `fail` (the shard or record does not match its seal, or is quarantined, itself or with its tensor-parallel group) or `error` (no verdict: device lost or stopped, incomplete read, shard gone, timeout); `trigger` is `request` or `scrub` |
 //! | `vram_verification_duration_seconds` | histogram | `mode` | time to a verdict (`pass` or `fail`) |
 //! | `vram_signature_checks_total` | counter | `result` | signature-only and `verify_info` checks (`pass`, `fail`) |
 //! | `vram_events_total` | counter | `type`, `gpu_device` | audit events emitted by device actors |
@@ -24,7 +24,10 @@
 //! change its memory figures (and at start and stop); seal counters and request verifications
 //! in the `VramResidency` facade, which sees every outcome a caller sees, including input
 //! rejected before any actor is asked and the verifications `execute` and `attest` run first;
-//! background scrubs by the device actor that runs them. Label values are a small fixed set
+//! background scrubs by the device actor that runs them. The group calls go through the same
+//! facade methods for each member (`seal_group` seals each part with `seal`, `verify_group` and
+//! `attest_group` verify each member with `verify`, `verify_group_info` with `verify_info`), so
+//! a group of four counts four seals or four verifications. Label values are a small fixed set
 //! (no shard ids, no chunk counts), so the number of series stays bounded.
 
 use std::time::Duration;
@@ -79,7 +82,14 @@ impl Outcome {
     /// (the request itself was invalid, or the system is shutting down).
     pub(crate) fn counted<T>(result: &Result<T, VramError>) -> Option<Self> {
         match result {
-            Err(VramError::InvalidInput(_) | VramError::ShuttingDown) => None,
+            Err(e)
+                if matches!(
+                    e.innermost(),
+                    VramError::InvalidInput(_) | VramError::ShuttingDown
+                ) =>
+            {
+                None
+            }
             other => Some(Self::of(other)),
         }
     }
@@ -88,7 +98,8 @@ impl Outcome {
     pub(crate) fn of<T>(result: &Result<T, VramError>) -> Self {
         match result {
             Ok(_) => Self::Pass,
-            Err(VramError::SealVerificationFailed { .. }) => Self::Fail,
+            // Includes a member refused because its tensor-parallel group failed (fail-all).
+            Err(e) if e.is_integrity_failure() => Self::Fail,
             Err(_) => Self::Error,
         }
     }
@@ -113,7 +124,7 @@ fn mode_label(mode: VerifyMode) -> &'static str {
 
 /// The `result` label of a finished `seal` call.
 fn seal_label<T>(result: &Result<T, VramError>) -> &'static str {
-    match result {
+    match result.as_ref().map_err(VramError::innermost) {
         Ok(_) => "ok",
         Err(VramError::InvalidInput(_)) => "invalid_input",
         Err(VramError::InsufficientVram { .. }) => "insufficient_vram",
@@ -220,6 +231,12 @@ mod tests {
         assert_eq!(Outcome::of(&corrupt), Outcome::Fail);
         let gone: Result<(), VramError> = Err(VramError::DeviceLost { device: 0 });
         assert_eq!(Outcome::of(&gone), Outcome::Error);
+        let with_group: Result<(), VramError> = Err(VramError::GroupQuarantined {
+            shard_id: "m1".into(),
+            group_id: "g".into(),
+            failed_shard_id: "m0".into(),
+        });
+        assert_eq!(Outcome::of(&with_group), Outcome::Fail);
         let invalid: Result<(), VramError> = Err(VramError::invalid("no"));
         assert_eq!(Outcome::counted(&invalid), None);
         assert_eq!(Outcome::counted(&corrupt), Some(Outcome::Fail));

@@ -1,14 +1,11 @@
-//! The cross-machine flow, on one machine: the attest server example runs on a local port and
-//! this test plays the control plane with a real HTTP client. A fresh random nonce per
-//! challenge; every attestation checked with the worker token and a policy (signature, nonce,
-//! freshness, full verification) and matched to the member it answers for; the crate's metrics
-//! scraped in Prometheus text; then a member corrupted through the worker, and the next
-//! challenge fails without a single attestation.
-#![allow(
-    clippy::unwrap_used,
-    clippy::indexing_slicing,
-    clippy::arithmetic_side_effects
-)] // test code fails loudly
+//! The cross-machine flow, on one machine: the attest server example runs on a local port with
+//! a tensor-parallel group sealed across four devices, and this test plays the control plane
+//! with a real HTTP client. A fresh random nonce per challenge; the answer's group record must
+//! be the one deployed, and every member's attestation checks out with the worker token and a
+//! policy (signature, nonce, freshness, full verification); the crate's metrics are scraped in
+//! Prometheus text; then a member is corrupted through the worker, and the next challenge fails
+//! as a whole, naming it, without a single attestation.
+#![allow(clippy::unwrap_used)] // test code fails loudly
 
 #[path = "../examples/attest_server.rs"]
 mod attest_server;
@@ -18,12 +15,12 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use attest_server::{AttestResponse, Worker};
+use attest_server::Worker;
 use common::{TOKEN, config, pattern};
 use rand::RngCore;
 use vram_residency::{
-    AttestationPolicy, Fault, SealRequest, VerifyMode, VramResidency, WorkerToken,
-    verify_attestation_with,
+    AttestationPolicy, Fault, GroupAttestation, GroupRequest, SealRequest, VerifyMode,
+    VramResidency, WorkerToken, verify_attestation_with, verify_group_attestation_with,
 };
 
 const DEVICES: u32 = 4;
@@ -95,20 +92,25 @@ impl ControlPlane {
 async fn control_plane_challenges_a_worker_over_http_and_sees_a_corrupted_member_fail() {
     let metrics = attest_server::install_metrics().unwrap();
 
-    // The worker: a model in four tensor-parallel parts, one per device.
+    // The worker: a model in four tensor-parallel parts, one per device, sealed as a group.
     let system = VramResidency::start(config(DEVICES, 8 << 20))
         .await
         .unwrap();
-    let mut members = Vec::new();
+    let mut request = GroupRequest::new(GROUP, MODEL);
     for device in 0..DEVICES {
         let mut bytes = pattern(PART_BYTES);
         bytes[0] = device as u8; // parts differ
-        let request = SealRequest::new(format!("{GROUP}-{device}"), MODEL, device, bytes)
-            .tensor_parallel(device, DEVICES);
-        members.push(system.seal(request).await.unwrap());
+        request = request.part(SealRequest::new(
+            format!("{GROUP}-{device}"),
+            MODEL,
+            device,
+            bytes,
+        ));
     }
-    let infos: Vec<_> = members.iter().map(|m| m.info().clone()).collect();
-    let worker = Arc::new(Worker::new(system.clone(), GROUP, MODEL, members, metrics));
+    let group = system.seal_group(request).await.unwrap();
+    // What the control plane recorded when it deployed the model.
+    let deployed = group.info().clone();
+    let worker = Arc::new(Worker::new(system.clone(), group.clone(), metrics));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -139,21 +141,23 @@ async fn control_plane_challenges_a_worker_over_http_and_sees_a_corrupted_member
     let health: serde_json::Value = health.json().await.unwrap();
     assert_eq!(health["status"], "ok");
 
-    // A challenge: every member attests under the fresh nonce, and each statement checks out
-    // with the token alone.
+    // A challenge: the group answers under the fresh nonce — the deployed group record and one
+    // attestation per member — and everything checks out with the token alone.
     let nonce = fresh_nonce();
     let answer = plane.challenge(&nonce).await;
     assert_eq!(answer.status(), 200);
-    let answer: AttestResponse = answer.json().await.unwrap();
-    assert_eq!(answer.worker_id, "worker-test");
-    assert_eq!(answer.group_id, GROUP);
-    assert_eq!(answer.model_ref, MODEL);
-    assert_eq!(answer.attestations.len(), DEVICES as usize);
-    for (i, att) in answer.attestations.iter().enumerate() {
+    let answer: GroupAttestation = answer.json().await.unwrap();
+    assert_eq!(answer.group, deployed);
+    assert_eq!(answer.group.worker_id, "worker-test");
+    assert_eq!(answer.group.group_id, GROUP);
+    assert_eq!(answer.group.model_ref, MODEL);
+    verify_group_attestation_with(&answer, &token, &nonce, &policy).unwrap();
+    assert_eq!(answer.members.len(), DEVICES as usize);
+    for (i, att) in answer.members.iter().enumerate() {
         verify_attestation_with(att, &token, &nonce, &policy).unwrap();
         assert_eq!(
-            att.shard, infos[i],
-            "attestation {i} answers for member {i}"
+            att.shard, deployed.members[i],
+            "attestation {i} is member {i}'s"
         );
         assert_eq!(att.shard.shard_index, Some(i as u32));
         assert_eq!(att.shard.total_shards, Some(DEVICES));
@@ -167,7 +171,10 @@ async fn control_plane_challenges_a_worker_over_http_and_sees_a_corrupted_member
     }
     // A token that is not the worker's checks nothing.
     let other = WorkerToken::new(b"some-other-token-0123456789".to_vec()).unwrap();
-    assert!(verify_attestation_with(&answer.attestations[0], &other, &nonce, &policy).is_err());
+    assert!(verify_group_attestation_with(&answer, &other, &nonce, &policy).is_err());
+    assert!(verify_attestation_with(&answer.members[0], &other, &nonce, &policy).is_err());
+    // Nor does the bundle answer another challenge.
+    assert!(verify_group_attestation_with(&answer, &token, &fresh_nonce(), &policy).is_err());
 
     // A malformed challenge is the caller's fault and attests nothing.
     let short = plane.challenge(&[1u8; 8]).await;
@@ -228,7 +235,7 @@ async fn control_plane_challenges_a_worker_over_http_and_sees_a_corrupted_member
     assert!(text.contains("# HELP vram_device_used_bytes"));
 
     // Corrupt one member through the worker: the next challenge fails as a whole and names it.
-    let corrupt = &infos[2];
+    let corrupt = &deployed.members[2];
     system
         .inject_fault(
             corrupt.gpu_device,
@@ -243,11 +250,16 @@ async fn control_plane_challenges_a_worker_over_http_and_sees_a_corrupted_member
     let refused = plane.challenge(&fresh_nonce()).await;
     assert_eq!(refused.status(), 409);
     let refused: serde_json::Value = refused.json().await.unwrap();
-    assert!(refused.get("attestations").is_none());
+    assert!(refused.get("members").is_none());
     let message = refused["error"].as_str().unwrap();
     assert!(message.contains(&corrupt.shard_id), "{message}");
-    // It stays refused: the member is quarantined.
-    assert_eq!(plane.challenge(&fresh_nonce()).await.status(), 409);
+    // It stays refused: every member is quarantined with the group (fail-all), and the next
+    // answer still names the member that failed.
+    let again = plane.challenge(&fresh_nonce()).await;
+    assert_eq!(again.status(), 409);
+    let again: serde_json::Value = again.json().await.unwrap();
+    let message = again["error"].as_str().unwrap();
+    assert!(message.contains(&corrupt.shard_id), "{message}");
 
     // The worker reports itself degraded, and the failure is in its metrics.
     let health = plane.get("/healthz").await;
@@ -261,5 +273,9 @@ async fn control_plane_challenges_a_worker_over_http_and_sees_a_corrupted_member
 
     stop.send(()).unwrap();
     server.await.unwrap();
+    system.release_group(group).await.unwrap();
+    for device in 0..DEVICES {
+        assert_eq!(system.capacity(device).await.unwrap().used_bytes, 0);
+    }
     system.shutdown().await.unwrap();
 }

@@ -1,7 +1,8 @@
 //! The metrics the crate records (see `vram_residency::telemetry`), read back through a
 //! recorder installed for this test binary alone: the device memory gauges follow seals and
 //! releases, every `seal` outcome is counted by result, and verifications are counted by mode,
-//! result and trigger (request or background scrub) with a duration for each verdict.
+//! result and trigger (request or background scrub) with a duration for each verdict, and the
+//! group calls count each member.
 //!
 //! The recorder is global and the actors record from their own threads, so the tests here run
 //! one at a time (a lock) and each reads only what happened since its own first snapshot. The
@@ -22,7 +23,7 @@ use vram_residency::telemetry::{
     DEVICE_AVAILABLE_BYTES, DEVICE_TOTAL_BYTES, DEVICE_USED_BYTES, SEALS_TOTAL,
     VERIFICATION_DURATION_SECONDS, VERIFICATIONS_TOTAL,
 };
-use vram_residency::{Fault, SealRequest, VerifyMode, VramError, VramResidency};
+use vram_residency::{Fault, GroupRequest, SealRequest, VerifyMode, VramError, VramResidency};
 
 const CAPACITY: u64 = 16 << 20;
 
@@ -407,5 +408,66 @@ async fn background_scrubs_are_counted_as_scrubs() {
         }
     }
     drop(shard);
+    system.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_calls_count_each_member() {
+    let _serial = SERIAL.lock().await;
+    let mut recorded = Recorded::from_now();
+    let system = VramResidency::start(config(2, CAPACITY)).await.unwrap();
+    let group = system
+        .seal_group(
+            GroupRequest::new("counted-tp2", "test:group")
+                .part(SealRequest::new(
+                    "counted-0",
+                    "test:group",
+                    0,
+                    pattern(64 << 10),
+                ))
+                .part(SealRequest::new(
+                    "counted-1",
+                    "test:group",
+                    1,
+                    pattern(96 << 10),
+                )),
+        )
+        .await
+        .unwrap();
+    system.verify_group(&group, VerifyMode::Full).await.unwrap();
+    settle(&system).await;
+    recorded.read();
+    assert_eq!(recorded.counter(SEALS_TOTAL, &[("result", "ok")]), 2);
+    assert_eq!(recorded.verifications("full", "pass", "request"), 2);
+    assert_eq!(recorded.gauge(DEVICE_USED_BYTES, 0), (64 << 10) as f64);
+    assert_eq!(recorded.gauge(DEVICE_USED_BYTES, 1), (96 << 10) as f64);
+
+    // One corrupt member fails the group; afterwards both members are refused as failures
+    // (one quarantined by its own verification, the other with its group).
+    system
+        .inject_fault(
+            1,
+            Fault::FlipBits {
+                shard_id: "counted-1".into(),
+                offset: 0,
+                mask: 0x80,
+            },
+        )
+        .await
+        .unwrap();
+    assert!(system.verify_group(&group, VerifyMode::Full).await.is_err());
+    recorded.read();
+    assert_eq!(recorded.verifications("full", "fail", "request"), 1);
+    assert_eq!(recorded.verifications("full", "pass", "request"), 3);
+    assert!(system.verify_group(&group, VerifyMode::Full).await.is_err());
+    recorded.read();
+    assert_eq!(recorded.verifications("full", "fail", "request"), 3);
+    assert_eq!(recorded.verifications("full", "error", "request"), 0);
+
+    system.release_group(group).await.unwrap();
+    settle(&system).await;
+    recorded.read();
+    assert_eq!(recorded.gauge(DEVICE_USED_BYTES, 0), 0.0);
+    assert_eq!(recorded.gauge(DEVICE_USED_BYTES, 1), 0.0);
     system.shutdown().await.unwrap();
 }
