@@ -224,7 +224,8 @@ impl VramError {
     /// Whether trying again later may succeed: true for capacity and allocation failures,
     /// timeouts, a failing audit sink and a device whose actor is restarting; false for integrity, policy, input, stopped or lost
     /// devices, and permanent backend failures (`Cuda`: a driver that cannot start will not
-    /// start on a retry).
+    /// start on a retry). A [`VramError::GroupMember`] is retriable when its member's error is
+    /// (a group that failed to seal was rolled back, so sealing it again may succeed).
     pub fn is_retriable(&self) -> bool {
         if let Self::GroupMember { cause, .. } = self {
             return cause.is_retriable();
@@ -261,7 +262,8 @@ impl VramError {
         }
     }
 
-    /// Whether the error means the weights or their seal cannot be trusted.
+    /// Whether the error means the weights or their seal cannot be trusted (for a group member,
+    /// whether the member's error does; a group-quarantined shard always does).
     pub fn is_integrity_failure(&self) -> bool {
         match self {
             Self::GroupMember { cause, .. } => cause.is_integrity_failure(),
