@@ -45,6 +45,7 @@ mod messages;
 pub mod seal;
 pub mod shard;
 mod system;
+pub mod telemetry;
 pub mod text;
 mod types;
 pub mod validation;

@@ -38,6 +38,7 @@ use crate::shard::{
     Fault, SealRequest, SealSource, SealedShard, ShardHandle, VerifyMode, VerifyReport,
     VramCapacity,
 };
+use crate::telemetry::{self, Outcome, Trigger};
 use crate::types::{DeviceLoad, DeviceStatus, StopCause};
 use crate::validation;
 
@@ -356,6 +357,13 @@ impl VramResidency {
 
     /// Copies a shard into device memory, hashes it (SHA-256 and Merkle leaves), and seals it.
     pub async fn seal(&self, request: SealRequest) -> Result<SealedShard, VramError> {
+        let sealed = self.seal_uncounted(request).await;
+        telemetry::record_seal(&sealed);
+        sealed
+    }
+
+    /// `seal` without the `vram_seals_total` count (which `seal` adds for every outcome).
+    async fn seal_uncounted(&self, request: SealRequest) -> Result<SealedShard, VramError> {
         self.live()?;
         let SealRequest {
             shard_id,
@@ -424,6 +432,21 @@ impl VramResidency {
         shard: &SealedShard,
         mode: VerifyMode,
     ) -> Result<VerifyReport, VramError> {
+        let started = std::time::Instant::now();
+        let verified = self.verify_uncounted(shard, mode).await;
+        if let Some(outcome) = Outcome::counted(&verified) {
+            telemetry::record_verification(mode, Trigger::Request, outcome, started.elapsed());
+        }
+        verified
+    }
+
+    /// `verify` without the `vram_verifications_total` count and duration (which `verify`
+    /// adds for every outcome).
+    async fn verify_uncounted(
+        &self,
+        shard: &SealedShard,
+        mode: VerifyMode,
+    ) -> Result<VerifyReport, VramError> {
         self.live()?;
         if shard.inner.released.load(Ordering::Acquire) {
             return Err(VramError::UnknownShard(shard.shard_id().to_string()));
@@ -475,8 +498,28 @@ impl VramResidency {
     /// Checks a `ShardInfo` received from elsewhere: its signature against this worker's key,
     /// and that exactly that shard is resident here and not quarantined.
     pub async fn verify_info(&self, info: &ShardInfo) -> Result<VerifyReport, VramError> {
-        self.live()?;
         let started = std::time::Instant::now();
+        let verified = self.verify_info_uncounted(info, started).await;
+        // A peer's record that no resident shard carries is a failed check, not a missing
+        // answer (it is audited as a failure too).
+        let outcome = match &verified {
+            Err(VramError::UnknownShard(_)) => Some(Outcome::Fail),
+            other => Outcome::counted(other),
+        };
+        if let Some(outcome) = outcome {
+            let mode = VerifyMode::SignatureOnly;
+            telemetry::record_verification(mode, Trigger::Request, outcome, started.elapsed());
+        }
+        verified
+    }
+
+    /// `verify_info` without the `vram_verifications_total` count and duration.
+    async fn verify_info_uncounted(
+        &self,
+        info: &ShardInfo,
+        started: std::time::Instant,
+    ) -> Result<VerifyReport, VramError> {
+        self.live()?;
         validation::validate_identifier("shard_id", &info.shard_id)?;
         validation::validate_device(info.gpu_device, self.inner.device_count)?;
         let query = ResidencyQuery::Info(Box::new(info.clone()));

@@ -6,7 +6,7 @@
 //! ```text
 //!  0  text, types           plain values and the sanitiser
 //!  1  error                 the one error type
-//!  2  validation            input rules
+//!  2  validation, telemetry input rules; the crate's metric names and recorders
 //!  3  seal                  digest, Merkle tree, claims, keys
 //!  4  audit, gpu, attestation   log format/writer/verifier; device backends; attestations
 //!  5  config
@@ -30,6 +30,7 @@ const LAYERS: &[(&str, u32)] = &[
     ("types", 0),
     ("error", 1),
     ("validation", 2),
+    ("telemetry", 2),
     ("seal", 3),
     ("audit", 4),
     ("gpu", 4),

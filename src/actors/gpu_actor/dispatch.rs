@@ -9,11 +9,12 @@ use std::time::Instant;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
-use super::{GpuActor, GpuArgs, GpuState};
+use super::{GpuActor, GpuArgs, GpuState, gauges};
 use crate::actors::shard_table::ShardTable;
 use crate::audit::events::AuditEvent;
 use crate::error::VramError;
 use crate::messages::gpu::{GpuMsg, ShardRef};
+use crate::telemetry::{self, Outcome, Trigger};
 
 impl Actor for GpuActor {
     type Msg = GpuMsg;
@@ -32,7 +33,7 @@ impl Actor for GpuActor {
             myself.send_interval(interval, || GpuMsg::ScrubTick);
         }
         let stopped = args.stopped.clone();
-        Ok(GpuState {
+        let state = GpuState {
             args,
             backend,
             identity,
@@ -41,7 +42,9 @@ impl Actor for GpuActor {
             lost: false,
             scrub_cursor: 0,
             scrub_not_before: Instant::now(),
-        })
+        };
+        state.publish_capacity();
+        Ok(state)
     }
 
     async fn handle(
@@ -50,6 +53,7 @@ impl Actor for GpuActor {
         message: GpuMsg,
         state: &mut GpuState,
     ) -> Result<(), ActorProcessingErr> {
+        let publish = gauges::may_change_capacity(&message);
         match message {
             GpuMsg::Seal { job, reply } => {
                 if reply.is_closed() {
@@ -80,8 +84,18 @@ impl Actor for GpuActor {
                 let outcome = outcome.map_err(|e| state.map(e));
                 let scrub = reply.is_none();
                 let r = state.finish_verify(shard, mode, started, outcome, scrub);
-                if let Some(reply) = reply {
-                    let _ = reply.send(r);
+                match reply {
+                    Some(reply) => {
+                        let _ = reply.send(r);
+                    }
+                    // A caller's verification is counted by the facade, which sees its whole
+                    // path; a scrub has no caller, so it is counted here.
+                    None => telemetry::record_verification(
+                        mode,
+                        Trigger::Scrub,
+                        Outcome::of(&r),
+                        started.elapsed(),
+                    ),
                 }
             }
             GpuMsg::Residency { query, reply } => {
@@ -125,6 +139,9 @@ impl Actor for GpuActor {
                 let _ = reply.send(state.quarantine_for_group(&shard, group_id, failed_shard_id));
             }
         }
+        if publish {
+            state.publish_capacity();
+        }
         Ok(())
     }
 
@@ -137,6 +154,7 @@ impl Actor for GpuActor {
         for id in state.table.ids() {
             let _ = state.release_now(&id);
         }
+        state.publish_capacity();
         Ok(())
     }
 }

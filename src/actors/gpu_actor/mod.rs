@@ -16,6 +16,7 @@
 //! * [`access`](self::access) — residency checks and `execute`;
 //! * [`scrub`](self::scrub) — the background scrub, round robin between requests;
 //! * [`faults`](self::faults) — fault injection;
+//! * [`gauges`](self::gauges) — the device's memory gauges (see [`crate::telemetry`]);
 //! * [`group`](self::group) — quarantining a member of a tensor-parallel group that failed.
 //!
 //! Fail-closed: a verification that finds a bad chunk quarantines the shard, stops the device for
@@ -24,6 +25,7 @@
 mod access;
 mod dispatch;
 mod faults;
+mod gauges;
 mod group;
 mod scrub;
 mod seal;
