@@ -264,9 +264,11 @@ pub trait DeviceReader: Send + Sync {
         host_leaf_hashes(self, chunk_size, indices)
     }
 
-    /// Whether [`DeviceReader::leaf_hashes`] runs on the device itself (so a seal can re-hash
-    /// what landed there and compare it with what the host hashed from the source).
-    fn hashes_on_device(&self) -> bool {
+    /// Whether [`DeviceReader::all_leaf_hashes`] at `chunk_size` runs on the device itself,
+    /// without copying the shard back (so a seal can cheaply re-hash what landed there and
+    /// compare it with what the host hashed from the source).
+    fn hashes_on_device(&self, chunk_size: u64) -> bool {
+        let _ = chunk_size;
         false
     }
 

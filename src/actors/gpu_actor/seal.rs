@@ -277,10 +277,10 @@ impl GpuState {
         host_leaves: &[Hash],
     ) -> Result<(), VramError> {
         let reader = self.backend.reader(allocation).map_err(|e| self.map(e))?;
-        if !reader.hashes_on_device() {
+        let chunk = self.args.settings.chunk_size;
+        if !reader.hashes_on_device(chunk) {
             return Ok(());
         }
-        let chunk = self.args.settings.chunk_size;
         let on_device = tokio::task::spawn_blocking(move || reader.all_leaf_hashes(chunk))
             .await
             .map_err(|_| {

@@ -385,7 +385,7 @@ mod bad_dma {
         fn leaf_hashes(&self, chunk: u64, indices: &[u64]) -> Result<Vec<Hash>, BackendError> {
             self.0.leaf_hashes(chunk, indices)
         }
-        fn hashes_on_device(&self) -> bool {
+        fn hashes_on_device(&self, _chunk_size: u64) -> bool {
             true
         }
     }

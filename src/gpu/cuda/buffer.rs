@@ -100,18 +100,32 @@ impl DeviceBuffer {
     }
 }
 
+/// Makes `ctx` current on this thread without consuming an error that another thread's
+/// operation left pending in cudarc's context (`bind_to_thread` reports and clears it, which
+/// would make this unrelated free fail).
+pub(crate) fn make_current(ctx: &CudaContext) -> Result<(), cudarc::driver::DriverError> {
+    // SAFETY: `cu_ctx()` is the live context `ctx` holds (it outlives this call); making it
+    // current only changes this thread's binding.
+    unsafe { result::ctx::set_current(ctx.cu_ctx()) }
+}
+
 impl Drop for DeviceBuffer {
     fn drop(&mut self) {
+        if make_current(&self.ctx).is_err() {
+            // Without our context current the free could hit another device's context; leak
+            // the memory instead (the driver reclaims it when the process ends).
+            metrics::counter!("vram_cuda_leaked_buffers_total").increment(1);
+            tracing::error!("could not make the device context current to free memory; leaked");
+            return;
+        }
         // Wait for every kernel and copy queued in this context before the memory goes back:
         // a kernel launched on it (by us or by an `execute` closure) must not run on freed
-        // memory. Failures cannot be returned from `drop`; they are counted.
-        let synced = self
-            .ctx
-            .bind_to_thread()
-            .and_then(|()| self.ctx.synchronize());
-        // SAFETY: `self.ptr` came from `cuMemAlloc` in this context (current: bound above) and
-        // is freed exactly once, here; every holder of this buffer is gone (this is its drop) and
-        // the context has finished all work queued on it.
+        // memory. If even that fails the context is broken and nothing will run on the memory.
+        // SAFETY: the context is current (above); `cuCtxSynchronize` only waits.
+        let synced = unsafe { cudarc::driver::sys::cuCtxSynchronize() }.result();
+        // SAFETY: `self.ptr` came from `cuMemAlloc` in this context (current) and is freed
+        // exactly once, here; every holder of this buffer is gone (this is its drop) and the
+        // context has finished all work queued on it (or is broken).
         let freed = unsafe { result::free_sync(self.ptr) };
         if synced.is_err() || freed.is_err() {
             metrics::counter!("vram_cuda_free_errors_total").increment(1);

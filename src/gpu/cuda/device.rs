@@ -55,6 +55,56 @@ struct Allocation {
     state: State,
 }
 
+/// Frees this device's memory on a thread of its own, in order: a free waits for the context's
+/// queued work (`DeviceBuffer::drop`), which must not hold the actor's thread nor a rayon worker
+/// (the upload copies run there). Joined when the device is dropped, so by the time a device
+/// actor has stopped — cleanly or after a crash — every allocation its table held has gone back
+/// to the driver (memory a reader still holds follows when that reader lets go).
+struct Reaper {
+    tx: Option<std::sync::mpsc::Sender<Allocation>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Reaper {
+    fn new(index: u32) -> Result<Self, BackendError> {
+        let (tx, rx) = std::sync::mpsc::channel::<Allocation>();
+        let thread = std::thread::Builder::new()
+            .name(format!("vram-free-{index}"))
+            .spawn(move || {
+                for allocation in rx {
+                    drop(allocation);
+                }
+            })
+            .map_err(|e| BackendError::Worker(format!("starting the free thread: {e}")))?;
+        Ok(Self {
+            tx: Some(tx),
+            thread: Some(thread),
+        })
+    }
+
+    fn free(&self, allocation: Allocation) {
+        match &self.tx {
+            Some(tx) => {
+                if let Err(std::sync::mpsc::SendError(allocation)) = tx.send(allocation) {
+                    drop(allocation); // the thread is gone: free here
+                }
+            }
+            None => drop(allocation),
+        }
+    }
+}
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        self.tx = None;
+        if let Some(thread) = self.thread.take()
+            && thread.join().is_err()
+        {
+            tracing::error!("the device memory free thread panicked");
+        }
+    }
+}
+
 /// One CUDA GPU.
 pub struct CudaDevice {
     ctx: Arc<CudaContext>,
@@ -66,6 +116,17 @@ pub struct CudaDevice {
     next_id: u64,
     ring: Option<StagingRing>,
     fail_next_alloc: bool,
+    reaper: Reaper,
+}
+
+impl Drop for CudaDevice {
+    fn drop(&mut self) {
+        // A device dropped with shards still in its table (an actor that crashed): free them
+        // through the reaper, which the field drop after this joins.
+        for (_, allocation) in self.allocations.drain() {
+            self.reaper.free(allocation);
+        }
+    }
 }
 
 impl CudaDevice {
@@ -76,6 +137,16 @@ impl CudaDevice {
     pub fn open(index: u32, options: CudaOptions) -> Result<Self, BackendError> {
         let ordinal = usize::try_from(index)
             .map_err(|_| BackendError::Unsupported("device index out of range".into()))?;
+        // VP-001 before the context exists (a context costs memory and time).
+        if !options.allow_integrated && super::probe::is_integrated(index).unwrap_or(false) {
+            return Err(BackendError::Policy {
+                policy: "VP-001",
+                violation: format!(
+                    "device {index} is an integrated GPU: its memory is host memory"
+                ),
+            });
+        }
+        let reaper = Reaper::new(index)?;
         let ctx = CudaContext::new(ordinal).map_err(|e| driver("creating the context", e))?;
         let name = ctx.name().map_err(|e| driver("device name", e))?;
         let uuid = ctx.uuid().map_err(|e| driver("device UUID", e))?;
@@ -124,11 +195,12 @@ impl CudaDevice {
             next_id: 1,
             ring: None,
             fail_next_alloc: false,
+            reaper,
         })
     }
 
-    /// Whether leaves are hashed on the device (NVRTC compiled the kernel).
-    pub fn hashes_on_device(&self) -> bool {
+    /// Whether the leaf kernel is available (NVRTC compiled it).
+    pub fn has_leaf_kernel(&self) -> bool {
         self.kernels.is_some()
     }
 
@@ -188,6 +260,12 @@ impl DeviceBackend for CudaDevice {
     }
 
     fn begin_upload(&mut self, id: AllocationId) -> Result<Box<dyn DeviceUpload>, BackendError> {
+        let state = self.allocation(id)?.state;
+        if state != State::Fresh {
+            return Err(BackendError::Unsupported(
+                "an allocation is uploaded once, before it is sealed".into(),
+            ));
+        }
         let ring = match self.ring.take() {
             Some(ring) => ring,
             None => StagingRing::new(Arc::clone(&self.stream), self.options.staging_bytes)?,
@@ -196,12 +274,6 @@ impl DeviceBackend for CudaDevice {
             .allocations
             .get_mut(&id)
             .ok_or(BackendError::UnknownAllocation)?;
-        if entry.state != State::Fresh {
-            self.ring = Some(ring);
-            return Err(BackendError::Unsupported(
-                "an allocation is uploaded once, before it is sealed".into(),
-            ));
-        }
         entry.state = State::Lent;
         Ok(Box::new(CudaUpload {
             buffer: Arc::clone(&entry.buffer),
@@ -256,10 +328,9 @@ impl DeviceBackend for CudaDevice {
             .remove(&id)
             .ok_or(BackendError::UnknownAllocation)?;
         let len = entry.buffer.len();
-        // Drops the table's reference; the memory goes back to the driver when the last reader
-        // (if any is still hashing) lets go — see `buffer`. That last drop waits for the
-        // context's queued work, so it happens on the rayon pool, never on the actor's thread.
-        rayon::spawn(move || drop(entry));
+        // Drops the table's reference on the free thread; the memory goes back to the driver
+        // when the last reader (if one is still hashing) lets go — see `buffer`.
+        self.reaper.free(entry);
         Ok(len)
     }
 
@@ -336,8 +407,31 @@ fn read_into(buffer: &DeviceBuffer, offset: u64, out: &mut [u8]) -> Result<(), B
 }
 
 /// Below this many leaves a hash request copies the chunks back instead of launching the
-/// kernel (see [`CudaReader::leaf_hashes`]); a full verification always uses the kernel.
+/// kernel. One kernel thread hashes one leaf (SHA-256 is sequential within a leaf) at about
+/// 50 MB/s, so a launch takes as long as one leaf: 21 ms for a 1 MiB leaf, 1.3 s for a 64 MiB
+/// one. A few leaves (a sampled verify, a small shard of large chunks) are faster copied back
+/// and hashed on the host's cores; the kernel pays off once the leaves fill the device.
 const KERNEL_MIN_LEAVES: usize = 256;
+
+/// The kernel's answer, or — if the launch itself failed (no memory left for its small output
+/// buffer, a launch error) — the host's. Never used to second-guess a hash: a kernel that ran
+/// answers, and any mismatch is the verification's to judge.
+fn on_device_or_host(
+    device: Result<Vec<Hash>, BackendError>,
+    host: impl FnOnce() -> Result<Vec<Hash>, BackendError>,
+) -> Result<Vec<Hash>, BackendError> {
+    match device {
+        Ok(hashes) => Ok(hashes),
+        Err(BackendError::OutOfRange { offset, len, size }) => {
+            Err(BackendError::OutOfRange { offset, len, size })
+        }
+        Err(e) => {
+            metrics::counter!("vram_cuda_kernel_fallbacks_total").increment(1);
+            tracing::warn!("the leaf kernel failed ({e}); hashing these leaves on the host");
+            host()
+        }
+    }
+}
 
 /// Read access to one sealed allocation; holds it alive (see `buffer`).
 struct CudaReader {
@@ -356,29 +450,31 @@ impl DeviceReader for CudaReader {
 
     fn leaf_hashes(&self, chunk_size: u64, indices: &[u64]) -> Result<Vec<Hash>, BackendError> {
         match &self.kernels {
-            // One thread hashes one leaf (SHA-256 is sequential within a leaf), so a launch
-            // takes as long as one leaf at one thread's speed (~50 MB/s): 21 ms for a 1 MiB
-            // leaf. A few sampled leaves are faster copied back and hashed on the host's
-            // cores; the kernel pays off once there are enough leaves to fill the device.
-            Some(k) if indices.len() >= KERNEL_MIN_LEAVES => {
-                k.leaf_hashes(&self.buffer, chunk_size, Some(indices))
-            }
+            Some(k) if indices.len() >= KERNEL_MIN_LEAVES => on_device_or_host(
+                k.leaf_hashes(&self.buffer, chunk_size, Some(indices)),
+                || host_leaf_hashes(self, chunk_size, indices),
+            ),
             _ => host_leaf_hashes(self, chunk_size, indices),
         }
     }
 
     fn all_leaf_hashes(&self, chunk_size: u64) -> Result<Vec<Hash>, BackendError> {
+        let host = || {
+            let n = leaf_count(self.len(), chunk_size);
+            let indices: Vec<u64> = (0..n).collect();
+            host_leaf_hashes(self, chunk_size, &indices)
+        };
         match &self.kernels {
-            Some(k) => k.leaf_hashes(&self.buffer, chunk_size, None),
-            None => {
-                let n = leaf_count(self.len(), chunk_size);
-                let indices: Vec<u64> = (0..n).collect();
-                host_leaf_hashes(self, chunk_size, &indices)
+            Some(k) if self.hashes_on_device(chunk_size) => {
+                on_device_or_host(k.leaf_hashes(&self.buffer, chunk_size, None), host)
             }
+            _ => host(),
         }
     }
 
-    fn hashes_on_device(&self) -> bool {
+    fn hashes_on_device(&self, chunk_size: u64) -> bool {
         self.kernels.is_some()
+            && usize::try_from(leaf_count(self.len(), chunk_size))
+                .is_ok_and(|n| n >= KERNEL_MIN_LEAVES)
     }
 }

@@ -84,7 +84,7 @@ impl Kernels {
             .and_then(|n| n.checked_mul(32))
             .ok_or_else(|| BackendError::Unsupported("too many leaves".into()))?;
         let stream: Arc<CudaStream> = ctx.new_stream().map_err(|e| driver("new stream", e))?;
-        let out = stream
+        let mut out = stream
             .alloc_zeros::<u8>(out_len)
             .map_err(|e| driver("allocating the leaf output", e))?;
         let list = match indices {
@@ -111,7 +111,7 @@ impl Kernels {
             Some(list) => launch.arg(list),
             None => launch.arg(&null),
         };
-        launch.arg(&n).arg(&out);
+        launch.arg(&n).arg(&mut out);
         // SAFETY: the arguments match the kernel's contract in `sha256_leaf.cu`: `data` is a live
         // device allocation of `len` bytes (the caller holds the buffer until this returns),
         // `indices` is either null or `n` in-range leaf indices (checked above) in device

@@ -24,6 +24,9 @@ struct PinnedBuffer {
     ctx: Arc<CudaContext>,
     ptr: std::ptr::NonNull<u8>,
     len: usize,
+    /// Set when a copy out of this buffer may still be running and could not be waited for:
+    /// the buffer is then leaked rather than freed under the DMA engine.
+    leak: bool,
 }
 
 // SAFETY: the buffer is plain host memory owned by exactly one `PinnedBuffer`; moving the owner
@@ -35,8 +38,9 @@ impl PinnedBuffer {
         ctx.bind_to_thread()
             .map_err(|e| driver("binding the context", e))?;
         // SAFETY: the context is current; `malloc_host` returns `len` bytes of page-locked host
-        // memory or an error. Flags 0: pinned, not mapped into the device address space (the
-        // weights never live in host-mapped memory; this is only the staging copy).
+        // memory or an error. Flags 0: plain pinned memory (the device can reach it, as it can
+        // any host allocation under unified addressing, but the weights never live here: this
+        // is only the staging copy on its way to `cuMemAlloc` memory).
         let raw =
             unsafe { result::malloc_host(len, 0) }.map_err(|e| driver("cuMemHostAlloc", e))?;
         let ptr = std::ptr::NonNull::new(raw.cast::<u8>())
@@ -45,22 +49,35 @@ impl PinnedBuffer {
             ctx: Arc::clone(ctx),
             ptr,
             len,
+            leak: false,
         })
     }
 
-    fn as_mut_slice(&mut self) -> &mut [u8] {
+    /// The buffer's bytes, to fill.
+    ///
+    /// # Safety
+    ///
+    /// No copy out of this buffer may be in flight (its slot's event has been waited on
+    /// successfully, or no copy was ever queued from it).
+    unsafe fn as_mut_slice(&mut self) -> &mut [u8] {
         // SAFETY: `ptr` points to `len` bytes allocated by `cuMemHostAlloc` and owned only by
-        // `self`; the `&mut self` borrow makes this the only live reference, and the slot's event
-        // has been waited on, so no DMA reads it concurrently.
+        // `self`; the `&mut self` borrow makes this the only live reference on the host, and the
+        // caller guarantees no DMA reads it concurrently.
         unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
     }
 }
 
 impl Drop for PinnedBuffer {
     fn drop(&mut self) {
-        let _ = self.ctx.bind_to_thread();
-        // SAFETY: `ptr` came from `cuMemHostAlloc` and is freed once, here. The ring drains
-        // (waits for every slot's event) before it drops its buffers.
+        if self.leak || super::buffer::make_current(&self.ctx).is_err() {
+            // A copy may still read it, or the context cannot be made current: leaking a few
+            // MiB of pinned memory is safe, freeing it under the DMA engine is not.
+            metrics::counter!("vram_cuda_leaked_buffers_total").increment(1);
+            return;
+        }
+        // SAFETY: `ptr` came from `cuMemHostAlloc` and is freed once, here; its context is
+        // current (above). The ring waits for every slot's copy before it drops its buffers,
+        // and marks a buffer `leak` when it could not.
         if unsafe { result::free_host(self.ptr.as_ptr().cast()) }.is_err() {
             metrics::counter!("vram_cuda_free_errors_total").increment(1);
         }
@@ -70,7 +87,21 @@ impl Drop for PinnedBuffer {
 struct Slot {
     buffer: PinnedBuffer,
     /// Recorded after the copy out of this slot was queued; `None` while the slot is idle.
+    /// Cleared only once waiting on it succeeded.
     in_flight: Option<CudaEvent>,
+}
+
+impl Slot {
+    /// Waits for the copy out of this slot, if any; the slot is idle only if that succeeded.
+    fn wait(&mut self) -> Result<(), BackendError> {
+        if let Some(event) = &self.in_flight {
+            event
+                .synchronize()
+                .map_err(|e| driver("waiting for a staging copy", e))?;
+        }
+        self.in_flight = None;
+        Ok(())
+    }
 }
 
 /// The device's pinned staging ring.
@@ -99,16 +130,16 @@ impl StagingRing {
         })
     }
 
-    /// Waits until every queued copy is done.
+    /// Waits until every queued copy is done (every slot is tried; the first error is
+    /// returned, and slots whose copy could not be waited for stay busy).
     pub(crate) fn drain(&mut self) -> Result<(), BackendError> {
+        let mut first_error = None;
         for slot in &mut self.slots {
-            if let Some(event) = slot.in_flight.take() {
-                event
-                    .synchronize()
-                    .map_err(|e| driver("waiting for an upload copy", e))?;
+            if let Err(e) = slot.wait() {
+                first_error.get_or_insert(e);
             }
         }
-        Ok(())
+        first_error.map_or(Ok(()), Err)
     }
 
     /// Queues a copy of `data` to `dst + offset`, through the ring.
@@ -123,16 +154,12 @@ impl StagingRing {
                 .slots
                 .get_mut(index)
                 .ok_or_else(|| BackendError::Worker("staging ring has no slots".into()))?;
-            if let Some(event) = slot.in_flight.take() {
-                event
-                    .synchronize()
-                    .map_err(|e| driver("waiting for a staging slot", e))?;
-            }
+            slot.wait()?;
             let room = slot.buffer.len.min(rest.len());
             let (piece, tail) = rest.split_at(room);
-            let staged = slot
-                .buffer
-                .as_mut_slice()
+            // SAFETY: the slot's previous copy has been waited for successfully (`wait` above
+            // returned Ok), so no DMA reads this buffer now.
+            let staged = unsafe { slot.buffer.as_mut_slice() }
                 .get_mut(..room)
                 .ok_or_else(|| BackendError::Worker("staging slot too small".into()))?;
             staged.copy_from_slice(piece);
@@ -158,9 +185,17 @@ impl StagingRing {
             // touched again until the event recorded below has fired.
             unsafe { result::memcpy_htod_async(target, &*staged, stream.cu_stream()) }
                 .map_err(|e| driver("cuMemcpyHtoDAsync", e))?;
-            let event = stream
-                .record_event(None)
-                .map_err(|e| driver("recording an upload event", e))?;
+            let event = match stream.record_event(None) {
+                Ok(event) => event,
+                Err(e) => {
+                    // The copy is queued but has no event: wait for the whole stream before the
+                    // slot can be touched again, or give the buffer up if even that fails.
+                    if stream.synchronize().is_err() {
+                        slot.buffer.leak = true;
+                    }
+                    return Err(driver("recording an upload event", e));
+                }
+            };
             slot.in_flight = Some(event);
             at = end;
             rest = tail;
@@ -171,8 +206,15 @@ impl StagingRing {
 
 impl Drop for StagingRing {
     fn drop(&mut self) {
-        // Pinned buffers must not be freed under a copy still reading them.
-        let _ = self.drain();
+        // Pinned buffers must not be freed under a copy still reading them: wait for each slot,
+        // then for the stream as a whole; whatever cannot be waited for is leaked.
+        let drained = self.drain().is_ok();
+        let synced = self.stream.synchronize().is_ok();
+        for slot in &mut self.slots {
+            if slot.in_flight.is_some() || !(drained || synced) {
+                slot.buffer.leak = true;
+            }
+        }
     }
 }
 
