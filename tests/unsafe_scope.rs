@@ -1,7 +1,8 @@
 //! `unsafe` lives only in the CUDA backend (`src/gpu/cuda/`, FFI to the driver). The crate's
 //! lint level is `deny` rather than `forbid` only so that module can allow it; this test keeps
 //! everything else honest: no `unsafe` block, fn or impl and no `allow(unsafe_code)` anywhere
-//! else, and every `unsafe` inside the CUDA module preceded by a `// SAFETY:` comment.
+//! else, and every `unsafe` inside the CUDA module preceded by a `// SAFETY:` comment (an
+//! `unsafe fn` by a `# Safety` doc section).
 #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
 
 use std::path::{Path, PathBuf};
@@ -40,12 +41,26 @@ fn unsafe_appears_only_in_the_cuda_backend_and_always_with_a_safety_comment() {
             if !inside && (line.contains("allow(unsafe_code)") || uses_unsafe(line)) {
                 problems.push(format!("{at}: unsafe outside src/gpu/cuda"));
             }
-            if inside && uses_unsafe(line) && !line.trim_start().starts_with("pub unsafe fn") {
-                // The SAFETY comment is on one of the lines just above (a comment block may
-                // run a few lines).
-                let above = lines[i.saturating_sub(8)..i].join("\n");
-                if !above.contains("SAFETY:") && !line.contains("SAFETY:") {
-                    problems.push(format!("{at}: unsafe without a `// SAFETY:` comment"));
+            if inside && uses_unsafe(line) {
+                // An `unsafe fn` states its contract in a `# Safety` doc section; any other
+                // `unsafe` (block, impl) has a `// SAFETY:` comment on one of the lines just
+                // above (a comment block may run a few lines).
+                let above = lines[i.saturating_sub(10)..i].join("\n");
+                let declares_fn = line.contains("unsafe fn ");
+                let ok = if declares_fn {
+                    above.contains("# Safety")
+                } else {
+                    above.contains("SAFETY:") || line.contains("SAFETY:")
+                };
+                if !ok {
+                    problems.push(format!(
+                        "{at}: unsafe without {}",
+                        if declares_fn {
+                            "a `# Safety` doc section"
+                        } else {
+                            "a `// SAFETY:` comment"
+                        }
+                    ));
                 }
             }
         }
