@@ -8,48 +8,11 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
-use assert_cmd::Command;
 use sha2::{Digest, Sha256};
 
-const TOKEN: &str = "cli-test-token-5f1c0e7a9b";
+mod cli_support;
 
-/// The binary with a known token in the environment and no inherited RUST_LOG.
-fn cli() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_vram-residency"));
-    cmd.env("VRAM_WORKER_TOKEN", TOKEN).env_remove("RUST_LOG");
-    cmd
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-/// Asserts the token is absent from both streams.
-fn no_token(out: &Output) {
-    for (name, s) in [("stdout", &out.stdout), ("stderr", &out.stderr)] {
-        assert!(
-            !text(s).contains(TOKEN),
-            "the worker token appeared on {name}"
-        );
-    }
-}
-
-/// Asserts a failure with `code` and exactly one `error:` line (no panic, no backtrace).
-fn one_error(out: &Output, code: i32) -> String {
-    let stderr = text(&out.stderr);
-    assert_eq!(
-        out.status.code(),
-        Some(code),
-        "exit code; stderr: {stderr}; stdout: {}",
-        text(&out.stdout)
-    );
-    let errors = stderr.lines().filter(|l| l.starts_with("error:")).count();
-    assert_eq!(errors, 1, "exactly one error line expected: {stderr}");
-    assert!(!stderr.contains("panicked"), "{stderr}");
-    assert!(!stderr.contains("backtrace"), "{stderr}");
-    no_token(out);
-    stderr
-}
+use cli_support::{TOKEN, cli, no_token, one_error, text};
 
 fn write_model(dir: &Path, name: &str, len: usize) -> PathBuf {
     let bytes: Vec<u8> = (0..len)

@@ -8,34 +8,11 @@
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
-use assert_cmd::Command;
 use sha2::{Digest, Sha256};
 
-const TOKEN: &str = "cli-groups-test-token-7d41";
+mod cli_support;
 
-fn cli() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_vram-residency"));
-    cmd.env("VRAM_WORKER_TOKEN", TOKEN).env_remove("RUST_LOG");
-    cmd
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-/// Asserts a failure with `code`, exactly one `error:` line, and no token anywhere.
-fn one_error(out: &Output, code: i32) -> String {
-    let stderr = text(&out.stderr);
-    assert_eq!(out.status.code(), Some(code), "stderr: {stderr}");
-    assert_eq!(
-        stderr.lines().filter(|l| l.starts_with("error:")).count(),
-        1,
-        "{stderr}"
-    );
-    assert!(!stderr.contains("panicked"), "{stderr}");
-    assert!(!text(&out.stdout).contains(TOKEN) && !stderr.contains(TOKEN));
-    stderr
-}
+use cli_support::{cli, one_error, text};
 
 fn write_parts(dir: &Path, sizes: &[usize]) -> Vec<PathBuf> {
     sizes

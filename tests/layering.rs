@@ -22,8 +22,12 @@
 //! (`src/main.rs`, `src/cli/`, a separate crate that uses only the public API) stand outside.
 #![allow(clippy::unwrap_used, clippy::arithmetic_side_effects)] // test code fails loudly
 
+mod common;
+
+use common::rust_files;
+
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 const LAYERS: &[(&str, u32)] = &[
     ("text", 0),
@@ -46,17 +50,6 @@ const LAYERS: &[(&str, u32)] = &[
 
 fn rank(module: &str) -> Option<u32> {
     LAYERS.iter().find(|(m, _)| *m == module).map(|(_, r)| *r)
-}
-
-fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            rust_files(&path, out);
-        } else if path.extension().is_some_and(|e| e == "rs") {
-            out.push(path);
-        }
-    }
 }
 
 /// The top-level module a source file belongs to (`src/actors/gpu_actor/seal.rs` → `actors`).

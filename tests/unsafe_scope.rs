@@ -5,18 +5,11 @@
 //! `unsafe fn` by a `# Safety` doc section).
 #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
 
-use std::path::{Path, PathBuf};
+mod common;
 
-fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            rust_files(&path, out);
-        } else if path.extension().is_some_and(|e| e == "rs") {
-            out.push(path);
-        }
-    }
-}
+use common::rust_files;
+
+use std::path::Path;
 
 /// Whether a line (outside comments) uses the `unsafe` keyword.
 fn uses_unsafe(line: &str) -> bool {

@@ -70,3 +70,16 @@ pub fn derived_key_hex(token: &[u8], info: &[u8]) -> String {
         .unwrap();
     hex::encode(okm)
 }
+
+/// Every `.rs` file below `dir`, appended to `out` (the source scans of `layering.rs` and
+/// `unsafe_scope.rs`).
+pub fn rust_files(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            rust_files(&path, out);
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            out.push(path);
+        }
+    }
+}

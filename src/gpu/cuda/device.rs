@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use cudarc::driver::{CudaContext, CudaStream, result, sys};
+use cudarc::driver::{CudaContext, CudaStream, result};
 
 use super::buffer::DeviceBuffer;
 use super::driver;
@@ -138,7 +138,9 @@ impl CudaDevice {
         let ordinal = usize::try_from(index)
             .map_err(|_| BackendError::Unsupported("device index out of range".into()))?;
         // VP-001 before the context exists (a context costs memory and time).
-        if !options.allow_integrated && super::probe::is_integrated(index).unwrap_or(false) {
+        let integrated =
+            super::probe::is_integrated(index).map_err(|e| BackendError::Driver(e.to_string()))?;
+        if integrated && !options.allow_integrated {
             return Err(BackendError::Policy {
                 policy: "VP-001",
                 violation: format!(
@@ -153,18 +155,6 @@ impl CudaDevice {
         let total_bytes = ctx
             .total_mem()
             .map_err(|e| driver("device memory size", e))? as u64;
-        let integrated = ctx
-            .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_INTEGRATED)
-            .map_err(|e| driver("device attributes", e))?
-            != 0;
-        if integrated && !options.allow_integrated {
-            return Err(BackendError::Policy {
-                policy: "VP-001",
-                violation: format!(
-                    "device {index} ({name}) is an integrated GPU: its memory is host memory"
-                ),
-            });
-        }
         let stream = ctx
             .new_stream()
             .map_err(|e| driver("creating a stream", e))?;

@@ -1,0 +1,49 @@
+//! Helpers shared by the tests that drive the built binary with a worker token (`cli.rs`,
+//! `cli_groups.rs`): the command, and the assertions every failure must meet (one `error:`
+//! line, the documented exit code, no panic, and the token on neither stream).
+#![allow(dead_code)]
+
+use std::process::Output;
+
+use assert_cmd::Command;
+
+pub const TOKEN: &str = "cli-test-token-5f1c0e7a9b";
+
+/// The binary with a known token in the environment and no inherited RUST_LOG.
+pub fn cli() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_vram-residency"));
+    cmd.env("VRAM_WORKER_TOKEN", TOKEN).env_remove("RUST_LOG");
+    cmd
+}
+
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Asserts the token is absent from both streams.
+pub fn no_token(out: &Output) {
+    for (name, s) in [("stdout", &out.stdout), ("stderr", &out.stderr)] {
+        assert!(
+            !text(s).contains(TOKEN),
+            "the worker token appeared on {name}"
+        );
+    }
+}
+
+/// Asserts a failure with `code` and exactly one `error:` line (no panic, no backtrace, no
+/// token).
+pub fn one_error(out: &Output, code: i32) -> String {
+    let stderr = text(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "exit code; stderr: {stderr}; stdout: {}",
+        text(&out.stdout)
+    );
+    let errors = stderr.lines().filter(|l| l.starts_with("error:")).count();
+    assert_eq!(errors, 1, "exactly one error line expected: {stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(!stderr.contains("backtrace"), "{stderr}");
+    no_token(out);
+    stderr
+}
