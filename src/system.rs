@@ -6,24 +6,26 @@
 //! supervisor updates when it restarts one. Tensor-parallel groups (`seal_group` and friends)
 //! are in [`group`].
 
+mod admission;
 mod group;
 
 use std::any::Any;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use ractor::{Actor, ActorRef};
 
 use crate::actors::ask;
 use crate::actors::directory::{self, DeviceDirectory};
-use crate::actors::emit_audit;
 use crate::actors::gpu_actor::now_unix_nanos;
+use crate::actors::refuse_audit;
 use crate::actors::supervisor::{
     BackendFactory, DeviceSettings, RestartBudget, Supervisor, SupervisorArgs,
 };
 use crate::attestation::{Attestation, check_nonce};
 use crate::audit::events::{AuditEvent, Severity};
+use crate::audit::refusals::RefusalReason;
 use crate::config::{BackendChoice, Config};
 use crate::error::VramError;
 use crate::gpu::DeviceBackend;
@@ -41,6 +43,8 @@ use crate::shard::{
 use crate::telemetry::{self, Outcome, Trigger};
 use crate::types::{DeviceLoad, DeviceStatus, StopCause};
 use crate::validation;
+
+use admission::{Admission, answer_holding_slot};
 
 /// A running vram-residency system. Clone it freely; all clones talk to the same actors.
 #[derive(Clone)]
@@ -177,7 +181,7 @@ impl VramResidency {
                 fail_closed_audit: config.fail_closed_audit,
                 next_handle: AtomicU64::new(1),
                 admission: (0..device_count)
-                    .map(|_| Admission::new(config.device_queue_limit))
+                    .map(|_| Admission::new(config.device_queue_limit, config.admission_timeout))
                     .collect(),
                 shut_down: AtomicBool::new(false),
                 backend_description,
@@ -223,7 +227,9 @@ impl VramResidency {
             .map_err(|cause| VramError::DeviceStopped { device, cause })
     }
 
-    /// Calls a device actor once it has room for another request (waiting for it if not).
+    /// Calls a device actor once it has room for another request: waits for a slot at most
+    /// `Config::admission_timeout` (then `Busy`), and holds it until the device has answered
+    /// (see [`admission`]).
     async fn ask_gpu<T: Send + 'static>(
         &self,
         device: u32,
@@ -234,8 +240,15 @@ impl VramResidency {
             .ok()
             .and_then(|i| self.inner.admission.get(i))
             .ok_or_else(|| VramError::Internal("no admission for a valid device".into()))?;
-        let _permit = admission.enter().await?;
-        self.ask_gpu_now(device, build).await
+        let slot = admission.enter(device).await?;
+        let gpu = self.gpu(device)?;
+        let (port, answer) = ractor::concurrency::oneshot();
+        let inner = Arc::clone(&self.inner);
+        if gpu.cast(build(port.into())).is_err() {
+            return Err(device_gone(&inner, device));
+        }
+        let gone = move || device_gone(&inner, device);
+        answer_holding_slot(slot, answer, self.inner.call_timeout, gone).await
     }
 
     /// Calls a device actor without waiting for room: for releases and resets, which must
@@ -252,19 +265,7 @@ impl VramResidency {
             build,
             self.inner.call_timeout,
             "the device actor",
-            move || {
-                if inner.shut_down.load(Ordering::Acquire) {
-                    return VramError::ShuttingDown;
-                }
-                // The actor went away mid-call: it crashed (and is being replaced, or already
-                // was) or it stopped for good; the directory says which.
-                let cause = inner
-                    .directory
-                    .gpu(device)
-                    .err()
-                    .unwrap_or(StopCause::Restarting);
-                VramError::DeviceStopped { device, cause }
-            },
+            move || device_gone(&inner, device),
         )
         .await
     }
@@ -302,7 +303,9 @@ impl VramResidency {
     }
 
     /// Puts a failed signature or residency check on record as `SealVerificationFailed` with a
-    /// reason naming what failed. Recorded only: nothing is quarantined and no device stopped
+    /// reason naming what failed: the first of each kind in full, repeats counted into one
+    /// `RefusalsSuppressed` per minute (`audit::refusals`); a check of a shard already
+    /// quarantined is only counted. Recorded only: nothing is quarantined and no device stopped
     /// (nothing resident is known to be wrong). Failures that are not a verdict (shutdown,
     /// timeouts, a stopped or lost device) are not recorded here. Passing checks are counted in
     /// `vram_signature_checks_total{result="pass"}`, not written one line each.
@@ -313,15 +316,25 @@ impl VramResidency {
         signature: &Result<(), VramError>,
         residency: &Result<Result<(), VramError>, VramError>,
     ) {
-        let failed = match (signature, residency) {
-            (Err(VramError::SealVerificationFailed { .. }), _) => {
-                "the seal signature does not verify (forged or altered record)"
-            }
-            (_, Ok(Err(VramError::UnknownShard(_)))) => {
-                "residency mismatch: no shard resident here carries exactly this record"
-            }
-            (_, Ok(Err(VramError::SealVerificationFailed { .. }))) => {
-                "the shard is quarantined after an integrity failure"
+        let (failed, reason) = match (signature, residency) {
+            (Err(VramError::SealVerificationFailed { .. }), _) => (
+                "the seal signature does not verify (forged or altered record)",
+                RefusalReason::ForgedShardRecord,
+            ),
+            (_, Ok(Err(VramError::UnknownShard(_)))) => (
+                "residency mismatch: no shard resident here carries exactly this record",
+                RefusalReason::ResidencyMismatch,
+            ),
+            (
+                _,
+                Ok(Err(
+                    VramError::SealVerificationFailed { .. } | VramError::GroupQuarantined { .. },
+                )),
+            ) => {
+                // The quarantine is on record already: this refusal is only counted.
+                metrics::counter!("vram_signature_checks_total", "result" => "fail").increment(1);
+                refuse_audit(&self.inner.audit, RefusalReason::QuarantinedShard, None);
+                return;
             }
             (Ok(()), Ok(Ok(()))) => {
                 metrics::counter!("vram_signature_checks_total", "result" => "pass").increment(1);
@@ -335,9 +348,12 @@ impl VramResidency {
                 .merkle_root
                 .bytes()
                 .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
-        emit_audit(
+        // Forgeries and mismatches repeat as often as a peer sends them: the first of each
+        // reason is written in full, the rest are counted (`audit::refusals`).
+        refuse_audit(
             &self.inner.audit,
-            AuditEvent::SealVerificationFailed {
+            reason,
+            Some(AuditEvent::SealVerificationFailed {
                 shard_id: info.shard_id.clone(),
                 gpu_device: info.gpu_device,
                 reason: format!("{what}: {failed} (recorded only: nothing quarantined)"),
@@ -351,7 +367,7 @@ impl VramResidency {
                 bad_chunks: 0,
                 bad_tensors: Vec::new(),
                 severity: Severity::Critical,
-            },
+            }),
         );
     }
 
@@ -604,9 +620,11 @@ impl VramResidency {
         .await?
     }
 
-    /// Memory figures of a device.
+    /// Memory figures of a device. A status query: it does not wait for a request slot, and
+    /// the device answers it between requests (hashing runs off its actor).
     pub async fn capacity(&self, device: u32) -> Result<VramCapacity, VramError> {
-        self.ask_gpu(device, |reply| GpuMsg::Capacity { reply })
+        validation::validate_device(device, self.inner.device_count)?;
+        self.ask_gpu_now(device, |reply| GpuMsg::Capacity { reply })
             .await?
     }
 
@@ -664,11 +682,15 @@ impl VramResidency {
             .await?
     }
 
-    /// Status of every device.
+    /// Status of every device. A status query: it does not wait for request slots, and each
+    /// device answers it between requests (hashing runs off its actor).
     pub async fn devices(&self) -> Result<Vec<DeviceStatus>, VramError> {
         let mut out = Vec::new();
         for d in 0..self.inner.device_count {
-            out.push(self.ask_gpu(d, |reply| GpuMsg::Status { reply }).await?);
+            out.push(
+                self.ask_gpu_now(d, |reply| GpuMsg::Status { reply })
+                    .await?,
+            );
         }
         Ok(out)
     }
@@ -737,54 +759,19 @@ impl VramResidency {
     }
 }
 
-/// Admission to one device's mailbox: at most `limit` requests in flight; callers beyond that
-/// wait (in arrival order) for a permit. The permit is held until the reply arrives, so the
-/// mailbox never holds more than `limit` caller requests (plus the actor's own internal
-/// messages, one per request at most). Each device has its own, so a flood on one never
-/// delays another.
-struct Admission {
-    permits: Arc<tokio::sync::Semaphore>,
-    limit: usize,
-    waiting: Arc<AtomicUsize>,
-}
-
-impl Admission {
-    fn new(limit: usize) -> Self {
-        Self {
-            permits: Arc::new(tokio::sync::Semaphore::new(limit)),
-            limit,
-            waiting: Arc::new(AtomicUsize::new(0)),
-        }
+/// The error for a device actor that went away mid-call: it crashed (and is being replaced,
+/// or already was) or it stopped for good, as the directory says; or the system is shutting
+/// down.
+fn device_gone(inner: &Inner, device: u32) -> VramError {
+    if inner.shut_down.load(Ordering::Acquire) {
+        return VramError::ShuttingDown;
     }
-
-    /// Waits for room; the permit is given back when dropped.
-    async fn enter(&self) -> Result<tokio::sync::OwnedSemaphorePermit, VramError> {
-        self.waiting.fetch_add(1, Ordering::Relaxed);
-        let _still_waiting = DecrementOnDrop(&self.waiting);
-        let permit = Arc::clone(&self.permits)
-            .acquire_owned()
-            .await
-            .map_err(|_| VramError::ShuttingDown)?;
-        Ok(permit)
-    }
-
-    fn load(&self) -> DeviceLoad {
-        DeviceLoad {
-            in_flight: self.limit.saturating_sub(self.permits.available_permits()),
-            waiting: self.waiting.load(Ordering::Relaxed),
-            limit: self.limit,
-        }
-    }
-}
-
-/// Counts a caller out of the waiting line however its wait ends (admitted, or its future
-/// dropped).
-struct DecrementOnDrop<'a>(&'a AtomicUsize);
-
-impl Drop for DecrementOnDrop<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
+    let cause = inner
+        .directory
+        .gpu(device)
+        .err()
+        .unwrap_or(StopCause::Restarting);
+    VramError::DeviceStopped { device, cause }
 }
 
 /// A seal source's length and, for safetensors bytes or files, its tensor layout. Blocking
