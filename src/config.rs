@@ -456,6 +456,16 @@ const MAX_TOKEN_FILE_BYTES: u64 = 64 * 1024;
 /// length (at most 64 KiB): no growing buffer leaves copies of the token in freed memory. A
 /// file that grows while it is read is refused.
 pub fn read_token_file(path: &Path) -> Result<WorkerToken, VramError> {
+    let mut bytes = read_secret_file(path)?;
+    // The buffer itself moves into the token (no copy); the `Zeroizing` left behind is empty.
+    WorkerToken::new(std::mem::take(&mut *bytes))
+}
+
+/// Reads a secret from a file under the token file's rules (see [`read_token_file`]: owner-only,
+/// no symlink, at most 64 KiB, one zeroizing buffer, refused if it grows while read), one
+/// trailing newline (`\n` or `\r\n`) removed. For other credentials kept like the worker token,
+/// such as a challenger's bearer token (`examples/attest_server.rs`).
+pub fn read_secret_file(path: &Path) -> Result<zeroize::Zeroizing<Vec<u8>>, VramError> {
     use std::io::Read;
     let shown = crate::validation::shown_path(path);
     let (mut file, meta) = validation::owner_only::open(
@@ -499,6 +509,5 @@ pub fn read_token_file(path: &Path) -> Result<WorkerToken, VramError> {
             bytes.pop();
         }
     }
-    // The buffer itself moves into the token (no copy); the `Zeroizing` left behind is empty.
-    WorkerToken::new(std::mem::take(&mut *bytes))
+    Ok(bytes)
 }

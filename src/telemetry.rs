@@ -47,6 +47,13 @@ pub const SEALS_TOTAL: &str = "vram_seals_total";
 pub const VERIFICATIONS_TOTAL: &str = "vram_verifications_total";
 /// Histogram: seconds from the start of a verification to its verdict, by `mode`.
 pub const VERIFICATION_DURATION_SECONDS: &str = "vram_verification_duration_seconds";
+/// Counter of refusals that repeat (forged or stale peer records, calls on a quarantined shard
+/// or failed group), by `reason`: each is counted here, and only the first of a reason per
+/// window is written to the audit log in full (`audit::refusals`).
+pub const REFUSALS_TOTAL: &str = "vram_refusals_total";
+/// Counter of requests refused with `VramError::Busy` (no device slot within
+/// `Config::admission_timeout`), by `gpu_device`.
+pub const ADMISSION_BUSY_TOTAL: &str = "vram_admission_busy_total";
 
 /// Who asked for a verification.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -212,6 +219,15 @@ pub fn describe() {
     describe_gauge!(
         "vram_audit_sink_up",
         "1 while the audit sink works, 0 while it fails."
+    );
+    describe_counter!(
+        REFUSALS_TOTAL,
+        "Repeated refusals (forged or stale peer records, quarantined shards, failed groups) \
+         by reason; only the first per reason and minute is audited in full."
+    );
+    describe_counter!(
+        ADMISSION_BUSY_TOTAL,
+        "Requests refused with Busy (no device slot within the admission timeout), by device."
     );
     describe_counter!(
         "vram_internal_send_failures_total",

@@ -566,3 +566,25 @@ async fn json_spellings_decode_to_the_signed_values() {
     assert!(system.verify_group_info(&upper).await.is_err());
     system.shutdown().await.unwrap();
 }
+
+/// The token file is read into one buffer sized from its length: a file beyond the cap is
+/// refused before anything is read, and one trailing newline is still ignored.
+#[cfg(unix)]
+#[test]
+fn the_token_file_is_capped() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("token");
+    std::fs::write(&path, vec![b'a'; (64 << 10) + 1]).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let err = vram_residency::config::read_token_file(&path)
+        .err()
+        .unwrap();
+    assert!(
+        err.to_string().contains("holds at most 65536 bytes"),
+        "{err}"
+    );
+    std::fs::write(&path, format!("{}\r\n", common::TOKEN)).unwrap();
+    let secret = vram_residency::config::read_secret_file(&path).unwrap();
+    assert_eq!(secret.as_slice(), common::TOKEN.as_bytes());
+}

@@ -27,8 +27,7 @@ use chrono::{DateTime, Utc};
 use crate::audit::events::AuditEvent;
 use crate::audit::format::format_ts;
 
-/// The counter of refusals, labelled by `reason` ([`RefusalReason::as_str`]).
-pub const REFUSALS_TOTAL: &str = "vram_refusals_total";
+pub use crate::telemetry::REFUSALS_TOTAL;
 
 /// How long refusals of one reason are counted before a summary record is written.
 pub const DEFAULT_SUMMARY_INTERVAL: Duration = Duration::from_secs(60);

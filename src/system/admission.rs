@@ -17,10 +17,8 @@ use std::time::Duration;
 use tokio::sync::OwnedSemaphorePermit;
 
 use crate::error::VramError;
+use crate::telemetry::ADMISSION_BUSY_TOTAL;
 use crate::types::DeviceLoad;
-
-/// The counter of requests refused with `Busy`, labelled by `gpu_device`.
-pub(crate) const ADMISSION_BUSY_TOTAL: &str = "vram_admission_busy_total";
 
 /// Admission to one device's mailbox (see the module docs).
 pub(crate) struct Admission {
