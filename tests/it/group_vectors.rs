@@ -4,7 +4,7 @@
 //! sealed as a group through the actors.
 #![allow(clippy::unwrap_used, clippy::arithmetic_side_effects)] // test code fails loudly
 
-mod common;
+use crate::common;
 
 use hmac::{KeyInit, Mac};
 use serde_json::Value;
@@ -17,7 +17,7 @@ use vram_residency::seal::sha256_hex;
 use vram_residency::{Config, GroupInfo, GroupRequest, SealRequest, VramError, VramResidency};
 
 fn vectors() -> Value {
-    serde_json::from_str(include_str!("vectors/vectors-groups-v1.json")).unwrap()
+    serde_json::from_str(include_str!("../vectors/vectors-groups-v1.json")).unwrap()
 }
 
 fn token_text(v: &Value) -> &str {

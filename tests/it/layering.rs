@@ -22,7 +22,7 @@
 //! (`src/main.rs`, `src/cli/`, a separate crate that uses only the public API) stand outside.
 #![allow(clippy::unwrap_used, clippy::arithmetic_side_effects)] // test code fails loudly
 
-mod common;
+use crate::common;
 
 use common::rust_files;
 
@@ -225,7 +225,7 @@ fn no_module_reaches_upward() {
         }
         let Some(own) = rank(&module) else {
             problems.push(format!(
-                "{}: module `{module}` has no layer; add it to LAYERS in tests/layering.rs",
+                "{}: module `{module}` has no layer; add it to LAYERS in tests/it/layering.rs",
                 file.display()
             ));
             continue;
