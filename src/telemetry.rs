@@ -113,15 +113,6 @@ impl Outcome {
     }
 }
 
-/// The `mode` label: the mode's kind only (a sample size would make one series per size).
-fn mode_label(mode: VerifyMode) -> &'static str {
-    match mode {
-        VerifyMode::Full => "full",
-        VerifyMode::Sampled { .. } => "sampled",
-        VerifyMode::SignatureOnly => "signature_only",
-    }
-}
-
 /// The `result` label of a finished `seal` call.
 fn seal_label<T>(result: &Result<T, VramError>) -> &'static str {
     match result.as_ref().map_err(VramError::innermost) {
@@ -157,7 +148,7 @@ pub(crate) fn record_verification(
     outcome: Outcome,
     elapsed: Duration,
 ) {
-    let mode = mode_label(mode);
+    let mode = mode.metric_label();
     metrics::counter!(VERIFICATIONS_TOTAL, "mode" => mode, "result" => outcome.label(),
         "trigger" => trigger.label())
     .increment(1);
@@ -240,7 +231,6 @@ mod tests {
         let invalid: Result<(), VramError> = Err(VramError::invalid("no"));
         assert_eq!(Outcome::counted(&invalid), None);
         assert_eq!(Outcome::counted(&corrupt), Some(Outcome::Fail));
-        assert_eq!(mode_label(VerifyMode::Sampled { chunks: 7 }), "sampled");
         assert_eq!(seal_label(&ok), "ok");
         let no_room: Result<(), VramError> = Err(VramError::InsufficientVram {
             needed: 2,
