@@ -24,7 +24,7 @@ use subtle::ConstantTimeEq;
 
 use crate::error::VramError;
 use crate::seal::claims::ShardInfo;
-use crate::seal::group::GroupInfo;
+use crate::seal::group_record::GroupInfo;
 use crate::seal::keys::{AttestKey, WorkerToken};
 use crate::types::{AuditHead, BackendKind, DeviceIdentity, VerifyMode};
 

@@ -60,12 +60,12 @@ impl VramResidency {
                 "the shard is quarantined after an integrity failure"
             }
             (Ok(()), Ok(Ok(()))) => {
-                metrics::counter!("vram_signature_checks_total", "result" => "pass").increment(1);
+                telemetry::record_signature_check(true);
                 return;
             }
             _ => return,
         };
-        metrics::counter!("vram_signature_checks_total", "result" => "fail").increment(1);
+        telemetry::record_signature_check(false);
         let root_ok = info.merkle_root.len() == 64
             && info
                 .merkle_root

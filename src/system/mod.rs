@@ -8,11 +8,11 @@
 
 mod admission;
 mod checks;
-mod groups;
 mod release;
 mod sealing;
 mod startup;
 mod status;
+mod tensor_parallel;
 
 use admission::Admission;
 
@@ -23,9 +23,9 @@ use std::time::Duration;
 use ractor::ActorRef;
 
 use crate::actors::ask;
-use crate::actors::directory::DeviceDirectory;
 use crate::error::VramError;
 use crate::messages::audit::AuditMsg;
+use crate::messages::directory::DeviceDirectory;
 use crate::messages::gpu::GpuMsg;
 use crate::messages::seal_keeper::SealKeeperMsg;
 use crate::messages::supervisor::SupervisorMsg;

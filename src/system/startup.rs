@@ -7,7 +7,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use ractor::Actor;
 
 use crate::actors::ask;
-use crate::actors::directory::{self};
 use crate::actors::supervisor::{
     BackendFactory, DeviceSettings, RestartBudget, Supervisor, SupervisorArgs,
 };
@@ -15,6 +14,7 @@ use crate::config::{BackendChoice, Config};
 use crate::error::VramError;
 use crate::gpu::DeviceBackend;
 use crate::gpu::sim::SimDevice;
+use crate::messages::directory::{self};
 use crate::messages::supervisor::SupervisorMsg;
 
 use super::*;

@@ -29,7 +29,7 @@ use common::rust_files;
 use std::collections::BTreeMap;
 use std::path::Path;
 
-const LAYERS: &[(&str, u32)] = &[
+pub(crate) const LAYERS: &[(&str, u32)] = &[
     ("text", 0),
     ("types", 0),
     ("error", 1),
@@ -43,7 +43,7 @@ const LAYERS: &[(&str, u32)] = &[
     ("messages", 6),
     ("actors", 7),
     ("shard", 8),
-    ("group", 9),
+    ("tensor_parallel", 9),
     ("system", 10),
     ("bench", 11),
 ];

@@ -10,6 +10,7 @@ mod common;
 mod attestation_v2;
 mod audit_trail;
 mod core_api;
+mod docs;
 mod group_vectors;
 mod groups;
 mod layering;

@@ -14,8 +14,8 @@ use ractor::ActorRef;
 use subtle::ConstantTimeEq;
 
 use super::{GpuState, VerifyReply};
-use crate::actors::hashing::{hash_leaves, sample_indices};
-use crate::actors::shard_table::Quarantine;
+use crate::actors::gpu_actor::hashing::{hash_leaves, sample_indices};
+use crate::actors::gpu_actor::shard_table::Quarantine;
 use crate::audit::events::{AuditEvent, Severity};
 use crate::error::{MAX_REPORTED_BAD_CHUNKS, VramError};
 use crate::gpu::BackendError;
@@ -359,7 +359,7 @@ impl GpuState {
 /// The error every refused call on a quarantined shard gets.
 pub(super) fn quarantined(shard_id: &str, bad: &Quarantine) -> VramError {
     if let Some(group) = &bad.group {
-        return super::group::group_quarantined(shard_id, group);
+        return super::group_quarantine::group_quarantined(shard_id, group);
     }
     VramError::SealVerificationFailed {
         shard_id: shard_id.to_string(),

@@ -418,7 +418,7 @@ fn on_device_or_host(
             Err(BackendError::OutOfRange { offset, len, size })
         }
         Err(e) => {
-            metrics::counter!("vram_cuda_kernel_fallbacks_total").increment(1);
+            crate::telemetry::record_cuda_kernel_fallback();
             tracing::warn!("the leaf kernel failed ({e}); hashing these leaves on the host");
             host()
         }

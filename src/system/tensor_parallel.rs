@@ -30,11 +30,11 @@ use crate::actors::gpu_actor::now_unix_nanos;
 use crate::attestation::{Attestation, GroupAttestation};
 use crate::audit::events::{AuditEvent, Severity};
 use crate::error::VramError;
-use crate::group::{GroupRequest, SealedGroup};
 use crate::messages::gpu::GpuMsg;
 use crate::messages::seal_keeper::SealKeeperMsg;
-use crate::seal::group::{GROUP_FORMAT, GroupInfo, MAX_GROUP_MEMBERS};
+use crate::seal::group_record::{GROUP_FORMAT, GroupInfo, MAX_GROUP_MEMBERS};
 use crate::shard::{SealRequest, SealSource, SealedShard, VerifyMode, VerifyReport};
+use crate::tensor_parallel::{GroupRequest, SealedGroup};
 use crate::validation;
 
 use super::VramResidency;
