@@ -8,6 +8,7 @@
     clippy::arithmetic_side_effects
 )] // test code fails loudly
 
+#[path = "cli/support.rs"]
 mod cli_support;
 mod common;
 

@@ -1,4 +1,6 @@
-//! Admission to a device's mailbox, with a deadline (load shedding).
+//! Admission to each device's mailbox, with a deadline (load shedding): how many requests may be
+//! in flight on a device, who waits and for how long, and the calls that go through it (or, for
+//! releases, resets and status queries, around it).
 //!
 //! Each device admits at most `Config::device_queue_limit` requests at once; callers beyond
 //! that wait, in arrival order, for a slot, but at most `Config::admission_timeout`: then they
@@ -8,7 +10,7 @@
 //! off-actor hashing included: the wait for the answer runs in a task of its own that owns the
 //! slot, so a caller that gives up (a dropped future, an HTTP client gone) does not free a
 //! slot while the work it asked for still runs. Each device has its own admission, so a flood
-//! on one never delays another; releases, resets and status queries bypass it.
+//! on one never delays another.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -16,57 +18,89 @@ use std::time::Duration;
 
 use tokio::sync::OwnedSemaphorePermit;
 
+use crate::actors::ask;
 use crate::error::VramError;
+use crate::messages::gpu::GpuMsg;
 use crate::telemetry::ADMISSION_BUSY_TOTAL;
-use crate::types::DeviceLoad;
+use crate::types::{DeviceLoad, StopCause};
+use crate::validation;
 
-/// Admission to one device's mailbox (see the module docs).
-pub(crate) struct Admission {
-    permits: Arc<tokio::sync::Semaphore>,
-    limit: usize,
-    timeout: Duration,
-    waiting: Arc<AtomicUsize>,
+use super::*;
+
+impl VramResidency {
+    /// Calls a device actor once it has room for another request: waits for a slot at most
+    /// `Config::admission_timeout` (then `Busy`), and holds it until the device has answered.
+    pub(super) async fn ask_gpu<T: Send + 'static>(
+        &self,
+        device: u32,
+        build: impl FnOnce(ractor::RpcReplyPort<T>) -> GpuMsg,
+    ) -> Result<T, VramError> {
+        validation::validate_device(device, self.inner.device_count)?;
+        let admission = usize::try_from(device)
+            .ok()
+            .and_then(|i| self.inner.admission.get(i))
+            .ok_or_else(|| VramError::Internal("no admission for a valid device".into()))?;
+        let slot = admission.enter(device).await?;
+        let gpu = self.gpu(device)?;
+        let (port, answer) = ractor::concurrency::oneshot();
+        let inner = Arc::clone(&self.inner);
+        if gpu.cast(build(port.into())).is_err() {
+            return Err(device_gone(&inner, device));
+        }
+        let gone = move || device_gone(&inner, device);
+        answer_holding_slot(slot, answer, self.inner.call_timeout, gone).await
+    }
+
+    /// Calls a device actor without waiting for room: for releases, resets and status queries,
+    /// which must always get through (releases and resets are what frees a flooded device; the
+    /// actor answers status queries between requests, hashing runs off it).
+    pub(super) async fn ask_gpu_now<T: Send + 'static>(
+        &self,
+        device: u32,
+        build: impl FnOnce(ractor::RpcReplyPort<T>) -> GpuMsg,
+    ) -> Result<T, VramError> {
+        let gpu = self.gpu(device)?;
+        let inner = Arc::clone(&self.inner);
+        ask(
+            &gpu,
+            build,
+            self.inner.call_timeout,
+            "the device actor",
+            move || device_gone(&inner, device),
+        )
+        .await
+    }
+
+    /// How busy a device's admission is: requests in flight, callers waiting for room, and the
+    /// limit (`Config::device_queue_limit`).
+    pub fn device_load(&self, device: u32) -> Result<DeviceLoad, VramError> {
+        validation::validate_device(device, self.inner.device_count)?;
+        usize::try_from(device)
+            .ok()
+            .and_then(|i| self.inner.admission.get(i))
+            .map(Admission::load)
+            .ok_or_else(|| VramError::Internal("no admission for a valid device".into()))
+    }
 }
 
-impl Admission {
-    pub(crate) fn new(limit: usize, timeout: Duration) -> Self {
-        Self {
-            permits: Arc::new(tokio::sync::Semaphore::new(limit)),
-            limit,
-            timeout,
-            waiting: Arc::new(AtomicUsize::new(0)),
-        }
+/// The error for a device actor that went away mid-call: it crashed (and is being replaced,
+/// or already was) or it stopped for good, as the directory says; or the system is shutting
+/// down.
+fn device_gone(inner: &Inner, device: u32) -> VramError {
+    if inner.shut_down.load(Ordering::Acquire) {
+        return VramError::ShuttingDown;
     }
-
-    /// Waits for a slot on `device`, at most the admission timeout; the slot is given back when
-    /// the permit is dropped.
-    pub(crate) async fn enter(&self, device: u32) -> Result<OwnedSemaphorePermit, VramError> {
-        self.waiting.fetch_add(1, Ordering::Relaxed);
-        let _still_waiting = DecrementOnDrop(&self.waiting);
-        let acquire = Arc::clone(&self.permits).acquire_owned();
-        match tokio::time::timeout(self.timeout, acquire).await {
-            Ok(Ok(permit)) => Ok(permit),
-            Ok(Err(_)) => Err(VramError::ShuttingDown),
-            Err(_) => {
-                metrics::counter!(ADMISSION_BUSY_TOTAL, "gpu_device" => device.to_string())
-                    .increment(1);
-                Err(VramError::Busy { device })
-            }
-        }
-    }
-
-    pub(crate) fn load(&self) -> DeviceLoad {
-        DeviceLoad {
-            in_flight: self.limit.saturating_sub(self.permits.available_permits()),
-            waiting: self.waiting.load(Ordering::Relaxed),
-            limit: self.limit,
-        }
-    }
+    let cause = inner
+        .directory
+        .gpu(device)
+        .err()
+        .unwrap_or(StopCause::Restarting);
+    VramError::DeviceStopped { device, cause }
 }
 
 /// Waits for a device's answer while holding its slot, in a task of its own, so the slot stays
 /// taken until the device has finished the work even if the caller stops waiting.
-pub(crate) async fn answer_holding_slot<T: Send + 'static>(
+async fn answer_holding_slot<T: Send + 'static>(
     slot: OwnedSemaphorePermit,
     answer: ractor::concurrency::OneshotReceiver<T>,
     timeout: Duration,
@@ -85,6 +119,53 @@ pub(crate) async fn answer_holding_slot<T: Send + 'static>(
     waiter
         .await
         .unwrap_or_else(|_| Err(VramError::Internal("a device call's waiter failed".into())))
+}
+
+/// Admission to one device's mailbox: at most `limit` requests in flight; callers beyond that
+/// wait (in arrival order) for a permit, at most `timeout`. The permit is held until the reply
+/// arrives, so the mailbox never holds more than `limit` caller requests (plus the actor's own
+/// internal messages, one per request at most).
+pub(super) struct Admission {
+    permits: Arc<tokio::sync::Semaphore>,
+    limit: usize,
+    timeout: Duration,
+    waiting: Arc<AtomicUsize>,
+}
+
+impl Admission {
+    pub(super) fn new(limit: usize, timeout: Duration) -> Self {
+        Self {
+            permits: Arc::new(tokio::sync::Semaphore::new(limit)),
+            limit,
+            timeout,
+            waiting: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+
+    /// Waits for a slot on `device`, at most the admission timeout; the slot is given back when
+    /// the permit is dropped.
+    async fn enter(&self, device: u32) -> Result<OwnedSemaphorePermit, VramError> {
+        self.waiting.fetch_add(1, Ordering::Relaxed);
+        let _still_waiting = DecrementOnDrop(&self.waiting);
+        let acquire = Arc::clone(&self.permits).acquire_owned();
+        match tokio::time::timeout(self.timeout, acquire).await {
+            Ok(Ok(permit)) => Ok(permit),
+            Ok(Err(_)) => Err(VramError::ShuttingDown),
+            Err(_) => {
+                metrics::counter!(ADMISSION_BUSY_TOTAL, "gpu_device" => device.to_string())
+                    .increment(1);
+                Err(VramError::Busy { device })
+            }
+        }
+    }
+
+    fn load(&self) -> DeviceLoad {
+        DeviceLoad {
+            in_flight: self.limit.saturating_sub(self.permits.available_permits()),
+            waiting: self.waiting.load(Ordering::Relaxed),
+            limit: self.limit,
+        }
+    }
 }
 
 /// Counts a caller out of the waiting line however its wait ends (admitted, timed out, or its

@@ -738,7 +738,7 @@ proptest! {
 // The attest server's challenger credential (`examples/support/bearer.rs`), and repeated
 // refusals counted into `RefusalsSuppressed` summaries (`audit::refusals`).
 
-#[path = "../examples/support/bearer.rs"]
+#[path = "../../examples/support/bearer.rs"]
 mod bearer;
 
 const REASONS: [RefusalReason; 5] = [
