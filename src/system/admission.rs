@@ -98,25 +98,45 @@ fn device_gone(inner: &Inner, device: u32) -> VramError {
     VramError::DeviceStopped { device, cause }
 }
 
-/// Waits for a device's answer while holding its slot, in a task of its own, so the slot stays
-/// taken until the device has finished the work even if the caller stops waiting.
+/// Waits for a device's answer while holding its slot. The slot stays taken until the device
+/// is done with the request, whoever stops waiting first: a task of its own owns it. When the
+/// caller gives up (its future dropped) or the call timeout passes, that task closes the reply
+/// port, so the device sees nobody is waiting (a seal it finishes then is released, not handed
+/// to nobody), and frees the slot only once the device has let go of the port.
 async fn answer_holding_slot<T: Send + 'static>(
     slot: OwnedSemaphorePermit,
-    answer: ractor::concurrency::OneshotReceiver<T>,
+    mut answer: ractor::concurrency::OneshotReceiver<T>,
     timeout: Duration,
     gone: impl FnOnce() -> VramError + Send + 'static,
 ) -> Result<T, VramError> {
-    let waiter = tokio::spawn(async move {
-        let answered = tokio::time::timeout(timeout, answer).await;
-        drop(slot);
-        match answered {
-            Ok(Ok(value)) => Ok(value),
-            // The actor dropped the reply port: it went away mid-call.
-            Ok(Err(_)) => Err(gone()),
-            Err(_) => Err(VramError::Timeout("the device actor".to_string())),
+    enum Ended<T> {
+        Answered(Result<T, tokio::sync::oneshot::error::RecvError>),
+        CallerLeft,
+        TimedOut,
+    }
+    let (mut to_caller, from_waiter) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let ended = tokio::select! {
+            answered = &mut answer => Ended::Answered(answered),
+            () = to_caller.closed() => Ended::CallerLeft,
+            () = tokio::time::sleep(timeout) => Ended::TimedOut,
+        };
+        match ended {
+            Ended::Answered(answered) => {
+                drop(slot);
+                // The actor dropped the reply port unanswered: it went away mid-call.
+                let _ = to_caller.send(answered.map_err(|_| gone()));
+            }
+            Ended::CallerLeft | Ended::TimedOut => {
+                let _ = to_caller.send(Err(VramError::Timeout("the device actor".to_string())));
+                answer.close();
+                // Resolves when the device drops the port: its work for this request is over.
+                let _ = answer.await;
+                drop(slot);
+            }
         }
     });
-    waiter
+    from_waiter
         .await
         .unwrap_or_else(|_| Err(VramError::Internal("a device call's waiter failed".into())))
 }
