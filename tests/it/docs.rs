@@ -1,6 +1,11 @@
 //! The README says what the code does: its metrics table is the one `telemetry::METRICS`
 //! generates, and its layer list names the layers `layering.rs` enforces, in order.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::arithmetic_side_effects)] // test code fails loudly
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects
+)] // test code fails loudly
 
 use std::path::Path;
 
