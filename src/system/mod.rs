@@ -12,6 +12,9 @@ mod release;
 mod sealing;
 mod startup;
 mod status;
+
+pub use lease::ShardLease;
+pub(crate) mod lease;
 mod tensor_parallel;
 
 use admission::Admission;

@@ -180,6 +180,7 @@ impl GpuState {
             quarantine: None,
             in_flight: 0,
             pending_release: Vec::new(),
+            lease_marker: Arc::new(()),
         });
         self.audit(AuditEvent::VramSealed {
             shard_id: info.shard_id.clone(),
