@@ -19,6 +19,10 @@
 //! | `vram_audit_events_dropped_total` | counter | `reason` (some) | audit events lost (overflow, unencodable, actor gone) |
 //! | `vram_audit_sink_up` | gauge | — | 1 while the audit sink works, 0 while it fails |
 //! | `vram_internal_send_failures_total` | counter | `to` | messages an actor could not deliver to another |
+//! | `vram_cuda_leaf_kernel_off_total` | counter | `gpu_device` | CUDA devices whose leaf kernel was switched off (wrong hashes at the start-up self-test, or a failed launch); their leaves are hashed on the host |
+//! | `vram_cuda_kernel_fallbacks_total` | counter | — | leaf hash requests the kernel could not answer, answered on the host |
+//! | `vram_cuda_leaked_buffers_total` | counter | — | CUDA device or pinned buffers deliberately leaked because freeing them was not safe (the context could not be made current or synchronised, or a copy may still read them) |
+//! | `vram_cuda_free_errors_total` | counter | — | CUDA frees the driver reported an error for |
 //!
 //! Where they are recorded: device gauges by each device actor after every message that can
 //! change its memory figures (and at start and stop); seal counters and request verifications
@@ -47,6 +51,15 @@ pub const SEALS_TOTAL: &str = "vram_seals_total";
 pub const VERIFICATIONS_TOTAL: &str = "vram_verifications_total";
 /// Histogram: seconds from the start of a verification to its verdict, by `mode`.
 pub const VERIFICATION_DURATION_SECONDS: &str = "vram_verification_duration_seconds";
+
+/// Counter: CUDA devices whose leaf kernel was switched off, by `gpu_device`.
+pub const CUDA_LEAF_KERNEL_OFF_TOTAL: &str = "vram_cuda_leaf_kernel_off_total";
+/// Counter: leaf hash requests the CUDA kernel could not answer (answered on the host).
+pub const CUDA_KERNEL_FALLBACKS_TOTAL: &str = "vram_cuda_kernel_fallbacks_total";
+/// Counter: CUDA buffers leaked on purpose because freeing them was not safe.
+pub const CUDA_LEAKED_BUFFERS_TOTAL: &str = "vram_cuda_leaked_buffers_total";
+/// Counter: CUDA frees the driver reported an error for.
+pub const CUDA_FREE_ERRORS_TOTAL: &str = "vram_cuda_free_errors_total";
 
 /// Who asked for a verification.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -167,6 +180,16 @@ pub(crate) fn record_verification(
     }
 }
 
+/// Counts a CUDA device's leaf kernel being switched off.
+pub(crate) fn record_leaf_kernel_off(device: u32) {
+    metrics::counter!(CUDA_LEAF_KERNEL_OFF_TOTAL, "gpu_device" => device.to_string()).increment(1);
+}
+
+/// Counts a CUDA buffer leaked on purpose.
+pub(crate) fn record_cuda_leak() {
+    metrics::counter!(CUDA_LEAKED_BUFFERS_TOTAL).increment(1);
+}
+
 /// Gives every metric the crate records a description (and a unit where it has one), for
 /// exporters that print them (Prometheus `# HELP` lines). Call it once after installing a
 /// recorder; calling it again is harmless.
@@ -216,6 +239,22 @@ pub fn describe() {
     describe_counter!(
         "vram_internal_send_failures_total",
         "Messages an actor could not deliver to another, by recipient."
+    );
+    describe_counter!(
+        CUDA_LEAF_KERNEL_OFF_TOTAL,
+        "CUDA devices whose leaf kernel was switched off (wrong hashes at the start-up self-test, or a failed launch), by device."
+    );
+    describe_counter!(
+        CUDA_KERNEL_FALLBACKS_TOTAL,
+        "Leaf hash requests the CUDA kernel could not answer, answered on the host."
+    );
+    describe_counter!(
+        CUDA_LEAKED_BUFFERS_TOTAL,
+        "CUDA buffers leaked on purpose because freeing them was not safe."
+    );
+    describe_counter!(
+        CUDA_FREE_ERRORS_TOTAL,
+        "CUDA frees the driver reported an error for."
     );
 }
 

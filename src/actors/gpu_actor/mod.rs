@@ -279,6 +279,8 @@ impl GpuState {
                 BackendKind::Cuda if self.identity.integrated => "violation: integrated GPU".into(),
                 BackendKind::Cuda => "ok: dedicated device memory".into(),
             },
+            driver_version: self.backend.driver_version(),
+            leaf_kernel: self.backend.leaf_kernel(),
         }
     }
 }
