@@ -74,6 +74,11 @@ fn cuda_config() -> Config {
 /// in that child it returns `true` (run the body). Without the fake driver there is nothing to
 /// inject into: it skips (a failure with `VR_EXPECT_CUDA=1` and no device at all).
 fn fault_body(fault: &str, name: &str) -> bool {
+    fault_body_with(fault, &[], name)
+}
+
+/// [`fault_body`] with more of the fake driver's variables set in the child.
+fn fault_body_with(fault: &str, env: &[(&str, &str)], name: &str) -> bool {
     if let Ok(injected) = std::env::var(FAULT) {
         return injected == fault;
     }
@@ -87,6 +92,7 @@ fn fault_body(fault: &str, name: &str) -> bool {
     let out = Command::new(std::env::current_exe().unwrap())
         .args([name, "--exact", "--nocapture", "--test-threads=1"])
         .env(FAULT, fault)
+        .envs(env.iter().copied())
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -485,10 +491,40 @@ async fn fault_wrong_kernel_switches_itself_off_and_seals_on_the_host() {
 /// Where `kernel_off_and_host_hashing` flips a bit: in leaf 320 of 64 KiB chunks.
 const FLIP_AT: u64 = 20 * (1 << 20) + 1;
 
-async fn kernel_off_and_host_hashing(why: &str) {
+/// Counts of `vram_cuda_leaf_kernel_off_total` by device, recorded since the recorder was
+/// installed (in this process: fault tests run in children of their own).
+fn kernel_off_counts(snapshotter: &metrics_util::debugging::Snapshotter) -> Vec<(String, u64)> {
+    let mut counts: Vec<(String, u64)> = snapshotter
+        .snapshot()
+        .into_vec()
+        .into_iter()
+        .filter(|(key, ..)| key.key().name() == "vram_cuda_leaf_kernel_off_total")
+        .map(|(key, _, _, value)| {
+            let device = key
+                .key()
+                .labels()
+                .find(|l| l.key() == "gpu_device")
+                .map(|l| l.value().to_string())
+                .unwrap_or_default();
+            match value {
+                metrics_util::debugging::DebugValue::Counter(n) => (device, n),
+                other => panic!("{other:?}"),
+            }
+        })
+        .collect();
+    counts.sort();
+    counts
+}
+
+fn install_recorder() -> metrics_util::debugging::Snapshotter {
     let recorder = metrics_util::debugging::DebuggingRecorder::new();
     let snapshotter = recorder.snapshotter();
     recorder.install().unwrap();
+    snapshotter
+}
+
+async fn kernel_off_and_host_hashing(why: &str) {
+    let snapshotter = install_recorder();
     let system = VramResidency::start(cuda_config()).await.unwrap();
     let devices = system.devices().await.unwrap();
     for d in &devices {
@@ -498,17 +534,11 @@ async fn kernel_off_and_host_hashing(why: &str) {
             "{kernel}"
         );
     }
-    let off: u64 = snapshotter
-        .snapshot()
-        .into_vec()
-        .into_iter()
-        .filter(|(key, ..)| key.key().name() == "vram_cuda_leaf_kernel_off_total")
-        .map(|(.., value)| match value {
-            metrics_util::debugging::DebugValue::Counter(n) => n,
-            other => panic!("{other:?}"),
-        })
-        .sum();
-    assert_eq!(off, devices.len() as u64, "one count per device");
+    assert_eq!(
+        kernel_off_counts(&snapshotter),
+        [("0".to_string(), 1), ("1".to_string(), 1)],
+        "one count per device"
+    );
 
     // 33 MiB of 64 KiB chunks: 529 leaves, enough for the kernel path (256) if it were on.
     let bytes = pattern(33 * MIB + 5);
@@ -534,6 +564,41 @@ async fn kernel_off_and_host_hashing(why: &str) {
         "{err:?}"
     );
     system.reset_device(0).await.unwrap();
+    system.release(shard).await.unwrap();
+    system.shutdown().await.unwrap();
+}
+
+/// Launches the leaf kernel makes in its self-test when a device opens (two chunk sizes, each
+/// through the every-leaf and the index-list path).
+const SELF_TEST_LAUNCHES: &str = "4";
+
+/// The kernel passed its self-test, then a launch fails (the seal's check of what landed): the
+/// kernel is switched off for that device only (logged and counted once), the seal succeeds on
+/// host hashing, and later verifications hash on the host too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fault_later_launch_failure_switches_the_kernel_off_and_the_seal_succeeds() {
+    if !fault_body_with(
+        "launch-fail",
+        &[("VR_FAKE_CUDA_FAULT_AFTER", SELF_TEST_LAUNCHES)],
+        "fault_later_launch_failure_switches_the_kernel_off_and_the_seal_succeeds",
+    ) {
+        return;
+    }
+    let snapshotter = install_recorder();
+    let system = VramResidency::start(cuda_config()).await.unwrap();
+    let devices = system.devices().await.unwrap();
+    assert_eq!(devices[0].leaf_kernel.as_deref(), Some("on (embedded PTX)"));
+    let shard = system
+        .seal(SealRequest::new("later", "test:cuda", 0, pattern(33 * MIB)))
+        .await
+        .unwrap();
+    let devices = system.devices().await.unwrap();
+    let kernel = devices[0].leaf_kernel.as_deref().unwrap();
+    assert!(kernel.starts_with("off (a launch failed"), "{kernel}");
+    assert_eq!(devices[1].leaf_kernel.as_deref(), Some("on (embedded PTX)"));
+    system.verify(&shard, VerifyMode::Full).await.unwrap();
+    system.verify(&shard, VerifyMode::Full).await.unwrap();
+    assert_eq!(kernel_off_counts(&snapshotter), [("0".to_string(), 1)]);
     system.release(shard).await.unwrap();
     system.shutdown().await.unwrap();
 }

@@ -171,6 +171,7 @@ struct op {
     unsigned char value;
     /* OP_LAUNCH */
     enum kernel_id kernel;
+    int wrong; /* kernel-wrong: this launch writes wrong digests */
     unsigned long long args[6];
     unsigned long long threads;
     /* OP_WAIT */
@@ -220,6 +221,7 @@ struct device {
     int lost;         /* sticky error: every later call on the device fails with `sticky` */
     CUresult sticky;
     int ecc_armed;    /* ecc fault: a read of host-written cuMemAlloc memory has completed */
+    unsigned long long launches;
     unsigned long long leaked_on_loss;
 };
 
@@ -229,6 +231,8 @@ static int device_count = 2;
 static unsigned long long mem_bytes = 1ull << 30;
 static enum fault fault;
 static int strict;
+/* launch-fail and kernel-wrong: launches per device that behave before the fault strikes. */
+static unsigned long long fault_after;
 static struct device devices[FAKE_MAX_DEVICES];
 static struct alloc* allocs;
 static struct pinned* pinned_list;
@@ -540,7 +544,7 @@ static CUresult run_launch(const struct op* op)
     for (fake_thread_index = 0; fake_thread_index < op->threads; ++fake_thread_index) {
         vr_sha256_leaves(data, len, chunk, indices, n, out);
     }
-    if (fault == FAULT_KERNEL_WRONG) {
+    if (op->wrong) {
         for (unsigned long long t = 0; t < n; ++t) {
             out[32u * t] ^= 0x01u;
         }
@@ -775,6 +779,15 @@ static CUresult configure(void)
                     "fake CUDA driver: unknown VR_FAKE_CUDA_FAULT=%s (oom | host-memory | managed | "
                     "integrated | launch-fail | kernel-wrong | ecc)\n",
                     v);
+            return CUDA_ERROR_INVALID_VALUE;
+        }
+    }
+    v = getenv("VR_FAKE_CUDA_FAULT_AFTER");
+    if (v && *v) {
+        char* end = NULL;
+        fault_after = strtoull(v, &end, 10);
+        if (*end != '\0' || v[0] == '-') {
+            fprintf(stderr, "fake CUDA driver: VR_FAKE_CUDA_FAULT_AFTER=%s is not a count\n", v);
             return CUDA_ERROR_INVALID_VALUE;
         }
     }
@@ -1875,10 +1888,11 @@ EXPORT CUresult cuLaunchKernel(CUfunction f, unsigned int gx, unsigned int gy, u
         bz == 0u || (unsigned long long)bx * by * bz > 1024u) {
         RETURN(CUDA_ERROR_INVALID_VALUE);
     }
-    if (fault == FAULT_LAUNCH_FAIL) {
+    const int faulty = devices[c->device].launches++ >= fault_after;
+    if (fault == FAULT_LAUNCH_FAIL && faulty) {
         RETURN(CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES);
     }
-    struct op op = {.kind = OP_LAUNCH, .kernel = f->kernel};
+    struct op op = {.kind = OP_LAUNCH, .kernel = f->kernel, .wrong = fault == FAULT_KERNEL_WRONG && faulty};
     op.threads = (unsigned long long)gx * gy * gz * bx * by * bz;
     /* The argument values are copied now, as the driver does. */
     if (f->kernel == KERNEL_LEAVES) {
