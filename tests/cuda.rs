@@ -11,7 +11,6 @@
 
 mod common;
 
-use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
@@ -280,16 +279,16 @@ async fn faults_on_cuda_need_the_opt_in() {
 /// a target no newer than `sm_80`, so drivers from R525 on load it; it has both entry points.
 #[test]
 fn the_embedded_ptx_comes_from_the_checked_in_source_and_is_old_enough() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/gpu/cuda");
-    let source = std::fs::read(dir.join("sha256_leaf.cu")).unwrap();
-    let ptx = std::fs::read_to_string(dir.join("sha256_leaf.ptx")).unwrap();
+    // Built in, so the check also runs from the GPU bundle, far from the sources.
+    let source: &[u8] = include_bytes!("../src/gpu/cuda/sha256_leaf.cu");
+    let ptx = include_str!("../src/gpu/cuda/sha256_leaf.ptx");
     let recorded = ptx
         .lines()
         .find_map(|l| l.strip_prefix("// source-sha256: "))
         .expect("the PTX records its source's SHA-256");
     assert_eq!(
         recorded,
-        hex::encode(Sha256::digest(&source)),
+        hex::encode(Sha256::digest(source)),
         "sha256_leaf.ptx is stale: run scripts/gen-ptx.sh"
     );
     let version = ptx
