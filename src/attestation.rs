@@ -24,7 +24,7 @@ use subtle::ConstantTimeEq;
 
 use crate::error::VramError;
 use crate::seal::claims::ShardInfo;
-use crate::seal::group::GroupInfo;
+use crate::seal::group_record::GroupInfo;
 use crate::seal::keys::{AttestKey, WorkerToken};
 use crate::types::{AuditHead, BackendKind, DeviceIdentity, VerifyMode};
 
@@ -152,33 +152,6 @@ pub fn statement(f: &StatementFields<'_>) -> Result<Vec<u8>, VramError> {
     Ok(out)
 }
 
-/// Parses an attestation's `verified_mode` (`full`, `sampled(k)` with k ≥ 1, `signature-only`).
-pub fn parse_mode(text: &str) -> Option<VerifyMode> {
-    match text {
-        "full" => Some(VerifyMode::Full),
-        "signature-only" => Some(VerifyMode::SignatureOnly),
-        _ => {
-            let k = text.strip_prefix("sampled(")?.strip_suffix(')')?;
-            if k.starts_with('+') || (k.len() > 1 && k.starts_with('0')) {
-                return None;
-            }
-            let chunks: u32 = k.parse().ok().filter(|&c| c > 0)?;
-            Some(VerifyMode::Sampled { chunks })
-        }
-    }
-}
-
-/// Whether a verification in mode `ran` is at least as strong as `required`: `Full` meets
-/// every requirement; `Sampled { k }` meets `Sampled { j }` when `k >= j`, and
-/// `SignatureOnly`; `SignatureOnly` meets only `SignatureOnly`.
-pub fn mode_satisfies(ran: VerifyMode, required: VerifyMode) -> bool {
-    match (ran, required) {
-        (_, VerifyMode::SignatureOnly) | (VerifyMode::Full, _) => true,
-        (VerifyMode::Sampled { chunks: k }, VerifyMode::Sampled { chunks: j }) => k >= j,
-        _ => false,
-    }
-}
-
 /// What a challenger demands of an attestation beyond its signature and nonce. The default
 /// demands nothing more; each builder method adds one requirement.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -196,7 +169,7 @@ impl AttestationPolicy {
         self
     }
 
-    /// The verification must be at least as strong as `mode` (see [`mode_satisfies`]).
+    /// The verification must be at least as strong as `mode` (see [`VerifyMode::satisfies`]).
     pub fn require_mode(mut self, mode: VerifyMode) -> Self {
         self.min_mode = Some(mode);
         self
@@ -232,10 +205,10 @@ impl AttestationPolicy {
             }
         }
         if let Some(required) = self.min_mode {
-            let Some(ran) = parse_mode(&att.verified_mode) else {
+            let Ok(ran) = att.verified_mode.parse::<VerifyMode>() else {
                 return refuse("attestation names an unknown verification mode".into());
             };
-            if !mode_satisfies(ran, required) {
+            if !ran.satisfies(required) {
                 return refuse(format!(
                     "attestation's verification ({ran}) is weaker than required ({required})"
                 ));
@@ -396,37 +369,6 @@ mod tests {
             check_nonce(&[0; 1025]),
             Err(VramError::InvalidInput(_))
         ));
-    }
-
-    #[test]
-    fn modes_parse_and_rank() {
-        for m in [
-            VerifyMode::Full,
-            VerifyMode::SignatureOnly,
-            VerifyMode::Sampled { chunks: 7 },
-        ] {
-            assert_eq!(parse_mode(&m.to_string()), Some(m));
-        }
-        for bad in [
-            "",
-            "sampled(0)",
-            "sampled(07)",
-            "sampled(+7)",
-            "sampled()",
-            "Full",
-        ] {
-            assert_eq!(parse_mode(bad), None, "{bad}");
-        }
-        let s = |k| VerifyMode::Sampled { chunks: k };
-        assert!(mode_satisfies(VerifyMode::Full, VerifyMode::Full));
-        assert!(mode_satisfies(VerifyMode::Full, s(64)));
-        assert!(mode_satisfies(s(16), s(16)));
-        assert!(mode_satisfies(s(17), s(16)));
-        assert!(!mode_satisfies(s(15), s(16)));
-        assert!(!mode_satisfies(s(1000), VerifyMode::Full));
-        assert!(mode_satisfies(s(1), VerifyMode::SignatureOnly));
-        assert!(!mode_satisfies(VerifyMode::SignatureOnly, s(1)));
-        assert!(!mode_satisfies(VerifyMode::SignatureOnly, VerifyMode::Full));
     }
 
     fn att_at(nanos: u64, mode: &str, backend: &str) -> Attestation {

@@ -10,7 +10,7 @@
 //! seal time (it is inherently sequential) while re-verification uses the Merkle tree.
 
 pub mod claims;
-pub mod group;
+pub mod group_record;
 pub mod keys;
 pub mod merkle;
 pub mod tensors;

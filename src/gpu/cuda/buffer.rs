@@ -115,7 +115,7 @@ impl Drop for DeviceBuffer {
         if make_current(&self.ctx).is_err() {
             // Without our context current the free could hit another device's context; leak
             // the memory instead (the driver reclaims it when the process ends).
-            crate::telemetry::record_cuda_leak();
+            crate::telemetry::record_cuda_leaked_buffer();
             tracing::error!("could not make the device context current to free memory; leaked");
             return;
         }
@@ -130,7 +130,7 @@ impl Drop for DeviceBuffer {
             // The wait failed (a lost device, a sticky error): whether a kernel or copy still
             // runs on this memory is unknown, so it is never handed back. Leaked; the driver
             // reclaims it with the context.
-            crate::telemetry::record_cuda_leak();
+            crate::telemetry::record_cuda_leaked_buffer();
             tracing::error!(
                 "could not wait for the device's queued work before a free; the memory is leaked"
             );
@@ -140,7 +140,7 @@ impl Drop for DeviceBuffer {
         // exactly once, here; every holder of this buffer is gone (this is its drop) and the
         // context has finished all work queued on it (the wait above succeeded).
         if unsafe { result::free_sync(self.ptr) }.is_err() {
-            metrics::counter!(crate::telemetry::CUDA_FREE_ERRORS_TOTAL).increment(1);
+            crate::telemetry::record_cuda_free_error();
             tracing::error!("freeing device memory reported a driver error");
         }
     }

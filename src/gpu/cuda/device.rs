@@ -15,10 +15,11 @@ use super::driver;
 use super::kernels::Kernels;
 use super::staging::{CudaUpload, StagingRing};
 use crate::gpu::{
-    AllocationId, BackendError, BackendFault, BackendKind, DeviceAddress, DeviceBackend,
-    DeviceIdentity, DeviceReader, DeviceUpload, host_leaf_hashes,
+    AllocationId, BackendError, BackendKind, DeviceAddress, DeviceBackend, DeviceIdentity,
+    DeviceReader, DeviceUpload, host_leaf_hashes,
 };
 use crate::seal::merkle::{Hash, leaf_count};
+use crate::types::Fault;
 
 /// How a CUDA device is opened.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -351,31 +352,32 @@ impl DeviceBackend for CudaDevice {
         Ok(len)
     }
 
-    fn inject_fault(&mut self, fault: BackendFault) -> Result<(), BackendError> {
+    fn inject_fault(
+        &mut self,
+        fault: &Fault,
+        target: Option<AllocationId>,
+    ) -> Result<(), BackendError> {
         if !self.options.fault_injection {
             return Err(BackendError::Unsupported(
                 "fault injection on a CUDA device needs Config::cuda_fault_injection(true)".into(),
             ));
         }
-        match fault {
-            BackendFault::FailNextAlloc => {
+        match *fault {
+            Fault::FailNextAlloc => {
                 self.fail_next_alloc = true;
                 Ok(())
             }
-            BackendFault::FlipBits {
-                allocation,
-                offset,
-                mask,
-            } => {
+            Fault::FlipBits { offset, mask, .. } => {
+                let allocation = target.ok_or(BackendError::UnknownAllocation)?;
                 let buffer = Arc::clone(&self.allocation(allocation)?.buffer);
                 match &self.kernels {
                     Some(k) if k.is_on() => k.xor_byte(&self.stream, &buffer, offset, mask),
                     _ => xor_byte_by_copy(&buffer, offset, mask),
                 }
             }
-            BackendFault::LoseDevice | BackendFault::SlowDevice { .. } => {
+            Fault::LoseDevice | Fault::SlowDevice { .. } | Fault::CrashActor => {
                 Err(BackendError::Unsupported(
-                    "a CUDA device cannot be lost or slowed on purpose".into(),
+                    "a CUDA device cannot be lost, slowed or crashed on purpose".into(),
                 ))
             }
         }
@@ -443,7 +445,7 @@ fn on_device_or_host(
         Ok(hashes) => Ok(hashes),
         Err(e @ (BackendError::OutOfRange { .. } | BackendError::DeviceLost)) => Err(e),
         Err(e) => {
-            metrics::counter!(crate::telemetry::CUDA_KERNEL_FALLBACKS_TOTAL).increment(1);
+            crate::telemetry::record_cuda_kernel_fallback();
             kernels.switch_off(format!("a launch failed: {e}"));
             host()
         }

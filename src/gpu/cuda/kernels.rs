@@ -2,8 +2,8 @@
 //! `sha256_leaf.cu`, embedded as PTX generated once with an old NVRTC (`sha256_leaf.ptx`: PTX ISA
 //! 8.0 for `compute_80`, made by `scripts/gen-ptx.sh`), so no NVRTC is needed at run time and any
 //! driver from R525 (CUDA 12.0) up JITs it for its GPU. The host test builds the same `.cu` with
-//! the system C compiler (`tests/leaf_kernel_host.rs`), and the fake CUDA driver runs that build
-//! for launches (`.specs/fake-cuda.md`).
+//! the system C compiler (`tests/it/leaf_kernel_host.rs`), and the fake CUDA driver runs that
+//! build for launches (`.specs/fake-cuda.md`).
 //!
 //! Leaves are independent (RFC 6962: leaf = SHA-256(0x00 ‖ chunk)), so the kernel runs one thread
 //! per leaf over the shard where it already is, and only 32 bytes per leaf cross the bus.
