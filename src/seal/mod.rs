@@ -3,7 +3,7 @@
 //! * [`merkle`] — the chunked RFC 6962 tree that lets verification run in parallel and name the
 //!   bad chunk;
 //! * [`claims`] — the signed, public [`claims::ShardInfo`] record (`vram-seal-v1`);
-//! * [`group`] — the signed record of a tensor-parallel group of seals (`vram-group-v1`);
+//! * [`group_record`] — the signed record of a tensor-parallel group of seals (`vram-group-v1`);
 //! * [`keys`] — the worker token and the seal/audit keys derived from it.
 //!
 //! The plain SHA-256 digest ([`sha256_hex`]) is what `sha256sum` prints; it is computed once at

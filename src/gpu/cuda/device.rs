@@ -137,8 +137,8 @@ impl CudaDevice {
     /// Opens device `index`: creates (retains) its context and an upload stream, reads its
     /// identity from the driver, checks the integrated-GPU policy, and loads the leaf kernel and
     /// checks it against the host (falling back to host hashing, with one log line, if it does
-    /// not load or hashes wrong). Call
-    /// [`super::probe`] first: without a driver library cudarc panics.
+    /// not load or hashes wrong). Call [`super::probe()`] first: without a driver library
+    /// cudarc panics.
     pub fn open(index: u32, options: CudaOptions) -> Result<Self, BackendError> {
         let ordinal = usize::try_from(index)
             .map_err(|_| BackendError::Unsupported("device index out of range".into()))?;
