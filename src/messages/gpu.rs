@@ -115,6 +115,14 @@ pub enum GpuMsg {
         outcome: Result<LeafCheck, BackendError>,
         reply: Option<RpcReplyPort<Result<VerifyReport, VramError>>>,
     },
+    /// A hashing job run for this actor off its mailbox (a verification's) panicked: the
+    /// actor re-raises the panic and crashes, and its supervisor replaces it.
+    WorkerPanicked {
+        /// Which job.
+        job: &'static str,
+        /// The job's panic, as caught.
+        payload: Box<dyn std::any::Any + Send>,
+    },
     /// Is this shard resident, unquarantined and described by this info?
     Residency {
         query: ResidencyQuery,

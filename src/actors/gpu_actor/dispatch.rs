@@ -130,6 +130,9 @@ impl Actor for GpuActor {
                 let _ = reply.send(state.status());
             }
             GpuMsg::ScrubTick => state.scrub_next(&myself),
+            GpuMsg::WorkerPanicked { job, payload } => {
+                super::worker_panicked(state.device(), job, payload)
+            }
             GpuMsg::QuarantineForGroup {
                 shard,
                 group_id,

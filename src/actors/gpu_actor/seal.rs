@@ -248,9 +248,12 @@ impl GpuState {
         });
         let copied = self.copy_pieces(rx, upload).await;
         // The receiver is gone now, so a hasher still running ends at its next hand-over.
-        let hashed = hasher
-            .await
-            .map_err(|_| VramError::Internal("the hashing thread failed".into()))?;
+        let hashed = super::joined(
+            self.device(),
+            "the seal's hashing thread",
+            hasher.await,
+            || VramError::Internal("the hashing thread was cancelled".into()),
+        )?;
         let (upload, offset) = copied?;
         let (digest, leaves) = hashed?;
         if offset != len {
@@ -282,14 +285,11 @@ impl GpuState {
         if !reader.hashes_on_device(chunk) {
             return Ok(());
         }
-        let on_device = tokio::task::spawn_blocking(move || reader.all_leaf_hashes(chunk))
-            .await
-            .map_err(|_| {
-                self.map(BackendError::Worker(
-                    "the device leaf check ended without a result".into(),
-                ))
-            })?
-            .map_err(|e| self.map(e))?;
+        let job = tokio::task::spawn_blocking(move || reader.all_leaf_hashes(chunk)).await;
+        let on_device = super::joined(self.device(), "the seal's device leaf check", job, || {
+            VramError::Internal("the device leaf check was cancelled".into())
+        })?
+        .map_err(|e| self.map(e))?;
         let mut bad = host_leaves
             .iter()
             .zip(on_device.iter())
@@ -337,7 +337,11 @@ impl GpuState {
             let (done_tx, done_rx) = tokio::sync::oneshot::channel();
             let at = offset;
             rayon::spawn(move || {
-                let written = upload.write(at, piece.bytes());
+                // Rayon aborts the process when a spawned job panics: catch it, and re-raise it
+                // on the actor below (which crashes and is replaced).
+                let written = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    upload.write(at, piece.bytes())
+                }));
                 // Give the staging buffer back (to the reader, for recycling) before answering.
                 drop(piece);
                 let _ = done_tx.send((upload, written));
@@ -348,6 +352,9 @@ impl GpuState {
                 ))
             })?;
             upload = back;
+            let written = written.unwrap_or_else(|payload| {
+                super::worker_panicked(self.device(), "an upload copy", payload)
+            });
             written.map_err(|e| self.map(e))?;
             offset = offset.saturating_add(n);
         }
