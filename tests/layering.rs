@@ -7,7 +7,7 @@
 //!  0  text, types           plain values and the sanitiser
 //!  1  error                 the one error type
 //!  2  validation, telemetry input rules; the crate's metric names and recorders
-//!  3  seal                  digest, Merkle tree, claims, keys
+//!  3  seal, provenance      digest, Merkle tree, claims, keys; signed model releases
 //!  4  audit, gpu, attestation   log format/writer/verifier; device backends; attestations
 //!  5  config
 //!  6  messages              what the actors say to each other
@@ -36,6 +36,7 @@ const LAYERS: &[(&str, u32)] = &[
     ("validation", 2),
     ("telemetry", 2),
     ("seal", 3),
+    ("provenance", 3),
     ("audit", 4),
     ("gpu", 4),
     ("attestation", 4),
