@@ -29,7 +29,7 @@ use crate::error::VramError;
 use crate::gpu::DeviceBackend;
 use crate::gpu::sim::SimDevice;
 use crate::messages::audit::{AuditMsg, AuditStats};
-use crate::messages::gpu::{AttestDraft, GpuMsg, ResidencyQuery, SealJob, SealMeta};
+use crate::messages::gpu::{AttestDraft, GpuMsg, ResidencyQuery, SealJob, SealMeta, SignedSource};
 use crate::messages::seal_keeper::SealKeeperMsg;
 use crate::messages::supervisor::SupervisorMsg;
 use crate::seal::claims::ShardInfo;
@@ -373,6 +373,7 @@ impl VramResidency {
             expected_sha256,
             tensor_parallel,
             progress,
+            provenance,
         } = request;
         validation::validate_identifier("shard_id", &shard_id)?;
         validation::validate_model_ref(&model_ref)?;
@@ -383,6 +384,16 @@ impl VramResidency {
         if let Some((i, t)) = tensor_parallel {
             validation::validate_tensor_parallel(i, t)?;
         }
+        let provenance = provenance
+            .map(|(signature, resource)| {
+                signature
+                    .provenance_of(&resource)
+                    .map(|(provenance, file)| SignedSource {
+                        provenance,
+                        sha256: file.sha256.clone(),
+                    })
+            })
+            .transpose()?;
         // The file's metadata and its safetensors header are file I/O (and a large header is
         // CPU work to parse): both run off the runtime's worker threads.
         let (source, len, tensors) = tokio::task::spawn_blocking(move || inspect_source(source))
@@ -403,6 +414,7 @@ impl VramResidency {
                 tensor_parallel,
                 handle_id,
                 tensors,
+                provenance: provenance.clone(),
             },
             source,
             progress,
@@ -420,6 +432,7 @@ impl VramResidency {
                 handle_id,
                 directory: self.inner.directory.clone(),
                 released: AtomicBool::new(false),
+                provenance: provenance.map(|p| p.provenance),
             }),
         })
     }

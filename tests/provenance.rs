@@ -213,7 +213,7 @@ mod model_signature {
     #[test]
     fn other_predicates_serializations_and_inconsistent_subjects_are_refused() {
         let key = read("keys/publisher-p256.pub.pem");
-        let cases: Vec<(&str, Box<dyn Fn(&mut serde_json::Value)>)> = vec![
+        let cases: Vec<(&str, Edit)> = vec![
             (
                 "predicate type",
                 Box::new(|s| s["predicateType"] = "https://slsa.dev/provenance/v1".into()),
@@ -306,7 +306,7 @@ mod model_signature {
     fn envelope_shape_refusals_name_their_reason() {
         let key = read("keys/publisher-p256.pub.pem");
         let base: serde_json::Value = serde_json::from_slice(&read("model-p256.sig")).unwrap();
-        let cases: Vec<(&str, Box<dyn Fn(&mut serde_json::Value)>)> = vec![
+        let cases: Vec<(&str, Edit)> = vec![
             (
                 "media type",
                 Box::new(|b| b["mediaType"] = "application/json".into()),
@@ -362,7 +362,201 @@ mod model_signature {
     }
 }
 
+/// One change to a JSON document, for tables of tampering cases.
+type Edit = Box<dyn Fn(&mut serde_json::Value)>;
+
 fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::Digest;
     hex::encode(sha2::Sha256::digest(bytes))
+}
+
+mod seal_with_provenance {
+    use super::*;
+    use std::sync::Arc;
+    use vram_residency::{Config, SealRequest, VramResidency};
+
+    async fn system() -> VramResidency {
+        VramResidency::start(
+            Config::simulated(1, 16 << 20)
+                .worker_id("worker-prov")
+                .worker_token("provenance-test-token-0123456789"),
+        )
+        .await
+        .unwrap()
+    }
+
+    fn signature() -> Arc<ModelSignature> {
+        Arc::new(
+            ModelSignature::from_bundle(
+                &read("model-p256.sig"),
+                read("keys/publisher-p256.pub.pem"),
+            )
+            .unwrap(),
+        )
+    }
+
+    fn events(lines: &[String], kind: &str) -> Vec<serde_json::Value> {
+        lines
+            .iter()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .filter(|r| r["event"]["type"] == kind)
+            .map(|r| r["event"].clone())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_signed_file_seals_with_its_provenance_on_the_handle_and_in_the_audit_log() {
+        let system = system().await;
+        let sig = signature();
+        for (id, file) in [
+            ("m-1", "model-00001.safetensors"),
+            ("m-2", "model-00002.bin"),
+        ] {
+            let shard = system
+                .seal(
+                    SealRequest::from_file(
+                        id,
+                        "hf:org/m@rev",
+                        0,
+                        fixture(&format!("model/{file}")),
+                    )
+                    .provenance(Arc::clone(&sig), file),
+                )
+                .await
+                .unwrap();
+            let p = shard.provenance().unwrap();
+            assert_eq!(p.resource, file);
+            assert_eq!(p.model_subject_sha256, sig.subject_sha256());
+            assert_eq!(p.publisher_keyid, sig.publisher_keyid());
+            assert_eq!(shard.info().digest, sig.resource(file).unwrap().sha256);
+        }
+        let plain = system
+            .seal(SealRequest::new("m-3", "r", 0, vec![1; 100]))
+            .await
+            .unwrap();
+        assert!(plain.provenance().is_none());
+        let lines = system.audit_lines().await.unwrap();
+        let sealed = events(&lines, "VramSealed");
+        assert_eq!(sealed.len(), 3);
+        assert_eq!(
+            sealed[0]["provenance"]["resource"],
+            "model-00001.safetensors"
+        );
+        assert_eq!(
+            sealed[0]["provenance"]["model_subject_sha256"],
+            sig.subject_sha256()
+        );
+        assert_eq!(
+            sealed[0]["provenance"]["publisher_keyid"],
+            sig.publisher_keyid()
+        );
+        assert_eq!(sealed[1]["provenance"]["resource"], "model-00002.bin");
+        assert!(sealed[2].get("provenance").is_none());
+        system.shutdown().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn one_byte_changed_after_signing_is_a_provenance_mismatch_with_nothing_allocated() {
+        let system = system().await;
+        let dir = tempfile::tempdir().unwrap();
+        let mut bytes = read("model/model-00001.safetensors");
+        let at = bytes.len() - 100;
+        bytes[at] ^= 0x01;
+        let changed = dir.path().join("model-00001.safetensors");
+        std::fs::write(&changed, &bytes).unwrap();
+        let sig = signature();
+        let before = system.capacity(0).await.unwrap();
+        let err = system
+            .seal(
+                SealRequest::from_file("m-1", "hf:org/m@rev", 0, &changed)
+                    .provenance(Arc::clone(&sig), "model-00001.safetensors"),
+            )
+            .await
+            .unwrap_err();
+        let expected = sig
+            .resource("model-00001.safetensors")
+            .unwrap()
+            .sha256
+            .clone();
+        let actual = sha256_hex(&bytes);
+        match &err {
+            VramError::ProvenanceMismatch {
+                resource,
+                expected: e,
+                actual: a,
+            } => {
+                assert_eq!(resource, "model-00001.safetensors");
+                assert_eq!(*e, expected);
+                assert_eq!(*a, actual);
+            }
+            other => panic!("expected ProvenanceMismatch, got {other:?}"),
+        }
+        assert!(err.is_integrity_failure());
+        assert!(!err.is_retriable());
+        let text = err.to_string();
+        assert!(
+            text.contains("model-00001.safetensors")
+                && text.contains(&expected)
+                && text.contains(&actual)
+        );
+        assert_eq!(system.capacity(0).await.unwrap(), before);
+        let lines = system.audit_lines().await.unwrap();
+        let mismatch = events(&lines, "ProvenanceMismatch");
+        assert_eq!(mismatch.len(), 1);
+        assert_eq!(mismatch[0]["severity"], "critical");
+        assert_eq!(mismatch[0]["resource"], "model-00001.safetensors");
+        assert_eq!(mismatch[0]["expected_digest"], expected);
+        assert_eq!(mismatch[0]["actual_digest"], actual);
+        assert!(events(&lines, "VramSealed").is_empty());
+        // The id is free: the right file seals under it now.
+        system
+            .seal(
+                SealRequest::from_file(
+                    "m-1",
+                    "hf:org/m@rev",
+                    0,
+                    fixture("model/model-00001.safetensors"),
+                )
+                .provenance(sig, "model-00001.safetensors"),
+            )
+            .await
+            .unwrap();
+        system.shutdown().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn another_file_of_the_release_is_a_mismatch_and_an_unlisted_name_is_invalid_input() {
+        let system = system().await;
+        let sig = signature();
+        let err = system
+            .seal(
+                SealRequest::from_file("m-1", "r", 0, fixture("model/model-00002.bin"))
+                    .provenance(Arc::clone(&sig), "model-00001.safetensors"),
+            )
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, VramError::ProvenanceMismatch { .. }),
+            "{err:?}"
+        );
+        let err = system
+            .seal(
+                SealRequest::from_file("m-1", "r", 0, fixture("model/model-00002.bin"))
+                    .provenance(sig, "model-00003.bin"),
+            )
+            .await
+            .unwrap_err();
+        match err {
+            VramError::InvalidInput(m) => assert!(
+                m.contains("model-00003.bin") && m.contains("not in the signed model"),
+                "{m}"
+            ),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(system.capacity(0).await.unwrap().used_bytes, 0);
+        let lines = system.audit_lines().await.unwrap();
+        // The unlisted name was refused before anything was allocated.
+        assert_eq!(events(&lines, "VramAllocated").len(), 1);
+        system.shutdown().await.unwrap();
+    }
 }

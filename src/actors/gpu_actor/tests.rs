@@ -95,6 +95,7 @@ async fn seal(
             tensor_parallel: None,
             handle_id,
             tensors: None,
+            provenance: None,
         },
         source: SealSource::Bytes((0..len).map(|i| (i % 251) as u8).collect()),
         progress: None,
