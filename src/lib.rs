@@ -51,9 +51,13 @@ pub mod text;
 mod types;
 pub mod validation;
 
+pub use attestation::signed::{
+    SignedAttestation, SignedAuditHead, verify_signed_attestation, verify_signed_audit_head,
+    verify_signed_group_attestation,
+};
 pub use attestation::{
-    Attestation, AttestationPolicy, GroupAttestation, verify_attestation, verify_attestation_with,
-    verify_group_attestation, verify_group_attestation_with,
+    Attestation, AttestationPolicy, GroupAttestation, ResidencyClaims, verify_attestation,
+    verify_attestation_with, verify_group_attestation, verify_group_attestation_with,
 };
 pub use audit::events::AuditEvent;
 pub use config::Config;

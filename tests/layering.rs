@@ -6,8 +6,9 @@
 //! ```text
 //!  0  text, types           plain values and the sanitiser
 //!  1  error                 the one error type
-//!  2  validation, telemetry input rules; the crate's metric names and recorders
-//!  3  seal, provenance      digest, Merkle tree, claims, keys; signed model releases
+//!  2  validation, telemetry input rules; the crate's metric names and recorders;
+//!     provenance            signed model releases, DSSE
+//!  3  seal                  digest, Merkle tree, claims, keys
 //!  4  audit, gpu, attestation   log format/writer/verifier; device backends; attestations
 //!  5  config
 //!  6  messages              what the actors say to each other
@@ -35,8 +36,8 @@ const LAYERS: &[(&str, u32)] = &[
     ("error", 1),
     ("validation", 2),
     ("telemetry", 2),
+    ("provenance", 2),
     ("seal", 3),
-    ("provenance", 3),
     ("audit", 4),
     ("gpu", 4),
     ("attestation", 4),

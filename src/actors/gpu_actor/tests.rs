@@ -47,7 +47,8 @@ async fn spawn_gpu_on(backend: Box<dyn crate::gpu::DeviceBackend>) -> ActorRef<G
     )
     .await
     .unwrap();
-    let (keeper, _) = Actor::spawn(None, SealKeeper, token()).await.unwrap();
+    let keeper_args = crate::actors::seal_keeper::SealKeeperArgs::derived(token()).unwrap();
+    let (keeper, _) = Actor::spawn(None, SealKeeper, keeper_args).await.unwrap();
     let (gpu, _) = Actor::spawn(
         None,
         GpuActor,
