@@ -507,7 +507,8 @@ pub fn verify_attestation(
             "the attestation's nonce and signature must be lowercase hex",
         ));
     }
-    let nonce = hex::decode(&att.nonce).map_err(|_| invalid("the attestation's nonce is not hex"))?;
+    let nonce =
+        hex::decode(&att.nonce).map_err(|_| invalid("the attestation's nonce is not hex"))?;
     if !bool::from(nonce.as_slice().ct_eq(expected_nonce)) {
         return Err(invalid("the attestation answers a different nonce"));
     }

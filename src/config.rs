@@ -447,10 +447,7 @@ impl Config {
         match self.identity_key_file.take() {
             None => IdentityKey::derive(token),
             Some(path) => {
-                let what = format!(
-                    "identity key file {}",
-                    crate::validation::shown_path(&path)
-                );
+                let what = format!("identity key file {}", crate::validation::shown_path(&path));
                 let pem = read_owner_only_file(&path, "identity key file")?;
                 IdentityKey::from_pkcs8_pem(&what, &pem)
             }
@@ -480,10 +477,7 @@ pub fn read_token_file(path: &Path) -> Result<WorkerToken, VramError> {
 
 /// Reads a secret file (`what` names it in errors: "token file", "identity key file") with the
 /// checks of [`read_token_file`], into zeroizing memory.
-fn read_owner_only_file(
-    path: &Path,
-    what: &str,
-) -> Result<zeroize::Zeroizing<Vec<u8>>, VramError> {
+fn read_owner_only_file(path: &Path, what: &str) -> Result<zeroize::Zeroizing<Vec<u8>>, VramError> {
     use std::io::Read;
     let shown = crate::validation::shown_path(path);
     let mut file = open_token_file(path)

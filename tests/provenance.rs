@@ -560,3 +560,610 @@ mod seal_with_provenance {
         system.shutdown().await.unwrap();
     }
 }
+
+mod signed_attestation {
+    use super::*;
+    use base64::Engine;
+    use base64::engine::general_purpose::STANDARD;
+    use std::sync::Arc;
+    use std::time::Duration;
+    use vram_residency::{
+        AttestationPolicy, Config, SealRequest, SignedAttestation, VerifyMode, VramResidency,
+        verify_signed_attestation,
+    };
+
+    const NONCE: &[u8] = b"challenger-nonce-0123456789abcdef";
+
+    async fn system() -> VramResidency {
+        VramResidency::start(
+            Config::simulated(2, 16 << 20)
+                .worker_id("worker-v3")
+                .worker_token("v3-test-token-0123456789abcdef"),
+        )
+        .await
+        .unwrap()
+    }
+
+    async fn signed_shard(system: &VramResidency) -> vram_residency::SealedShard {
+        let sig = ModelSignature::from_bundle(
+            &read("model-p256.sig"),
+            read("keys/publisher-p256.pub.pem"),
+        )
+        .unwrap();
+        system
+            .seal(
+                SealRequest::from_file(
+                    "m-1",
+                    "hf:org/m@rev",
+                    1,
+                    fixture("model/model-00001.safetensors"),
+                )
+                .provenance(Arc::new(sig), "model-00001.safetensors"),
+            )
+            .await
+            .unwrap()
+    }
+
+    fn invalid(r: Result<impl std::fmt::Debug, VramError>) -> String {
+        match r {
+            Err(VramError::AttestationInvalid(reason)) => reason,
+            other => panic!("expected AttestationInvalid, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_v3_attestation_verifies_with_the_public_key_alone_and_says_everything_v2_says() {
+        let system = system().await;
+        let shard = signed_shard(&system).await;
+        let att = system.attest_signed(&shard, NONCE).await.unwrap();
+        let pem = system.identity_public_key_pem();
+        // What travels is JSON.
+        let json = serde_json::to_string(&att).unwrap();
+        assert!(json.starts_with(
+            r#"{"mediaType":"application/vnd.dev.sigstore.bundle.v0.3+json","verificationMaterial":{"publicKey":{"hint":""#
+        ));
+        let back: SignedAttestation = serde_json::from_str(&json).unwrap();
+        let policy = AttestationPolicy::default()
+            .max_age(Duration::from_secs(60))
+            .require_mode(VerifyMode::Full)
+            .expect_shard_id("m-1")
+            .expect_digest(&shard.info().digest)
+            .expect_device_id("simulated device 1")
+            .min_audit_seq(1)
+            .require_provenance(shard.provenance().unwrap().model_subject_sha256.clone());
+        let claims = match verify_signed_attestation(&back, &pem, NONCE, &policy) {
+            Ok(c) => c,
+            // The device name is whatever the simulated backend calls it: learn it once.
+            Err(VramError::AttestationInvalid(why)) if why.contains("on device") => {
+                let loose = AttestationPolicy::default();
+                let c = verify_signed_attestation(&back, &pem, NONCE, &loose).unwrap();
+                verify_signed_attestation(
+                    &back,
+                    &pem,
+                    NONCE,
+                    &policy.expect_device_id(c.device_id.clone()),
+                )
+                .unwrap()
+            }
+            Err(e) => panic!("{e}"),
+        };
+        assert_eq!(claims.format, "vram-attest-v3");
+        assert_eq!(claims.shard, *shard.info());
+        assert_eq!(claims.worker_id, "worker-v3");
+        assert_eq!(claims.nonce, hex::encode(NONCE));
+        assert_eq!(claims.verified_mode, VerifyMode::Full);
+        assert_eq!(claims.backend, vram_residency::BackendKind::Simulated);
+        assert_eq!(claims.provenance.as_ref(), shard.provenance());
+        assert!(claims.audit_head.seq >= 1);
+        // The same facts a v2 attestation of the same moment signs.
+        let v2 = system.attest(&shard, NONCE).await.unwrap();
+        assert_eq!(v2.device_id, claims.device_id);
+        assert_eq!(v2.backend, claims.backend.to_string());
+        // The key id names the SPKI DER.
+        let der = STANDARD
+            .decode(
+                pem.lines()
+                    .filter(|l| !l.starts_with("-----"))
+                    .collect::<String>(),
+            )
+            .unwrap();
+        assert_eq!(system.identity_key_id(), sha256_hex(&der));
+        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(
+            v["verificationMaterial"]["publicKey"]["hint"],
+            sha256_hex(&der)
+        );
+        assert_eq!(
+            v["dsseEnvelope"]["signatures"][0]["keyid"],
+            sha256_hex(&der)
+        );
+        assert_eq!(
+            v["verificationMaterial"]["tlogEntries"],
+            serde_json::json!([])
+        );
+        system.shutdown().await.unwrap();
+    }
+
+    /// The check a peer in any language makes: PAE rebuilt by hand from the JSON, the signature
+    /// checked with `p256` directly, the statement read as plain JSON. No crate code involved.
+    #[tokio::test]
+    async fn a_v3_attestation_checks_without_the_crates_encoder() {
+        use p256::ecdsa::signature::Verifier;
+        use p256::pkcs8::DecodePublicKey;
+        let system = system().await;
+        let shard = signed_shard(&system).await;
+        let att = system.attest_signed(&shard, NONCE).await.unwrap();
+        let v = serde_json::to_value(&att).unwrap();
+        let env = &v["dsseEnvelope"];
+        let payload = STANDARD.decode(env["payload"].as_str().unwrap()).unwrap();
+        let payload_type = env["payloadType"].as_str().unwrap();
+        assert_eq!(payload_type, "application/vnd.in-toto+json");
+        let mut pae = format!(
+            "DSSEv1 {} {payload_type} {} ",
+            payload_type.len(),
+            payload.len()
+        )
+        .into_bytes();
+        pae.extend_from_slice(&payload);
+        let sig = STANDARD
+            .decode(env["signatures"][0]["sig"].as_str().unwrap())
+            .unwrap();
+        let key = p256::ecdsa::VerifyingKey::from_public_key_pem(&system.identity_public_key_pem())
+            .unwrap();
+        key.verify(&pae, &p256::ecdsa::DerSignature::from_bytes(&sig).unwrap())
+            .unwrap();
+        let statement: serde_json::Value = serde_json::from_slice(&payload).unwrap();
+        assert_eq!(statement["_type"], "https://in-toto.io/Statement/v1");
+        assert_eq!(
+            statement["predicateType"],
+            "urn:vram-residency:attestation:v3"
+        );
+        assert_eq!(
+            statement["subject"],
+            serde_json::json!([{"name": "m-1", "digest": {"sha256": shard.info().digest}}])
+        );
+        let p = &statement["predicate"];
+        // Members in the documented order (the raw text; a parsed map would sort them).
+        let text = std::str::from_utf8(&payload).unwrap();
+        let predicate_text = &text[text.find("\"predicate\":{").unwrap()..];
+        let at: Vec<usize> = [
+            "nonce",
+            "worker_id",
+            "shard",
+            "verified_mode",
+            "verified_at",
+            "backend",
+            "device_id",
+            "audit_head",
+            "provenance",
+        ]
+        .iter()
+        .map(|k| predicate_text.find(&format!("\"{k}\":")).unwrap())
+        .collect();
+        assert!(at.windows(2).all(|w| w[0] < w[1]), "{predicate_text}");
+        assert!(text.starts_with(r#"{"_type":"https://in-toto.io/Statement/v1","subject":[{"name":"m-1","digest":{"sha256":""#));
+        assert_eq!(p["nonce"], hex::encode(NONCE));
+        assert_eq!(p["shard"], serde_json::to_value(shard.info()).unwrap());
+        assert_eq!(p["verified_mode"], "full");
+        let at = p["verified_at"].as_str().unwrap();
+        assert!(
+            at.ends_with('Z') && at.len() == "2026-01-01T00:00:00.000000000Z".len(),
+            "{at}"
+        );
+        assert_eq!(
+            p["provenance"],
+            serde_json::to_value(shard.provenance().unwrap()).unwrap()
+        );
+        // Deterministic (RFC 6979): the same statement gets the same signature.
+        system.shutdown().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn any_changed_payload_byte_wrong_key_nonce_or_policy_is_attestation_invalid() {
+        let system = system().await;
+        let shard = signed_shard(&system).await;
+        let att = system.attest_signed(&shard, NONCE).await.unwrap();
+        let pem = system.identity_public_key_pem();
+        let none = AttestationPolicy::default();
+        verify_signed_attestation(&att, &pem, NONCE, &none).unwrap();
+
+        // Every byte of the payload, one bit at a time.
+        let env = att.bundle.dsse_envelope.as_ref().unwrap();
+        let payload = STANDARD.decode(&env.payload).unwrap();
+        for i in 0..payload.len() {
+            let mut changed = payload.clone();
+            changed[i] ^= 0x20;
+            let mut a = att.clone();
+            a.bundle.dsse_envelope.as_mut().unwrap().payload = STANDARD.encode(&changed);
+            let why = invalid(verify_signed_attestation(&a, &pem, NONCE, &none));
+            assert!(why.contains("does not verify"), "byte {i}: {why}");
+        }
+        // The signature, the payload type, the key id and the hint.
+        let mut a = att.clone();
+        let sig = &mut a.bundle.dsse_envelope.as_mut().unwrap().signatures[0].sig;
+        let mut raw = STANDARD.decode(&*sig).unwrap();
+        let last = raw.len() - 1;
+        raw[last] ^= 1;
+        *sig = STANDARD.encode(raw);
+        invalid(verify_signed_attestation(&a, &pem, NONCE, &none));
+        let mut a = att.clone();
+        a.bundle.dsse_envelope.as_mut().unwrap().payload_type = "application/json".into();
+        invalid(verify_signed_attestation(&a, &pem, NONCE, &none));
+        let mut a = att.clone();
+        a.bundle.dsse_envelope.as_mut().unwrap().signatures[0].keyid = "00".repeat(32);
+        invalid(verify_signed_attestation(&a, &pem, NONCE, &none));
+        let mut a = att.clone();
+        a.bundle
+            .verification_material
+            .public_key
+            .as_mut()
+            .unwrap()
+            .hint = "x".into();
+        invalid(verify_signed_attestation(&a, &pem, NONCE, &none));
+
+        // Another worker's key.
+        let other = VramResidency::start(
+            Config::simulated(1, 1 << 20).worker_token("another-worker-token-0123456789"),
+        )
+        .await
+        .unwrap();
+        let why = invalid(verify_signed_attestation(
+            &att,
+            other.identity_public_key_pem(),
+            NONCE,
+            &none,
+        ));
+        assert!(why.contains("does not verify"), "{why}");
+        other.shutdown().await.unwrap();
+
+        // Another nonce.
+        let why = invalid(verify_signed_attestation(
+            &att,
+            &pem,
+            b"another-challenge-nonce-000000000",
+            &none,
+        ));
+        assert!(why.contains("different nonce"), "{why}");
+
+        // Each policy requirement, one at a time.
+        let subject = shard.provenance().unwrap().model_subject_sha256.clone();
+        let head = verify_signed_attestation(&att, &pem, NONCE, &none)
+            .unwrap()
+            .audit_head
+            .seq;
+        for (what, policy) in [
+            ("for shard", none.clone().expect_shard_id("m-2")),
+            ("sha256", none.clone().expect_digest("ab".repeat(32))),
+            ("on device", none.clone().expect_device_id("GPU-0000")),
+            ("backwards", none.clone().min_audit_seq(head + 1)),
+            (
+                "from model",
+                none.clone().require_provenance("cd".repeat(32)),
+            ),
+            ("device memory", none.clone().require_device_memory(true)),
+        ] {
+            let why = invalid(verify_signed_attestation(&att, &pem, NONCE, &policy));
+            assert!(why.contains(what), "{what}: {why}");
+        }
+        // The ones that hold pass (the controls for the refusals above).
+        for policy in [
+            none.clone().expect_shard_id("m-1"),
+            none.clone()
+                .expect_digest(shard.info().digest.to_uppercase()),
+            none.clone().min_audit_seq(head),
+            none.clone().require_provenance(subject.to_uppercase()),
+        ] {
+            verify_signed_attestation(&att, &pem, NONCE, &policy).unwrap();
+        }
+        // A bad key or nonce from the challenger itself is its own input error.
+        assert!(matches!(
+            verify_signed_attestation(&att, "junk", NONCE, &none),
+            Err(VramError::InvalidInput(_))
+        ));
+        assert!(matches!(
+            verify_signed_attestation(&att, &pem, b"short", &none),
+            Err(VramError::InvalidInput(_))
+        ));
+        system.shutdown().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn an_unsigned_shard_attests_with_null_provenance_and_fails_require_provenance() {
+        let system = system().await;
+        let shard = system
+            .seal(SealRequest::new("plain", "r", 0, vec![3; 5000]))
+            .await
+            .unwrap();
+        let att = system.attest_signed(&shard, NONCE).await.unwrap();
+        let payload = STANDARD
+            .decode(&att.bundle.dsse_envelope.as_ref().unwrap().payload)
+            .unwrap();
+        let statement: serde_json::Value = serde_json::from_slice(&payload).unwrap();
+        assert!(statement["predicate"]["provenance"].is_null());
+        let pem = system.identity_public_key_pem();
+        let claims =
+            verify_signed_attestation(&att, &pem, NONCE, &AttestationPolicy::default()).unwrap();
+        assert!(claims.provenance.is_none());
+        let why = invalid(verify_signed_attestation(
+            &att,
+            &pem,
+            NONCE,
+            &AttestationPolicy::default().require_provenance("ab".repeat(32)),
+        ));
+        assert!(why.contains("no provenance"), "{why}");
+        system.shutdown().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn group_attestations_carry_one_subject_per_member() {
+        use vram_residency::GroupRequest;
+        use vram_residency::attestation::signed::verify_signed_group_attestation;
+        let system = system().await;
+        let group = system
+            .seal_group(
+                GroupRequest::new("tp2", "hf:org/m@rev")
+                    .part(SealRequest::new("tp2-0", "hf:org/m@rev", 0, vec![1; 9000]))
+                    .part(SealRequest::new("tp2-1", "hf:org/m@rev", 1, vec![2; 9000])),
+            )
+            .await
+            .unwrap();
+        let att = system.attest_group_signed(&group, NONCE).await.unwrap();
+        let pem = system.identity_public_key_pem();
+        let claims = verify_signed_group_attestation(
+            &att,
+            &pem,
+            NONCE,
+            &AttestationPolicy::default()
+                .expect_shard_id("tp2")
+                .expect_digest(&group.shards()[1].info().digest)
+                .require_mode(VerifyMode::Full),
+        )
+        .unwrap();
+        assert_eq!(claims.group, *group.info());
+        assert_eq!(claims.members.len(), 2);
+        assert_eq!(claims.members[1].shard, *group.shards()[1].info());
+        let payload = STANDARD
+            .decode(&att.bundle.dsse_envelope.as_ref().unwrap().payload)
+            .unwrap();
+        let statement: serde_json::Value = serde_json::from_slice(&payload).unwrap();
+        assert_eq!(statement["subject"].as_array().unwrap().len(), 2);
+        assert_eq!(statement["subject"][1]["name"], "tp2-1");
+        // A group attestation is not a shard attestation, and the other way round.
+        let why = invalid(verify_signed_attestation(
+            &att,
+            &pem,
+            NONCE,
+            &AttestationPolicy::default(),
+        ));
+        assert!(why.contains("predicate type"), "{why}");
+        invalid(verify_signed_group_attestation(
+            &att,
+            &pem,
+            NONCE,
+            &AttestationPolicy::default().expect_shard_id("tp2-0"),
+        ));
+        invalid(verify_signed_group_attestation(
+            &att,
+            &pem,
+            b"another-challenge-nonce-000000000",
+            &AttestationPolicy::default(),
+        ));
+        system.shutdown().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_signed_audit_head_checks_with_the_public_key() {
+        use vram_residency::verify_signed_audit_head;
+        let system = system().await;
+        let _shard = signed_shard(&system).await;
+        let signed = system.audit_head_signed().await.unwrap();
+        let pem = system.identity_public_key_pem();
+        let head = verify_signed_audit_head(&signed, &pem).unwrap();
+        assert_eq!(head, system.audit_head().await.unwrap());
+        // Not an attestation: refused as one.
+        invalid(verify_signed_attestation(
+            &signed,
+            &pem,
+            NONCE,
+            &AttestationPolicy::default(),
+        ));
+        let mut forged = signed.clone();
+        let env = forged.bundle.dsse_envelope.as_mut().unwrap();
+        let text = String::from_utf8(STANDARD.decode(&env.payload).unwrap()).unwrap();
+        env.payload = STANDARD.encode(text.replace(&format!("\"seq\":{}", head.seq), "\"seq\":1"));
+        invalid(verify_signed_audit_head(&forged, &pem));
+        system.shutdown().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn the_identity_key_comes_from_a_key_file_or_from_the_token() {
+        use p256::pkcs8::{EncodePrivateKey, LineEnding};
+        let dir = tempfile::tempdir().unwrap();
+        // Derived: the SPEC §9.3 vector.
+        let system = VramResidency::start(
+            Config::simulated(1, 1 << 20).worker_token("vectors-worker-token-0123456789abcdef"),
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            system.identity_key_id(),
+            "3b1f9e87cfa080abb1fe8879da0b647e04f9e6c5b3bbdc9f2e52cbf0008d320c"
+        );
+        system.shutdown().await.unwrap();
+        // Loaded: a PKCS#8 PEM file, owner-only.
+        let key = p256::ecdsa::SigningKey::from_slice(&[7u8; 32]).unwrap();
+        let pem = key.to_pkcs8_pem(LineEnding::LF).unwrap();
+        let path = dir.path().join("identity.pem");
+        std::fs::write(&path, pem.as_bytes()).unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        }
+        let system = VramResidency::start(
+            Config::simulated(1, 1 << 20)
+                .worker_token("vectors-worker-token-0123456789abcdef")
+                .identity_key_file(&path),
+        )
+        .await
+        .unwrap();
+        use p256::pkcs8::EncodePublicKey;
+        assert_eq!(
+            system.identity_public_key_pem(),
+            key.verifying_key()
+                .to_public_key_pem(LineEnding::LF)
+                .unwrap()
+        );
+        system.shutdown().await.unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+            let err = VramResidency::start(
+                Config::simulated(1, 1 << 20)
+                    .worker_token("vectors-worker-token-0123456789abcdef")
+                    .identity_key_file(&path),
+            )
+            .await
+            .unwrap_err();
+            assert!(
+                matches!(&err, VramError::InvalidInput(m) if m.contains("identity key file") && m.contains("group or others")),
+                "{err}"
+            );
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+            let link = dir.path().join("link.pem");
+            std::os::unix::fs::symlink(&path, &link).unwrap();
+            let err = VramResidency::start(
+                Config::simulated(1, 1 << 20)
+                    .worker_token("vectors-worker-token-0123456789abcdef")
+                    .identity_key_file(&link),
+            )
+            .await
+            .unwrap_err();
+            assert!(err.to_string().contains("symbolic link"), "{err}");
+        }
+        // Not a key: refused without quoting the file.
+        let junk = dir.path().join("junk.pem");
+        std::fs::write(
+            &junk,
+            b"-----BEGIN PRIVATE KEY-----\nc2VjcmV0\n-----END PRIVATE KEY-----\n",
+        )
+        .unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&junk, std::fs::Permissions::from_mode(0o600)).unwrap();
+        }
+        let err = VramResidency::start(
+            Config::simulated(1, 1 << 20)
+                .worker_token("vectors-worker-token-0123456789abcdef")
+                .identity_key_file(&junk),
+        )
+        .await
+        .unwrap_err();
+        assert!(matches!(err, VramError::InvalidInput(_)), "{err}");
+        assert!(!err.to_string().contains("c2VjcmV0"), "{err}");
+    }
+}
+
+/// The two findings of the HMAC format's review (issue 20), for v2 and v3 alike.
+mod review_findings {
+    use super::*;
+    use std::time::Duration;
+    use vram_residency::{
+        AttestationPolicy, Config, SealRequest, VramResidency, WorkerToken, verify_attestation,
+        verify_attestation_with, verify_signed_attestation,
+    };
+
+    const NONCE: &[u8] = b"challenger-nonce-0123456789abcdef";
+    const TOKEN: &str = "review-test-token-0123456789abcdef";
+
+    async fn two_shards() -> (
+        VramResidency,
+        vram_residency::SealedShard,
+        vram_residency::SealedShard,
+    ) {
+        let system = VramResidency::start(Config::simulated(1, 16 << 20).worker_token(TOKEN))
+            .await
+            .unwrap();
+        let a = system
+            .seal(SealRequest::new("s-a", "r", 0, vec![1; 5000]))
+            .await
+            .unwrap();
+        let b = system
+            .seal(SealRequest::new("s-b", "r", 0, vec![2; 5000]))
+            .await
+            .unwrap();
+        (system, a, b)
+    }
+
+    /// A man in the middle edits an attestation about a healthy shard: the challenger must not
+    /// be told that some shard (of the attacker's choosing) failed its seal.
+    #[tokio::test]
+    async fn a_tampered_v2_attestation_is_attestation_invalid_not_a_shard_failure() {
+        let (system, a, _b) = two_shards().await;
+        let token = WorkerToken::new(TOKEN.as_bytes().to_vec()).unwrap();
+        let att = system.attest(&a, NONCE).await.unwrap();
+        verify_attestation(&att, &token, NONCE).unwrap();
+        let mut cases = Vec::new();
+        let mut t = att.clone();
+        t.shard.shard_id = "victim-shard".into();
+        cases.push(t);
+        let mut t = att.clone();
+        t.shard.vram_bytes += 1;
+        cases.push(t);
+        let mut t = att.clone();
+        t.verified_at_unix_nanos += 1;
+        cases.push(t);
+        let mut t = att.clone();
+        t.device_id = "GPU-other".into();
+        cases.push(t);
+        let mut t = att.clone();
+        t.signature = "00".repeat(32);
+        cases.push(t);
+        let mut t = att.clone();
+        t.format = "vram-attest-v1".into();
+        cases.push(t);
+        for t in cases {
+            let err = verify_attestation(&t, &token, NONCE).unwrap_err();
+            assert!(matches!(err, VramError::AttestationInvalid(_)), "{err:?}");
+            assert!(!err.is_integrity_failure(), "{err:?}");
+            assert!(!err.to_string().contains("victim-shard"), "{err}");
+        }
+        let err =
+            verify_attestation(&att, &token, b"another-challenge-nonce-000000000").unwrap_err();
+        assert!(matches!(err, VramError::AttestationInvalid(_)), "{err:?}");
+        system.shutdown().await.unwrap();
+    }
+
+    /// A challenge about `s-a` answered with a (genuine) attestation about `s-b`.
+    #[tokio::test]
+    async fn an_attestation_for_another_shard_fails_a_challenge_that_names_its_shard() {
+        let (system, a, b) = two_shards().await;
+        let token = WorkerToken::new(TOKEN.as_bytes().to_vec()).unwrap();
+        let about_b = system.attest(&b, NONCE).await.unwrap();
+        let asked = AttestationPolicy::default()
+            .max_age(Duration::from_secs(60))
+            .expect_shard_id("s-a")
+            .expect_digest(&a.info().digest);
+        let err = verify_attestation_with(&about_b, &token, NONCE, &asked).unwrap_err();
+        assert!(
+            matches!(&err, VramError::AttestationInvalid(m) if m.contains("s-b")),
+            "{err:?}"
+        );
+        let asked_digest_only = AttestationPolicy::default().expect_digest(&a.info().digest);
+        let err = verify_attestation_with(&about_b, &token, NONCE, &asked_digest_only).unwrap_err();
+        assert!(matches!(err, VramError::AttestationInvalid(_)), "{err:?}");
+        let about_a = system.attest(&a, NONCE).await.unwrap();
+        verify_attestation_with(&about_a, &token, NONCE, &asked).unwrap();
+
+        // v3 alike.
+        let pem = system.identity_public_key_pem();
+        let about_b = system.attest_signed(&b, NONCE).await.unwrap();
+        let err = verify_signed_attestation(&about_b, &pem, NONCE, &asked).unwrap_err();
+        assert!(matches!(err, VramError::AttestationInvalid(_)), "{err:?}");
+        let about_a = system.attest_signed(&a, NONCE).await.unwrap();
+        verify_signed_attestation(&about_a, &pem, NONCE, &asked).unwrap();
+        system.shutdown().await.unwrap();
+    }
+}

@@ -318,10 +318,7 @@ pub fn assemble(payload: &[u8], der_signature: &[u8], key_id: &str) -> SignedAtt
 /// Checks the envelope: one DSSE in-toto envelope, signed by `public_key_pem` (a P-256 SPKI
 /// PEM; another key is `InvalidInput`), whose hint and key id name that key. Returns the
 /// payload.
-pub fn open_envelope(
-    att: &SignedAttestation,
-    public_key_pem: &[u8],
-) -> Result<Vec<u8>, VramError> {
+pub fn open_envelope(att: &SignedAttestation, public_key_pem: &[u8]) -> Result<Vec<u8>, VramError> {
     let key = match PublicKey::from_pem("the public key", public_key_pem)? {
         key @ PublicKey::P256(_) => key,
         PublicKey::P384(_) => {
@@ -455,7 +452,13 @@ pub fn verify_signed_attestation(
     expected_nonce: &[u8],
     policy: &AttestationPolicy,
 ) -> Result<ResidencyClaims, VramError> {
-    verify_signed_attestation_at(att, public_key_pem, expected_nonce, policy, now_since_epoch())
+    verify_signed_attestation_at(
+        att,
+        public_key_pem,
+        expected_nonce,
+        policy,
+        now_since_epoch(),
+    )
 }
 
 /// [`verify_signed_attestation`] against the clock `now` (time since the Unix epoch).
@@ -593,8 +596,7 @@ pub fn verify_signed_audit_head(
     public_key_pem: impl AsRef<[u8]>,
 ) -> Result<AuditHead, VramError> {
     let payload = open_envelope(att, public_key_pem.as_ref())?;
-    let statement: Statement<AuditHeadPredicate> =
-        parse_statement(&payload, AUDIT_HEAD_PREDICATE)?;
+    let statement: Statement<AuditHeadPredicate> = parse_statement(&payload, AUDIT_HEAD_PREDICATE)?;
     let p = statement.predicate;
     let [subject] = statement.subject.as_slice() else {
         return Err(invalid("a signed audit head has exactly one subject"));
@@ -607,7 +609,9 @@ pub fn verify_signed_audit_head(
         ));
     }
     if parse_time(&p.signed_at).is_none() {
-        return Err(invalid("signed_at is not RFC 3339 UTC with nine fractional digits"));
+        return Err(invalid(
+            "signed_at is not RFC 3339 UTC with nine fractional digits",
+        ));
     }
     Ok(p.audit_head)
 }

@@ -140,8 +140,8 @@ mod tests {
         let a = key.sign_dsse("t", b"payload");
         assert_eq!(a, key.sign_dsse("t", b"payload"));
         assert_ne!(a, key.sign_dsse("u", b"payload"));
-        let public = p256::ecdsa::VerifyingKey::from_public_key_pem(&key.public().unwrap().pem)
-            .unwrap();
+        let public =
+            p256::ecdsa::VerifyingKey::from_public_key_pem(&key.public().unwrap().pem).unwrap();
         let sig = p256::ecdsa::DerSignature::from_bytes(&a).unwrap();
         assert!(public.verify(b"DSSEv1 1 t 7 payload", &sig).is_ok());
         assert!(public.verify(b"DSSEv1 1 t 7 payloaD", &sig).is_err());
@@ -155,8 +155,14 @@ mod tests {
         let pem = key.signing.to_pkcs8_pem(LineEnding::LF).unwrap();
         let loaded = IdentityKey::from_pkcs8_pem("k", pem.as_bytes()).unwrap();
         assert_eq!(loaded.public().unwrap(), key.public().unwrap());
-        for bad in [&b"junk"[..], key.public().unwrap().pem.as_bytes(), &[0xff, 0xfe]] {
-            let err = IdentityKey::from_pkcs8_pem("the key file", bad).err().unwrap();
+        for bad in [
+            &b"junk"[..],
+            key.public().unwrap().pem.as_bytes(),
+            &[0xff, 0xfe],
+        ] {
+            let err = IdentityKey::from_pkcs8_pem("the key file", bad)
+                .err()
+                .unwrap();
             assert!(matches!(err, VramError::InvalidInput(_)));
             assert!(err.to_string().contains("the key file"));
         }
