@@ -446,11 +446,7 @@ impl Config {
     pub(crate) fn take_identity(&mut self, token: &WorkerToken) -> Result<IdentityKey, VramError> {
         match self.identity_key_file.take() {
             None => IdentityKey::derive(token),
-            Some(path) => {
-                let what = format!("identity key file {}", crate::validation::shown_path(&path));
-                let pem = read_owner_only_file(&path, "identity key file")?;
-                IdentityKey::from_pkcs8_pem(&what, &pem)
-            }
+            Some(path) => read_identity_key_file(&path),
         }
     }
 }
@@ -473,6 +469,13 @@ pub fn read_token_file(path: &Path) -> Result<WorkerToken, VramError> {
         }
     }
     WorkerToken::new(std::mem::take(&mut *bytes))
+}
+
+/// Reads an identity key file (PKCS#8 PEM P-256) with the checks of [`read_token_file`].
+pub fn read_identity_key_file(path: &Path) -> Result<IdentityKey, VramError> {
+    let what = format!("identity key file {}", crate::validation::shown_path(path));
+    let pem = read_owner_only_file(path, "identity key file")?;
+    IdentityKey::from_pkcs8_pem(&what, &pem)
 }
 
 /// Reads a secret file (`what` names it in errors: "token file", "identity key file") with the
