@@ -1,8 +1,9 @@
 //! Property tests over every parser that reads bytes someone else wrote, through the public
 //! API: `ShardInfo` JSON and its signature, attestation JSON (`vram-attest-v2`) and
 //! `verify_attestation`, audit
-//! log lines (`parse_record`, `split_record`, `verify_lines`) and safetensors headers
-//! (`TensorMap::parse`). For each: arbitrary input never panics; a valid value round-trips;
+//! log lines (`parse_record`, `split_record`, `verify_lines`), safetensors headers
+//! (`TensorMap::parse`), model-signing bundles (`ModelSignature::from_bundle`) and signed
+//! attestations (`verify_signed_attestation`, `vram-attest-v3`). For each: arbitrary input never panics; a valid value round-trips;
 //! any single change to a signed value is caught; text from the input comes back sanitised.
 //! (The command line's own parsers — sizes, hex — are tested in `src/cli/`.)
 #![allow(
@@ -727,6 +728,103 @@ proptest! {
         let short = &bytes[..cut.index(bytes.len() + 1)];
         if let Some(map) = TensorMap::parse(short, total) {
             check_map(&map, total)?;
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Model-signing bundles and vram-attest-v3 (issue 20).
+
+const MODEL_BUNDLE: &[u8] = include_bytes!("fixtures/model-signing/model-p256.sig");
+const PUBLISHER_KEY: &[u8] = include_bytes!("fixtures/model-signing/keys/publisher-p256.pub.pem");
+
+fn v3_vector() -> (String, String, Vec<u8>) {
+    let v: serde_json::Value =
+        serde_json::from_str(include_str!("vectors/attest-v3.json")).unwrap();
+    let case = &v["attestations"][0];
+    (
+        case["bundle_json"].as_str().unwrap().to_owned(),
+        v["identity"]["public_key_pem"].as_str().unwrap().to_owned(),
+        hex::decode(case["nonce"].as_str().unwrap()).unwrap(),
+    )
+}
+
+/// An accepted model signature is internally consistent: its subject is SHA-256 over its
+/// resources' digests, each a 64-hex SHA-256 under a clean, unique name.
+fn consistent(sig: &vram_residency::ModelSignature) -> Result<(), TestCaseError> {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    let mut names = std::collections::HashSet::new();
+    for r in sig.resources() {
+        prop_assert_eq!(r.sha256.len(), 64);
+        prop_assert!(is_clean(&r.name) && names.insert(r.name.clone()));
+        h.update(hex::decode(&r.sha256).unwrap());
+    }
+    prop_assert_eq!(sig.subject_sha256(), hex::encode(h.finalize()));
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    #[test]
+    fn model_bundles_from_any_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..2048)) {
+        if let Ok(sig) = vram_residency::ModelSignature::from_bundle(&bytes, PUBLISHER_KEY) {
+            consistent(&sig)?;
+        }
+    }
+
+    /// One byte of the real bundle changed: refused with `ModelSignatureInvalid` (never a
+    /// panic, never another error), unless the change leaves the signed content as it was
+    /// (a byte of the untrusted hint or key id, or JSON whitespace).
+    #[test]
+    fn any_byte_edit_of_a_model_bundle_is_refused_or_harmless(at in any::<prop::sample::Index>(), with in any::<u8>()) {
+        let Some(text) = one_byte_changed(MODEL_BUNDLE, at, with) else { return Ok(()); };
+        match vram_residency::ModelSignature::from_bundle(text.as_bytes(), PUBLISHER_KEY) {
+            Ok(sig) => {
+                consistent(&sig)?;
+                let original = vram_residency::ModelSignature::from_bundle(MODEL_BUNDLE, PUBLISHER_KEY).unwrap();
+                prop_assert_eq!(sig, original);
+            }
+            Err(vram_residency::VramError::ModelSignatureInvalid(reason)) => prop_assert!(is_clean(&reason)),
+            Err(other) => prop_assert!(false, "{other:?}"),
+        }
+    }
+
+    #[test]
+    fn truncated_model_bundles_are_refused(cut in 0usize..1807) {
+        let cut = cut.min(MODEL_BUNDLE.len() - 1);
+        prop_assert!(matches!(
+            vram_residency::ModelSignature::from_bundle(&MODEL_BUNDLE[..cut], PUBLISHER_KEY),
+            Err(vram_residency::VramError::ModelSignatureInvalid(_))
+        ));
+    }
+
+    /// One byte of a v3 attestation's JSON changed: `AttestationInvalid` (or a JSON error
+    /// before that), never a pass with other content, never a panic.
+    #[test]
+    fn any_byte_edit_of_a_v3_attestation_is_refused_or_harmless(at in any::<prop::sample::Index>(), with in any::<u8>()) {
+        let (bundle, pem, nonce) = v3_vector();
+        let Some(text) = one_byte_changed(bundle.as_bytes(), at, with) else { return Ok(()); };
+        let Ok(att) = serde_json::from_str::<vram_residency::SignedAttestation>(&text) else { return Ok(()); };
+        let original: vram_residency::SignedAttestation = serde_json::from_str(&bundle).unwrap();
+        let policy = vram_residency::AttestationPolicy::default();
+        match vram_residency::verify_signed_attestation(&att, &pem, &nonce, &policy) {
+            Ok(_) => prop_assert_eq!(
+                att.bundle.dsse_envelope.as_ref().map(|e| (&e.payload, &e.signatures[0].sig)),
+                original.bundle.dsse_envelope.as_ref().map(|e| (&e.payload, &e.signatures[0].sig))
+            ),
+            Err(vram_residency::VramError::AttestationInvalid(reason)) => prop_assert!(is_clean(&reason)),
+            Err(other) => prop_assert!(false, "{other:?}"),
+        }
+    }
+
+    #[test]
+    fn v3_attestations_from_any_json_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..1024)) {
+        let (_, pem, nonce) = v3_vector();
+        if let Ok(att) = serde_json::from_slice::<vram_residency::SignedAttestation>(&bytes) {
+            let r = vram_residency::verify_signed_attestation(&att, &pem, &nonce, &Default::default());
+            prop_assert!(r.is_err());
         }
     }
 }
