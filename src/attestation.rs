@@ -25,7 +25,7 @@ use subtle::ConstantTimeEq;
 use crate::error::VramError;
 use crate::provenance::Provenance;
 use crate::seal::claims::ShardInfo;
-use crate::seal::group::GroupInfo;
+use crate::seal::group_record::GroupInfo;
 use crate::seal::keys::{AttestKey, WorkerToken};
 use crate::types::{AuditHead, BackendKind, DeviceIdentity, VerifyMode};
 
@@ -155,33 +155,6 @@ pub fn statement(f: &StatementFields<'_>) -> Result<Vec<u8>, VramError> {
     Ok(out)
 }
 
-/// Parses an attestation's `verified_mode` (`full`, `sampled(k)` with k ≥ 1, `signature-only`).
-pub fn parse_mode(text: &str) -> Option<VerifyMode> {
-    match text {
-        "full" => Some(VerifyMode::Full),
-        "signature-only" => Some(VerifyMode::SignatureOnly),
-        _ => {
-            let k = text.strip_prefix("sampled(")?.strip_suffix(')')?;
-            if k.starts_with('+') || (k.len() > 1 && k.starts_with('0')) {
-                return None;
-            }
-            let chunks: u32 = k.parse().ok().filter(|&c| c > 0)?;
-            Some(VerifyMode::Sampled { chunks })
-        }
-    }
-}
-
-/// Whether a verification in mode `ran` is at least as strong as `required`: `Full` meets
-/// every requirement; `Sampled { k }` meets `Sampled { j }` when `k >= j`, and
-/// `SignatureOnly`; `SignatureOnly` meets only `SignatureOnly`.
-pub fn mode_satisfies(ran: VerifyMode, required: VerifyMode) -> bool {
-    match (ran, required) {
-        (_, VerifyMode::SignatureOnly) | (VerifyMode::Full, _) => true,
-        (VerifyMode::Sampled { chunks: k }, VerifyMode::Sampled { chunks: j }) => k >= j,
-        _ => false,
-    }
-}
-
 /// What a verified attestation (v2 or v3) says, in one shape: what a challenger's
 /// [`AttestationPolicy`] is checked against, and what [`signed::verify_signed_attestation`]
 /// returns.
@@ -238,7 +211,7 @@ impl ResidencyClaims {
             nonce: att.nonce.clone(),
             worker_id: att.shard.worker_id.clone(),
             shard: att.shard.clone(),
-            verified_mode: parse_mode(&att.verified_mode).ok_or_else(|| {
+            verified_mode: att.verified_mode.parse::<VerifyMode>().map_err(|_| {
                 invalid(format!(
                     "unknown verification mode {:?}",
                     shown(&att.verified_mode, 32)
@@ -278,7 +251,7 @@ impl AttestationPolicy {
         self
     }
 
-    /// The verification must be at least as strong as `mode` (see [`mode_satisfies`]).
+    /// The verification must be at least as strong as `mode` (see [`VerifyMode::satisfies`]).
     pub fn require_mode(mut self, mode: VerifyMode) -> Self {
         self.min_mode = Some(mode);
         self
@@ -428,7 +401,7 @@ impl AttestationPolicy {
             }
         }
         if let Some(required) = self.min_mode
-            && !mode_satisfies(claims.verified_mode, required)
+            && !claims.verified_mode.satisfies(required)
         {
             return Err(invalid(format!(
                 "the attestation's verification ({}) is weaker than required ({required})",
@@ -640,37 +613,6 @@ mod tests {
             check_nonce(&[0; 1025]),
             Err(VramError::InvalidInput(_))
         ));
-    }
-
-    #[test]
-    fn modes_parse_and_rank() {
-        for m in [
-            VerifyMode::Full,
-            VerifyMode::SignatureOnly,
-            VerifyMode::Sampled { chunks: 7 },
-        ] {
-            assert_eq!(parse_mode(&m.to_string()), Some(m));
-        }
-        for bad in [
-            "",
-            "sampled(0)",
-            "sampled(07)",
-            "sampled(+7)",
-            "sampled()",
-            "Full",
-        ] {
-            assert_eq!(parse_mode(bad), None, "{bad}");
-        }
-        let s = |k| VerifyMode::Sampled { chunks: k };
-        assert!(mode_satisfies(VerifyMode::Full, VerifyMode::Full));
-        assert!(mode_satisfies(VerifyMode::Full, s(64)));
-        assert!(mode_satisfies(s(16), s(16)));
-        assert!(mode_satisfies(s(17), s(16)));
-        assert!(!mode_satisfies(s(15), s(16)));
-        assert!(!mode_satisfies(s(1000), VerifyMode::Full));
-        assert!(mode_satisfies(s(1), VerifyMode::SignatureOnly));
-        assert!(!mode_satisfies(VerifyMode::SignatureOnly, s(1)));
-        assert!(!mode_satisfies(VerifyMode::SignatureOnly, VerifyMode::Full));
     }
 
     fn att_at(nanos: u64, mode: &str, backend: &str) -> Attestation {

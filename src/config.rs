@@ -289,15 +289,9 @@ impl Config {
 
     /// How `execute` verifies before running (default `Full`).
     pub fn execute_verify(mut self, mode: VerifyMode) -> Self {
-        if mode == (VerifyMode::Sampled { chunks: 0 }) {
-            self.errors.push(VramError::invalid(
-                "execute_verify Sampled needs at least 1 chunk",
-            ));
-        }
-        if mode == (VerifyMode::Sampled { chunks: 0 }) {
-            self.errors.push(VramError::invalid(
-                "execute_verify Sampled needs at least 1 chunk",
-            ));
+        if let Err(e) = mode.validate() {
+            self.errors
+                .push(VramError::invalid(format!("execute_verify: {e}")));
         }
         self.execute_verify = mode;
         self

@@ -337,6 +337,12 @@ impl VramError {
     }
 }
 
+impl From<crate::types::InvalidVerifyMode> for VramError {
+    fn from(e: crate::types::InvalidVerifyMode) -> Self {
+        Self::InvalidInput(e.to_string())
+    }
+}
+
 impl From<std::io::Error> for VramError {
     fn from(e: std::io::Error) -> Self {
         Self::io(e.kind(), e.to_string())

@@ -40,13 +40,13 @@ pub mod bench;
 pub mod config;
 pub mod error;
 pub mod gpu;
-pub mod group;
 mod messages;
 pub mod provenance;
 pub mod seal;
 pub mod shard;
 mod system;
 pub mod telemetry;
+pub mod tensor_parallel;
 pub mod text;
 mod types;
 pub mod validation;
@@ -63,15 +63,15 @@ pub use audit::events::AuditEvent;
 pub use config::Config;
 pub use error::VramError;
 pub use gpu::{BackendKind, DeviceIdentity, DevicePtr};
-pub use group::{GroupRequest, SealedGroup};
 pub use messages::audit::AuditStats;
 pub use provenance::{ModelSignature, Provenance, SignedResource};
 pub use seal::claims::ShardInfo;
-pub use seal::group::GroupInfo;
+pub use seal::group_record::GroupInfo;
 pub use seal::keys::WorkerToken;
 pub use shard::{
     ChunkSpan, DeviceView, Fault, SealRequest, SealedShard, VerifyMode, VerifyReport, VramCapacity,
     detection_probability,
 };
 pub use system::VramResidency;
+pub use tensor_parallel::{GroupRequest, SealedGroup};
 pub use types::{AuditHead, DeviceLoad, DeviceStatus, StopCause};

@@ -10,8 +10,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use crate::actors::directory::DeviceDirectory;
 pub use crate::gpu::DeviceView;
+use crate::messages::directory::DeviceDirectory;
 use crate::messages::gpu::{GpuMsg, ShardRef};
 use crate::provenance::{ModelSignature, Provenance};
 use crate::seal::claims::ShardInfo;

@@ -5,20 +5,9 @@
 //! [`describe`] once so the exporter can print a help line and unit for each name. The names
 //! follow Prometheus conventions (`_total` for counters, base units in the name):
 //!
-//! | name | kind | labels | what it counts or shows |
-//! |---|---|---|---|
-//! | `vram_device_total_bytes` | gauge | `gpu_device` | device memory |
-//! | `vram_device_used_bytes` | gauge | `gpu_device` | bytes held by sealed shards |
-//! | `vram_device_available_bytes` | gauge | `gpu_device` | bytes a new seal may use (total − used − headroom, or less when the device reports less free) |
-//! | `vram_seals_total` | counter | `result` | every `seal` call, and every part `seal_group` seals: `ok`, `invalid_input`, `insufficient_vram`, `allocation_failed`, `digest_mismatch`, `error` |
-//! | `vram_verifications_total` | counter | `mode`, `result`, `trigger` | every verification: `mode` is `full`, `sampled` or `signature_only`; `result` is `pass`, `fail` (the shard or record does not match its seal, or is quarantined, itself or with its tensor-parallel group) or `error` (no verdict: device lost or stopped, incomplete read, shard gone, timeout); `trigger` is `request` or `scrub` |
-//! | `vram_verification_duration_seconds` | histogram | `mode` | time to a verdict (`pass` or `fail`) |
-//! | `vram_signature_checks_total` | counter | `result` | signature-only and `verify_info` checks (`pass`, `fail`) |
-//! | `vram_events_total` | counter | `type`, `gpu_device` | audit events emitted by device actors |
-//! | `vram_audit_records_written_total` | counter | — | audit records written |
-//! | `vram_audit_events_dropped_total` | counter | `reason` (some) | audit events lost (overflow, unencodable, actor gone) |
-//! | `vram_audit_sink_up` | gauge | — | 1 while the audit sink works, 0 while it fails |
-//! | `vram_internal_send_failures_total` | counter | `to` | messages an actor could not deliver to another |
+//! Every name is a constant here, listed with its kind, labels and help text in [`METRICS`],
+//! which [`describe`] and the README's metrics table (checked against it by a test) both come
+//! from. Code elsewhere records through the functions below, never with a literal name.
 //!
 //! Where they are recorded: device gauges by each device actor after every message that can
 //! change its memory figures (and at start and stop); seal counters and request verifications
@@ -47,6 +36,192 @@ pub const SEALS_TOTAL: &str = "vram_seals_total";
 pub const VERIFICATIONS_TOTAL: &str = "vram_verifications_total";
 /// Histogram: seconds from the start of a verification to its verdict, by `mode`.
 pub const VERIFICATION_DURATION_SECONDS: &str = "vram_verification_duration_seconds";
+/// Counter: signature-only and `verify_info` checks, by `result`.
+pub const SIGNATURE_CHECKS_TOTAL: &str = "vram_signature_checks_total";
+/// Counter: audit events emitted by device actors, by `type` and `gpu_device`.
+pub const EVENTS_TOTAL: &str = "vram_events_total";
+/// Counter: audit records written.
+pub const AUDIT_RECORDS_WRITTEN_TOTAL: &str = "vram_audit_records_written_total";
+/// Counter: audit events lost, by `reason` where one is known.
+pub const AUDIT_EVENTS_DROPPED_TOTAL: &str = "vram_audit_events_dropped_total";
+/// Gauge: 1 while the audit sink works, 0 while it fails.
+pub const AUDIT_SINK_UP: &str = "vram_audit_sink_up";
+/// Counter: messages an actor could not deliver to another, by `to`.
+pub const INTERNAL_SEND_FAILURES_TOTAL: &str = "vram_internal_send_failures_total";
+/// Counter: CUDA device or pinned buffers deliberately leaked rather than freed unsafely.
+pub const CUDA_LEAKED_BUFFERS_TOTAL: &str = "vram_cuda_leaked_buffers_total";
+/// Counter: CUDA frees that reported a driver error.
+pub const CUDA_FREE_ERRORS_TOTAL: &str = "vram_cuda_free_errors_total";
+/// Counter: leaf-kernel launches that failed and were hashed on the host instead.
+pub const CUDA_KERNEL_FALLBACKS_TOTAL: &str = "vram_cuda_kernel_fallbacks_total";
+
+/// What kind of series a metric is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum MetricKind {
+    /// Only goes up.
+    Counter,
+    /// A value set from time to time.
+    Gauge,
+    /// A distribution of samples.
+    Histogram,
+}
+
+impl MetricKind {
+    /// The word used in the README's table.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Counter => "counter",
+            Self::Gauge => "gauge",
+            Self::Histogram => "histogram",
+        }
+    }
+}
+
+/// One metric the crate records: its name, kind, unit, labels and help text.
+#[derive(Debug, Clone, Copy)]
+pub struct MetricSpec {
+    /// The series name.
+    pub name: &'static str,
+    /// Counter, gauge or histogram.
+    pub kind: MetricKind,
+    /// The unit, where it has one.
+    pub unit: Option<metrics::Unit>,
+    /// Its labels and their values, in words (`—` for none).
+    pub labels: &'static str,
+    /// The help text exporters print.
+    pub help: &'static str,
+}
+
+const fn spec(
+    name: &'static str,
+    kind: MetricKind,
+    unit: Option<metrics::Unit>,
+    labels: &'static str,
+    help: &'static str,
+) -> MetricSpec {
+    MetricSpec {
+        name,
+        kind,
+        unit,
+        labels,
+        help,
+    }
+}
+
+/// Every metric the crate records. Label values are a small fixed set (no shard ids, no chunk
+/// counts), so the number of series stays bounded.
+pub const METRICS: &[MetricSpec] = {
+    use MetricKind::{Counter, Gauge, Histogram};
+    use metrics::Unit::{Bytes, Seconds};
+    &[
+        spec(
+            DEVICE_TOTAL_BYTES,
+            Gauge,
+            Some(Bytes),
+            "`gpu_device`",
+            "Device memory.",
+        ),
+        spec(
+            DEVICE_USED_BYTES,
+            Gauge,
+            Some(Bytes),
+            "`gpu_device`",
+            "Device memory held by sealed shards.",
+        ),
+        spec(
+            DEVICE_AVAILABLE_BYTES,
+            Gauge,
+            Some(Bytes),
+            "`gpu_device`",
+            "Device memory a new seal may use (total - used - headroom, or less when the device reports less free).",
+        ),
+        spec(
+            SEALS_TOTAL,
+            Counter,
+            None,
+            "`result`: `ok`, `invalid_input`, `insufficient_vram`, `allocation_failed`, `digest_mismatch`, `error`",
+            "Seal calls (and parts of seal_group) by result.",
+        ),
+        spec(
+            VERIFICATIONS_TOTAL,
+            Counter,
+            None,
+            "`mode` (`full`, `sampled`, `signature_only`), `result` (`pass`, `fail`, `error`), `trigger` (`request`, `scrub`)",
+            "Verifications by mode, result and trigger.",
+        ),
+        spec(
+            VERIFICATION_DURATION_SECONDS,
+            Histogram,
+            Some(Seconds),
+            "`mode`",
+            "Time from the start of a verification to its verdict (pass or fail), by mode.",
+        ),
+        spec(
+            SIGNATURE_CHECKS_TOTAL,
+            Counter,
+            None,
+            "`result` (`pass`, `fail`)",
+            "Signature-only and verify_info checks by result.",
+        ),
+        spec(
+            EVENTS_TOTAL,
+            Counter,
+            None,
+            "`type`, `gpu_device`",
+            "Audit events emitted by device actors, by type and device.",
+        ),
+        spec(
+            AUDIT_RECORDS_WRITTEN_TOTAL,
+            Counter,
+            None,
+            "—",
+            "Audit records written.",
+        ),
+        spec(
+            AUDIT_EVENTS_DROPPED_TOTAL,
+            Counter,
+            None,
+            "`reason` (where known)",
+            "Audit events lost (buffer overflow, unencodable record, audit actor gone).",
+        ),
+        spec(
+            AUDIT_SINK_UP,
+            Gauge,
+            None,
+            "—",
+            "1 while the audit sink works, 0 while it fails.",
+        ),
+        spec(
+            INTERNAL_SEND_FAILURES_TOTAL,
+            Counter,
+            None,
+            "`to`",
+            "Messages an actor could not deliver to another, by recipient.",
+        ),
+        spec(
+            CUDA_LEAKED_BUFFERS_TOTAL,
+            Counter,
+            None,
+            "—",
+            "CUDA device or pinned buffers leaked on purpose because freeing them was not safe.",
+        ),
+        spec(
+            CUDA_FREE_ERRORS_TOTAL,
+            Counter,
+            None,
+            "—",
+            "CUDA frees that reported a driver error.",
+        ),
+        spec(
+            CUDA_KERNEL_FALLBACKS_TOTAL,
+            Counter,
+            None,
+            "—",
+            "Leaf-kernel launches that failed; those leaves were hashed on the host.",
+        ),
+    ]
+};
 
 /// Who asked for a verification.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -113,15 +288,6 @@ impl Outcome {
     }
 }
 
-/// The `mode` label: the mode's kind only (a sample size would make one series per size).
-fn mode_label(mode: VerifyMode) -> &'static str {
-    match mode {
-        VerifyMode::Full => "full",
-        VerifyMode::Sampled { .. } => "sampled",
-        VerifyMode::SignatureOnly => "signature_only",
-    }
-}
-
 /// The `result` label of a finished `seal` call.
 fn seal_label<T>(result: &Result<T, VramError>) -> &'static str {
     match result.as_ref().map_err(VramError::innermost) {
@@ -157,7 +323,7 @@ pub(crate) fn record_verification(
     outcome: Outcome,
     elapsed: Duration,
 ) {
-    let mode = mode_label(mode);
+    let mode = mode.metric_label();
     metrics::counter!(VERIFICATIONS_TOTAL, "mode" => mode, "result" => outcome.label(),
         "trigger" => trigger.label())
     .increment(1);
@@ -167,56 +333,90 @@ pub(crate) fn record_verification(
     }
 }
 
-/// Gives every metric the crate records a description (and a unit where it has one), for
-/// exporters that print them (Prometheus `# HELP` lines). Call it once after installing a
-/// recorder; calling it again is harmless.
+/// Counts a signature-only or `verify_info` check that reached a verdict.
+pub(crate) fn record_signature_check(passed: bool) {
+    let result = if passed { "pass" } else { "fail" };
+    metrics::counter!(SIGNATURE_CHECKS_TOTAL, "result" => result).increment(1);
+}
+
+/// Counts an audit event a device actor emitted.
+pub(crate) fn record_device_event(event_type: &'static str, device: u32) {
+    metrics::counter!(EVENTS_TOTAL, "type" => event_type, "gpu_device" => device.to_string())
+        .increment(1);
+}
+
+/// Counts audit records written to the sink.
+pub(crate) fn record_audit_written(records: u64) {
+    metrics::counter!(AUDIT_RECORDS_WRITTEN_TOTAL).increment(records);
+}
+
+/// Counts one lost audit event; `reason` labels the losses that happen outside the audit
+/// actor (the actor's own losses carry their reason in its stats).
+pub(crate) fn record_audit_dropped(reason: Option<&'static str>) {
+    match reason {
+        Some(reason) => metrics::counter!(AUDIT_EVENTS_DROPPED_TOTAL, "reason" => reason),
+        None => metrics::counter!(AUDIT_EVENTS_DROPPED_TOTAL),
+    }
+    .increment(1);
+}
+
+/// Publishes whether the audit sink works.
+pub(crate) fn set_audit_sink_up(up: bool) {
+    metrics::gauge!(AUDIT_SINK_UP).set(if up { 1.0 } else { 0.0 });
+}
+
+/// Counts a message an actor could not deliver to `to`.
+pub(crate) fn record_internal_send_failure(to: &'static str) {
+    metrics::counter!(INTERNAL_SEND_FAILURES_TOTAL, "to" => to).increment(1);
+}
+
+/// Counts a CUDA buffer leaked on purpose.
+pub(crate) fn record_cuda_leaked_buffer() {
+    metrics::counter!(CUDA_LEAKED_BUFFERS_TOTAL).increment(1);
+}
+
+/// Counts a CUDA free that reported an error.
+pub(crate) fn record_cuda_free_error() {
+    metrics::counter!(CUDA_FREE_ERRORS_TOTAL).increment(1);
+}
+
+/// Counts a failed leaf-kernel launch (hashed on the host instead).
+pub(crate) fn record_cuda_kernel_fallback() {
+    metrics::counter!(CUDA_KERNEL_FALLBACKS_TOTAL).increment(1);
+}
+
+/// Gives every metric in [`METRICS`] its description and unit, for exporters that print them
+/// (Prometheus `# HELP` lines). Call it once after installing a recorder; calling it again is
+/// harmless.
 pub fn describe() {
-    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
-    describe_gauge!(DEVICE_TOTAL_BYTES, Unit::Bytes, "Device memory.");
-    describe_gauge!(
-        DEVICE_USED_BYTES,
-        Unit::Bytes,
-        "Device memory held by sealed shards."
-    );
-    describe_gauge!(
-        DEVICE_AVAILABLE_BYTES,
-        Unit::Bytes,
-        "Device memory a new seal may use (total - used - headroom, or less when the device reports less free)."
-    );
-    describe_counter!(
-        SEALS_TOTAL,
-        "Seal calls by result (ok, invalid_input, insufficient_vram, allocation_failed, digest_mismatch, error)."
-    );
-    describe_counter!(
-        VERIFICATIONS_TOTAL,
-        "Verifications by mode (full, sampled, signature_only), result (pass, fail, error) and trigger (request, scrub)."
-    );
-    describe_histogram!(
-        VERIFICATION_DURATION_SECONDS,
-        Unit::Seconds,
-        "Time from the start of a verification to its verdict, by mode."
-    );
-    describe_counter!(
-        "vram_signature_checks_total",
-        "Signature-only and verify_info checks by result (pass, fail)."
-    );
-    describe_counter!(
-        "vram_events_total",
-        "Audit events emitted by device actors, by type and device."
-    );
-    describe_counter!("vram_audit_records_written_total", "Audit records written.");
-    describe_counter!(
-        "vram_audit_events_dropped_total",
-        "Audit events lost (buffer overflow, unencodable record, audit actor gone)."
-    );
-    describe_gauge!(
-        "vram_audit_sink_up",
-        "1 while the audit sink works, 0 while it fails."
-    );
-    describe_counter!(
-        "vram_internal_send_failures_total",
-        "Messages an actor could not deliver to another, by recipient."
-    );
+    for m in METRICS {
+        match (m.kind, m.unit) {
+            (MetricKind::Counter, Some(unit)) => metrics::describe_counter!(m.name, unit, m.help),
+            (MetricKind::Counter, None) => metrics::describe_counter!(m.name, m.help),
+            (MetricKind::Gauge, Some(unit)) => metrics::describe_gauge!(m.name, unit, m.help),
+            (MetricKind::Gauge, None) => metrics::describe_gauge!(m.name, m.help),
+            (MetricKind::Histogram, Some(unit)) => {
+                metrics::describe_histogram!(m.name, unit, m.help)
+            }
+            (MetricKind::Histogram, None) => metrics::describe_histogram!(m.name, m.help),
+        }
+    }
+}
+
+/// The README's metrics table, generated from [`METRICS`]: a test keeps the README equal to it.
+pub fn markdown_table() -> String {
+    let mut out =
+        String::from("| name | kind | labels | what it counts or shows |\n|---|---|---|---|\n");
+    for m in METRICS {
+        out.push_str(&format!(
+            "| `{}` | {} | {} | {} |\n",
+            m.name,
+            m.kind.as_str(),
+            m.labels,
+            m.help
+        ));
+    }
+    out
 }
 
 #[cfg(test)]
@@ -240,7 +440,6 @@ mod tests {
         let invalid: Result<(), VramError> = Err(VramError::invalid("no"));
         assert_eq!(Outcome::counted(&invalid), None);
         assert_eq!(Outcome::counted(&corrupt), Some(Outcome::Fail));
-        assert_eq!(mode_label(VerifyMode::Sampled { chunks: 7 }), "sampled");
         assert_eq!(seal_label(&ok), "ok");
         let no_room: Result<(), VramError> = Err(VramError::InsufficientVram {
             needed: 2,

@@ -14,6 +14,7 @@
 use std::path::{Path, PathBuf};
 
 #[cfg(feature = "cli")]
+#[path = "cli/support.rs"]
 mod cli_support;
 
 use vram_residency::{ModelSignature, VramError};
@@ -1463,7 +1464,6 @@ mod vectors {
     use base64::engine::general_purpose::STANDARD;
     use std::time::Duration;
     use vram_residency::attestation::ResidencyClaims;
-    use vram_residency::attestation::parse_mode;
     use vram_residency::attestation::signed::{
         assemble, audit_head_payload, residency_payload, verify_signed_attestation_at,
     };
@@ -1523,7 +1523,7 @@ mod vectors {
                 nonce: case["nonce"].as_str().unwrap().into(),
                 worker_id: p["worker_id"].as_str().unwrap().into(),
                 shard,
-                verified_mode: parse_mode(p["verified_mode"].as_str().unwrap()).unwrap(),
+                verified_mode: p["verified_mode"].as_str().unwrap().parse().unwrap(),
                 verified_at_unix_nanos: case["verified_at_unix_nanos"].as_u64().unwrap(),
                 backend: match p["backend"].as_str().unwrap() {
                     "cuda" => BackendKind::Cuda,

@@ -95,7 +95,7 @@ impl AuditState {
         if self.buffer.len() >= self.buffer_limit {
             self.pending_dropped = self.pending_dropped.saturating_add(1);
             self.stats.dropped = self.stats.dropped.saturating_add(1);
-            metrics::counter!("vram_audit_events_dropped_total").increment(1);
+            crate::telemetry::record_audit_dropped(None);
             if self.drop_reason.is_empty() {
                 self.drop_reason = match &self.last_error {
                     Some(e) => format!("audit buffer full while the sink was failing: {e}"),
@@ -147,8 +147,7 @@ impl AuditState {
         match result {
             Ok(_) => {
                 self.stats.written = self.stats.written.saturating_add(records.len() as u64);
-                metrics::counter!("vram_audit_records_written_total")
-                    .increment(records.len() as u64);
+                crate::telemetry::record_audit_written(records.len() as u64);
                 self.buffer.clear();
                 self.pending_dropped = 0;
                 self.drop_reason.clear();
@@ -181,7 +180,7 @@ impl AuditState {
         if dropped {
             self.pending_dropped = self.pending_dropped.saturating_add(1);
             self.stats.dropped = self.stats.dropped.saturating_add(1);
-            metrics::counter!("vram_audit_events_dropped_total").increment(1);
+            crate::telemetry::record_audit_dropped(None);
             self.drop_reason = format!("an event could not be encoded: {reason}");
         }
         self.write_batch()
@@ -198,7 +197,7 @@ impl AuditState {
     }
 
     fn set_healthy(&mut self, ok: bool) {
-        metrics::gauge!("vram_audit_sink_up").set(if ok { 1.0 } else { 0.0 });
+        crate::telemetry::set_audit_sink_up(ok);
         self.stats.sink_down = !ok;
     }
 

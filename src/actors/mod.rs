@@ -6,11 +6,8 @@
 //! (actor gone, reply dropped, timeout) into a precise [`VramError`].
 
 pub mod audit_actor;
-pub mod directory;
 pub mod gpu_actor;
-pub mod hashing;
 pub mod seal_keeper;
-pub mod shard_table;
 pub mod supervisor;
 
 use std::time::Duration;
@@ -30,8 +27,7 @@ pub(crate) fn emit_audit(audit: &ActorRef<AuditMsg>, event: AuditEvent) {
         .cast(AuditMsg::Emit(chrono::Utc::now(), event))
         .is_err()
     {
-        metrics::counter!("vram_audit_events_dropped_total", "reason" => "audit actor gone")
-            .increment(1);
+        crate::telemetry::record_audit_dropped(Some("audit actor gone"));
         tracing::warn!("an audit event was lost: the audit actor is gone");
     }
 }

@@ -12,7 +12,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use crate::messages::seal_keeper::SealKeeperMsg;
 use crate::seal::identity::IdentityKey;
 use crate::seal::keys::{AttestKey, SealKey, WorkerToken};
-use crate::seal::{claims, group};
+use crate::seal::{claims, group_record};
 
 /// The actor.
 pub struct SealKeeper;
@@ -73,10 +73,10 @@ impl Actor for SealKeeper {
                 let _ = reply.send(claims::verify(&state.seal_key, &info));
             }
             SealKeeperMsg::SignGroup { info, reply } => {
-                let _ = reply.send(group::sign(&state.seal_key, &info));
+                let _ = reply.send(group_record::sign(&state.seal_key, &info));
             }
             SealKeeperMsg::VerifyGroup { info, reply } => {
-                let _ = reply.send(group::verify(&state.seal_key, &info));
+                let _ = reply.send(group_record::verify(&state.seal_key, &info));
             }
             SealKeeperMsg::Attest { statement, reply } => {
                 let mut mac = state.attest_key.mac();

@@ -27,7 +27,6 @@ use tokio::time::Instant;
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 
 use crate::actors::audit_actor::{AuditActor, AuditArgs};
-use crate::actors::directory::DirectoryWriter;
 pub use crate::actors::gpu_actor::DeviceSettings;
 use crate::actors::gpu_actor::{BackendSource, GpuActor, GpuArgs};
 use crate::actors::seal_keeper::SealKeeper;
@@ -35,6 +34,7 @@ use crate::audit::events::AuditEvent;
 use crate::config::AuditSinkConfig;
 use crate::gpu::DeviceBackend;
 use crate::messages::audit::AuditMsg;
+use crate::messages::directory::DirectoryWriter;
 use crate::messages::gpu::GpuMsg;
 use crate::messages::seal_keeper::SealKeeperMsg;
 use crate::messages::supervisor::SupervisorMsg;
@@ -357,9 +357,9 @@ impl Actor for Supervisor {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::actors::directory;
     use crate::gpu::sim::SimDevice;
     use crate::messages::audit::AuditMsg;
+    use crate::messages::directory;
 
     fn args(writer: DirectoryWriter, devices: u32) -> SupervisorArgs {
         SupervisorArgs {
@@ -449,7 +449,7 @@ mod tests {
 
     /// Crashes device 0's current actor and returns what the directory says afterwards (the
     /// replacement, or why there is none).
-    async fn crash(dir: &crate::actors::directory::DeviceDirectory) -> directory::Slot {
+    async fn crash(dir: &crate::messages::directory::DeviceDirectory) -> directory::Slot {
         let before = dir.gpu(0).unwrap();
         let fault = crate::types::Fault::CrashActor;
         let _ = before

@@ -27,7 +27,7 @@ use subtle::ConstantTimeEq;
 
 use super::{
     AttestationPolicy, MAX_NONCE_BYTES, ResidencyClaims, check_nonce, invalid, now_since_epoch,
-    parse_backend, parse_mode, shown,
+    parse_backend, shown,
 };
 use crate::error::VramError;
 use crate::provenance::Provenance;
@@ -39,7 +39,7 @@ use crate::provenance::dsse::{IN_TOTO_PAYLOAD_TYPE, base64_encode};
 use crate::provenance::manifest::IN_TOTO_STATEMENT_V1;
 use crate::provenance::publisher_key::PublicKey;
 use crate::seal::claims::{SEAL_FORMAT, ShardInfo};
-use crate::seal::group::GroupInfo;
+use crate::seal::group_record::GroupInfo;
 use crate::types::AuditHead;
 
 /// Format name of signed attestations (what [`ResidencyClaims::format`] says).
@@ -427,8 +427,9 @@ fn check_seal_shape(shard: &ShardInfo, worker_id: &str) -> Result<(), VramError>
 }
 
 fn mode_and_time(mode: &str, at: &str) -> Result<(crate::types::VerifyMode, u64), VramError> {
-    let mode = parse_mode(mode)
-        .ok_or_else(|| invalid(format!("unknown verification mode {:?}", shown(mode, 32))))?;
+    let mode = mode
+        .parse::<crate::types::VerifyMode>()
+        .map_err(|_| invalid(format!("unknown verification mode {:?}", shown(mode, 32))))?;
     let at = parse_time(at).ok_or_else(|| {
         invalid(format!(
             "verified_at {:?} is not RFC 3339 UTC with nine fractional digits",

@@ -16,10 +16,11 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
+use vram_residency::VerifyMode;
+use vram_residency::attestation::ResidencyClaims;
 use vram_residency::attestation::signed::{
     GROUP_ATTEST_V3_PREDICATE, GroupResidencyClaims, verify_signed_group_attestation,
 };
-use vram_residency::attestation::{ResidencyClaims, parse_mode};
 use vram_residency::provenance::dsse::base64_decode;
 use vram_residency::provenance::publisher_key::MAX_PUBLIC_KEY_PEM_BYTES;
 use vram_residency::{
@@ -86,7 +87,7 @@ fn policy(args: &VerifyAttestationArgs) -> Result<AttestationPolicy, CliError> {
         p = p.max_age(Duration::from_secs(secs));
     }
     if let Some(m) = &args.require_mode {
-        let mode = parse_mode(m).ok_or_else(|| {
+        let mode = m.parse::<VerifyMode>().map_err(|_| {
             CliError::usage(format!(
                 "--require-mode {:?} is not a mode",
                 untrusted::field(m, 32)

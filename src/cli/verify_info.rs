@@ -13,7 +13,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 use vram_residency::seal::claims::{self, SEAL_FORMAT};
-use vram_residency::seal::group::{self, GROUP_FORMAT};
+use vram_residency::seal::group_record::{self, GROUP_FORMAT};
 use vram_residency::seal::keys::SealKey;
 use vram_residency::{GroupInfo, ShardInfo, validation};
 
@@ -166,7 +166,7 @@ pub fn diagnose_group(key: &SealKey, info: &GroupInfo) -> Option<String> {
             diagnose(member)
         ));
     }
-    if group::verify(key, info) {
+    if group_record::verify(key, info) {
         return None;
     }
     for (field, value) in [("worker_id", &info.worker_id), ("group_id", &info.group_id)] {
@@ -451,7 +451,7 @@ mod tests {
             members,
             signature: String::new(),
         };
-        g.signature = group::sign(key, &g).unwrap();
+        g.signature = group_record::sign(key, &g).unwrap();
         g
     }
 

@@ -29,6 +29,7 @@ use rayon::prelude::*;
 
 use crate::error::VramError;
 use crate::seal::merkle::{Hash, chunk_range, leaf_count, leaf_hash};
+use crate::types::Fault;
 
 /// Opaque id of one allocation inside one backend. Not a pointer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -173,29 +174,6 @@ impl BackendError {
     }
 }
 
-/// A fault injected into a backend (simulated backend only).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum BackendFault {
-    /// XOR `mask` into the byte at `offset` of an allocation.
-    FlipBits {
-        /// The allocation.
-        allocation: AllocationId,
-        /// Byte offset within it.
-        offset: u64,
-        /// Bits to flip.
-        mask: u8,
-    },
-    /// Fail the next allocation.
-    FailNextAlloc,
-    /// Lose the device: every later operation fails with `DeviceLost`.
-    LoseDevice,
-    /// Add this many milliseconds to every read operation.
-    SlowDevice {
-        /// Milliseconds added to each read.
-        millis_per_read: u64,
-    },
-}
-
 /// Device memory behind one device, owned by one `GpuActor`.
 pub trait DeviceBackend: Send + 'static {
     /// What this device is.
@@ -222,9 +200,15 @@ pub trait DeviceBackend: Send + 'static {
     fn device_address(&self, id: AllocationId) -> Result<DeviceAddress, BackendError>;
     /// Frees the allocation, returning its size.
     fn free(&mut self, id: AllocationId) -> Result<u64, BackendError>;
-    /// Injects a fault. Real hardware backends answer `Unsupported`.
-    fn inject_fault(&mut self, fault: BackendFault) -> Result<(), BackendError> {
-        let _ = fault;
+    /// Injects a fault (see [`Fault`] for which backend accepts which). `target` is the
+    /// allocation of the shard the fault names, resolved once by the device actor; `None` for a
+    /// fault that names no shard. The default refuses every fault.
+    fn inject_fault(
+        &mut self,
+        fault: &Fault,
+        target: Option<AllocationId>,
+    ) -> Result<(), BackendError> {
+        let _ = (fault, target);
         Err(BackendError::Unsupported(
             "fault injection needs the simulated backend".into(),
         ))

@@ -21,10 +21,11 @@ use std::time::Duration;
 use rayon::prelude::*;
 
 use super::{
-    AllocationId, BackendError, BackendFault, BackendKind, DeviceAddress, DeviceBackend,
-    DeviceIdentity, DeviceReader, DeviceUpload,
+    AllocationId, BackendError, BackendKind, DeviceAddress, DeviceBackend, DeviceIdentity,
+    DeviceReader, DeviceUpload,
 };
 use crate::seal::merkle::{Hash, chunk_range, leaf_hash};
+use crate::types::Fault;
 
 /// Base of the simulated device address space (never printed; exists so `execute` closures get
 /// a stable, per-allocation address like they would on CUDA).
@@ -309,14 +310,15 @@ impl DeviceBackend for SimDevice {
         Ok(a.len)
     }
 
-    fn inject_fault(&mut self, fault: BackendFault) -> Result<(), BackendError> {
-        match fault {
-            BackendFault::FlipBits {
-                allocation,
-                offset,
-                mask,
-            } => {
+    fn inject_fault(
+        &mut self,
+        fault: &Fault,
+        target: Option<AllocationId>,
+    ) -> Result<(), BackendError> {
+        match *fault {
+            Fault::FlipBits { offset, mask, .. } => {
                 self.live()?;
+                let allocation = target.ok_or(BackendError::UnknownAllocation)?;
                 let bytes: &mut Vec<u8> = match &mut self.allocation_mut(allocation)?.memory {
                     Memory::Fresh(bytes) => bytes,
                     // Copy on write if a reader still holds the sealed bytes.
@@ -333,20 +335,24 @@ impl DeviceBackend for SimDevice {
                 }
                 Ok(())
             }
-            BackendFault::FailNextAlloc => {
+            Fault::FailNextAlloc => {
                 self.fail_next_alloc = true;
                 Ok(())
             }
-            BackendFault::LoseDevice => {
+            Fault::LoseDevice => {
                 self.faults.lost.store(true, Ordering::Release);
                 Ok(())
             }
-            BackendFault::SlowDevice { millis_per_read } => {
+            Fault::SlowDevice { millis_per_read } => {
                 self.faults
                     .millis_per_read
                     .store(millis_per_read, Ordering::Relaxed);
                 Ok(())
             }
+            // The device actor crashes itself; the memory has nothing to do.
+            Fault::CrashActor => Err(BackendError::Unsupported(
+                "an actor crash is injected by the device actor, not its memory".into(),
+            )),
         }
     }
 }
@@ -384,10 +390,18 @@ struct SimReader {
 }
 
 impl SimReader {
-    /// The bytes `offset .. offset + len` (after the simulated faults: lost, slow).
-    fn slice(&self, offset: u64, len: usize) -> Result<&[u8], BackendError> {
+    /// Every read of device memory goes through here, once per read operation: it applies the
+    /// read-side faults (a lost device refuses, a slow one sleeps) and hands out the bytes
+    /// `offset .. offset + len`.
+    fn device_read(&self, offset: u64, len: usize) -> Result<&[u8], BackendError> {
+        self.faults.check()?;
         let r = range(offset, len, self.bytes.len())?;
         self.bytes.get(r).ok_or(BackendError::UnknownAllocation)
+    }
+
+    /// The whole allocation, read once (see [`SimReader::device_read`]).
+    fn device_read_all(&self) -> Result<&[u8], BackendError> {
+        self.device_read(0, self.bytes.len())
     }
 }
 
@@ -397,13 +411,12 @@ impl DeviceReader for SimReader {
     }
 
     fn read(&self, offset: u64, out: &mut [u8]) -> Result<(), BackendError> {
-        self.faults.check()?;
-        out.copy_from_slice(self.slice(offset, out.len())?);
+        out.copy_from_slice(self.device_read(offset, out.len())?);
         Ok(())
     }
 
     fn leaf_hashes(&self, chunk_size: u64, indices: &[u64]) -> Result<Vec<Hash>, BackendError> {
-        self.faults.check()?;
+        let bytes = self.device_read_all()?;
         let size = self.len();
         indices
             .par_iter()
@@ -414,21 +427,22 @@ impl DeviceReader for SimReader {
                         len: chunk_size,
                         size,
                     })?;
+                let r = range(off, usize::try_from(n).unwrap_or(usize::MAX), bytes.len())?;
                 Ok(leaf_hash(
-                    self.slice(off, usize::try_from(n).unwrap_or(usize::MAX))?,
+                    bytes.get(r).ok_or(BackendError::UnknownAllocation)?,
                 ))
             })
             .collect()
     }
 
     fn all_leaf_hashes(&self, chunk_size: u64) -> Result<Vec<Hash>, BackendError> {
-        self.faults.check()?;
+        let bytes = self.device_read_all()?;
         let chunk = usize::try_from(chunk_size)
             .map_err(|_| BackendError::Unsupported("chunk too large".into()))?;
         if chunk == 0 {
             return Ok(Vec::new());
         }
-        Ok(self.bytes.par_chunks(chunk).map(leaf_hash).collect())
+        Ok(bytes.par_chunks(chunk).map(leaf_hash).collect())
     }
 }
 
@@ -497,11 +511,14 @@ mod tests {
             r.all_leaf_hashes(4096).unwrap(),
             leaf_hashes_sequential(&data, 4096)
         );
-        d.inject_fault(BackendFault::FlipBits {
-            allocation: a,
-            offset: 9_000,
-            mask: 4,
-        })
+        d.inject_fault(
+            &Fault::FlipBits {
+                shard_id: "s".into(),
+                offset: 9_000,
+                mask: 4,
+            },
+            Some(a),
+        )
         .unwrap();
         // A reader that was already hashing keeps the bytes it started with (copy on write);
         // a new reader sees the flip.
@@ -515,7 +532,7 @@ mod tests {
     #[test]
     fn faults_fail_alloc_and_lose_device() {
         let mut d = SimDevice::new(0, 1 << 20);
-        d.inject_fault(BackendFault::FailNextAlloc).unwrap();
+        d.inject_fault(&Fault::FailNextAlloc, None).unwrap();
         assert!(matches!(
             d.allocate(10),
             Err(BackendError::AllocationFailed(_))
@@ -523,7 +540,7 @@ mod tests {
         let a = d.allocate(10).unwrap();
         upload(&mut d, a, &[1; 10]);
         let r = d.reader(a).unwrap();
-        d.inject_fault(BackendFault::LoseDevice).unwrap();
+        d.inject_fault(&Fault::LoseDevice, None).unwrap();
         assert_eq!(d.allocate(10), Err(BackendError::DeviceLost));
         assert_eq!(r.all_leaf_hashes(4096), Err(BackendError::DeviceLost));
         assert_eq!(d.free(a).unwrap(), 10);

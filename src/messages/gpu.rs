@@ -87,6 +87,7 @@ pub struct LeafCheck {
 
 /// What the handle fills in before asking a device actor to sign an attestation; the actor adds
 /// the backend and device identity and checks residency in the same handler as the signature.
+#[derive(Clone)]
 pub struct AttestDraft {
     /// The challenger's nonce (length checked).
     pub nonce: Vec<u8>,

@@ -4,6 +4,7 @@
 //! message is handled, follow its enum to the actor whose `Msg` type it is.
 
 pub mod audit;
+pub mod directory;
 pub mod gpu;
 pub mod seal_keeper;
 pub mod supervisor;

@@ -4,7 +4,7 @@ use ractor::RpcReplyPort;
 
 use crate::error::VramError;
 use crate::seal::claims::ShardInfo;
-use crate::seal::group::GroupInfo;
+use crate::seal::group_record::GroupInfo;
 
 /// Messages handled by `SealKeeper`.
 pub enum SealKeeperMsg {

@@ -3,7 +3,7 @@
 //! * [`merkle`] — the chunked RFC 6962 tree that lets verification run in parallel and name the
 //!   bad chunk;
 //! * [`claims`] — the signed, public [`claims::ShardInfo`] record (`vram-seal-v1`);
-//! * [`group`] — the signed record of a tensor-parallel group of seals (`vram-group-v1`);
+//! * [`group_record`] — the signed record of a tensor-parallel group of seals (`vram-group-v1`);
 //! * [`keys`] — the worker token and the seal/audit keys derived from it;
 //! * [`identity`] — the worker's ECDSA P-256 identity key, which signs what anyone holding
 //!   only its public key can check (`vram-attest-v3`, signed audit heads).
@@ -12,7 +12,7 @@
 //! seal time (it is inherently sequential) while re-verification uses the Merkle tree.
 
 pub mod claims;
-pub mod group;
+pub mod group_record;
 pub mod identity;
 pub mod keys;
 pub mod merkle;

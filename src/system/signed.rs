@@ -12,10 +12,10 @@ use crate::actors::gpu_actor::now_unix_nanos;
 use crate::attestation::ResidencyClaims;
 use crate::attestation::signed::{self, ATTEST_V3_FORMAT, SignedAttestation, SignedAuditHead};
 use crate::error::VramError;
-use crate::group::SealedGroup;
 use crate::messages::seal_keeper::SealKeeperMsg;
 use crate::provenance::dsse::IN_TOTO_PAYLOAD_TYPE;
 use crate::shard::SealedShard;
+use crate::tensor_parallel::SealedGroup;
 
 impl VramResidency {
     /// The worker's identity public key, PEM SubjectPublicKeyInfo (P-256). Give it to

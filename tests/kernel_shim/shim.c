@@ -1,6 +1,6 @@
 /*
  * Host shim for src/gpu/cuda/sha256_leaf.cu: builds the CUDA kernel source with the system C
- * compiler so its SHA-256 can be tested on machines without a GPU (tests/leaf_kernel_host.rs).
+ * compiler so its SHA-256 can be tested on machines without a GPU (tests/it/leaf_kernel_host.rs).
  *
  * The CUDA qualifiers are defined away, uint4 and __byte_perm get plain C definitions with the
  * device's semantics, and the thread index is a variable that main() steps through every value

@@ -10,7 +10,7 @@ use std::time::Instant;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
 use super::{GpuActor, GpuArgs, GpuState, gauges};
-use crate::actors::shard_table::ShardTable;
+use crate::actors::gpu_actor::shard_table::ShardTable;
 use crate::audit::events::AuditEvent;
 use crate::error::VramError;
 use crate::messages::gpu::{GpuMsg, ShardRef};

@@ -6,7 +6,7 @@
 //! * [`dispatch`](self::dispatch) — the mailbox: which handler each [`GpuMsg`] goes to, and the
 //!   shutdown path (`post_stop` frees what the device holds);
 //! * [`seal`](self::seal) — the seal pipeline: a blocking thread hashes the source piece by
-//!   piece (see [`crate::actors::hashing`]) and hands each piece to this actor, which lends the
+//!   piece (see [`crate::actors::gpu_actor::hashing`]) and hands each piece to this actor, which lends the
 //!   allocation's memory to an upload job on the rayon pool and takes it back, so the copy of
 //!   piece k overlaps the hashing of piece k and host memory stays O(staging);
 //! * [`verify`](self::verify) — verification: the actor takes a read-only
@@ -26,9 +26,11 @@ mod access;
 mod dispatch;
 mod faults;
 mod gauges;
-mod group;
+mod group_quarantine;
+pub(crate) mod hashing;
 mod scrub;
 mod seal;
+pub(crate) mod shard_table;
 #[cfg(test)]
 mod tests;
 pub(crate) mod verify;
@@ -38,7 +40,7 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use ractor::ActorRef;
 
-use crate::actors::shard_table::ShardTable;
+use crate::actors::gpu_actor::shard_table::ShardTable;
 use crate::audit::events::AuditEvent;
 use crate::error::VramError;
 use crate::gpu::{BackendError, BackendKind, DeviceBackend, DeviceIdentity};
@@ -159,7 +161,7 @@ impl GpuState {
     }
 
     fn audit(&self, event: AuditEvent) {
-        metrics::counter!("vram_events_total", "type" => event.type_name(), "gpu_device" => self.args.device.to_string()).increment(1);
+        crate::telemetry::record_device_event(event.type_name(), self.args.device);
         // Emission never waits: a cast only queues the event. A cast fails only when the audit
         // actor is gone (shutdown); the loss is counted, never ignored.
         if self
@@ -168,8 +170,7 @@ impl GpuState {
             .cast(AuditMsg::Emit(Utc::now(), event))
             .is_err()
         {
-            metrics::counter!("vram_audit_events_dropped_total", "reason" => "audit actor gone")
-                .increment(1);
+            crate::telemetry::record_audit_dropped(Some("audit actor gone"));
         }
     }
 
@@ -191,8 +192,7 @@ impl GpuState {
                 .cast(SupervisorMsg::DeviceStop { device, stopped })
                 .is_err()
             {
-                metrics::counter!("vram_internal_send_failures_total", "to" => "supervisor")
-                    .increment(1);
+                crate::telemetry::record_internal_send_failure("supervisor");
             }
         }
     }

@@ -2,7 +2,7 @@
 //!
 //! A blocking thread reads the source in staging pieces of whole chunks and hashes each piece
 //! (the plain SHA-256 and the piece's Merkle leaves side by side; see
-//! [`crate::actors::hashing`]). Each piece is handed to this handler *before* it is hashed; the
+//! [`crate::actors::gpu_actor::hashing`]). Each piece is handed to this handler *before* it is hashed; the
 //! handler lends the allocation's memory (a [`DeviceUpload`]) to a copy job on the rayon pool
 //! and takes it back when the copy is done, so the copy of piece k overlaps the hashing of piece
 //! k, and the memory is always owned by exactly one party — never shared behind a lock. The
@@ -20,8 +20,8 @@ use tokio::sync::mpsc;
 
 use super::GpuState;
 use crate::actors::ask;
-use crate::actors::hashing::{Staged, hash_in_memory, hash_stream};
-use crate::actors::shard_table::ShardEntry;
+use crate::actors::gpu_actor::hashing::{Staged, hash_in_memory, hash_stream};
+use crate::actors::gpu_actor::shard_table::ShardEntry;
 use crate::audit::events::AuditEvent;
 use crate::error::VramError;
 use crate::gpu::{AllocationId, BackendError, DeviceUpload};

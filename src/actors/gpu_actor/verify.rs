@@ -14,8 +14,8 @@ use ractor::ActorRef;
 use subtle::ConstantTimeEq;
 
 use super::{GpuState, VerifyReply};
-use crate::actors::hashing::{hash_leaves, sample_indices};
-use crate::actors::shard_table::Quarantine;
+use crate::actors::gpu_actor::hashing::{hash_leaves, sample_indices};
+use crate::actors::gpu_actor::shard_table::Quarantine;
 use crate::audit::events::{AuditEvent, Severity};
 use crate::error::{MAX_REPORTED_BAD_CHUNKS, VramError};
 use crate::gpu::BackendError;
@@ -23,7 +23,7 @@ use crate::messages::gpu::{GpuMsg, LeafCheck, ShardRef};
 use crate::seal::claims::ShardInfo;
 use crate::seal::merkle::{Hash, MerkleTree, chunk_range, leaf_count};
 use crate::seal::tensors::TensorMap;
-use crate::types::{ChunkSpan, VerifyMode, VerifyReport};
+use crate::types::{ChunkSpan, ReadPlan, VerifyMode, VerifyReport};
 
 /// What a finished check says about a shard.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,15 +67,16 @@ pub(crate) fn verdict(
 ) -> Verdict {
     let (len, chunk) = (info.vram_bytes, info.chunk_size);
     let total = leaf_count(len, chunk);
-    let expected = match mode {
-        VerifyMode::Full => total,
-        _ => check.indices.len() as u64,
+    let expected = if mode.reads_every_chunk() {
+        total
+    } else {
+        check.indices.len() as u64
     };
     // A backend that returns fewer hashes than asked for must not pass by omission.
     let returned = check.observed.len() as u64;
     if returned != expected
         || check.indices.len() as u64 != expected
-        || (expected == 0 && !matches!(mode, VerifyMode::SignatureOnly))
+        || (expected == 0 && mode.reads_device_memory())
     {
         return Verdict::Incomplete { returned, expected };
     }
@@ -160,14 +161,12 @@ impl GpuState {
             return Err((quarantined(&shard.shard_id, bad), reply));
         }
         let n = leaf_count(entry.info.vram_bytes, entry.info.chunk_size);
-        let indices: Option<Vec<u64>> = match mode {
-            VerifyMode::Full => None,
-            VerifyMode::Sampled { chunks: 0 } => {
-                let e = VramError::invalid("Sampled verification needs at least 1 chunk");
-                return Err((e, reply));
-            }
-            VerifyMode::Sampled { chunks } => Some(sample_indices(n, u64::from(chunks).min(n))),
-            VerifyMode::SignatureOnly => Some(Vec::new()),
+        // A plan that reads nothing (or a sample of nothing, which the facade refuses) hashes
+        // no leaf, and `verdict` passes only a mode that reads no device memory that way.
+        let indices: Option<Vec<u64>> = match mode.read_plan(n) {
+            ReadPlan::EveryChunk => None,
+            ReadPlan::Sample(k) => Some(sample_indices(n, k)),
+            ReadPlan::Nothing => Some(Vec::new()),
         };
         let root = match entry.info.merkle_root_bytes() {
             Ok(r) => r,
@@ -327,7 +326,7 @@ impl GpuState {
             expected_root: entry.info.merkle_root.clone(),
             actual_root: observed_root
                 .map(hex::encode)
-                .unwrap_or_else(|| "not computed (sampled)".into()),
+                .unwrap_or_else(|| "not computed (the check read only some chunks)".into()),
             first_bad_chunk: found.chunks.first().map(|s| s.index),
             bad_chunks: found.count,
             bad_tensors: found.tensors.iter().take(32).cloned().collect(),
@@ -360,7 +359,7 @@ impl GpuState {
 /// The error every refused call on a quarantined shard gets.
 pub(super) fn quarantined(shard_id: &str, bad: &Quarantine) -> VramError {
     if let Some(group) = &bad.group {
-        return super::group::group_quarantined(shard_id, group);
+        return super::group_quarantine::group_quarantined(shard_id, group);
     }
     VramError::SealVerificationFailed {
         shard_id: shard_id.to_string(),

@@ -114,7 +114,7 @@ impl Drop for DeviceBuffer {
         if make_current(&self.ctx).is_err() {
             // Without our context current the free could hit another device's context; leak
             // the memory instead (the driver reclaims it when the process ends).
-            metrics::counter!("vram_cuda_leaked_buffers_total").increment(1);
+            crate::telemetry::record_cuda_leaked_buffer();
             tracing::error!("could not make the device context current to free memory; leaked");
             return;
         }
@@ -128,7 +128,7 @@ impl Drop for DeviceBuffer {
         // context has finished all work queued on it (or is broken).
         let freed = unsafe { result::free_sync(self.ptr) };
         if synced.is_err() || freed.is_err() {
-            metrics::counter!("vram_cuda_free_errors_total").increment(1);
+            crate::telemetry::record_cuda_free_error();
             tracing::error!("freeing device memory reported a driver error");
         }
     }

@@ -15,10 +15,11 @@ use super::driver;
 use super::kernels::Kernels;
 use super::staging::{CudaUpload, StagingRing};
 use crate::gpu::{
-    AllocationId, BackendError, BackendFault, BackendKind, DeviceAddress, DeviceBackend,
-    DeviceIdentity, DeviceReader, DeviceUpload, host_leaf_hashes,
+    AllocationId, BackendError, BackendKind, DeviceAddress, DeviceBackend, DeviceIdentity,
+    DeviceReader, DeviceUpload, host_leaf_hashes,
 };
 use crate::seal::merkle::{Hash, leaf_count};
+use crate::types::Fault;
 
 /// How a CUDA device is opened.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -324,31 +325,32 @@ impl DeviceBackend for CudaDevice {
         Ok(len)
     }
 
-    fn inject_fault(&mut self, fault: BackendFault) -> Result<(), BackendError> {
+    fn inject_fault(
+        &mut self,
+        fault: &Fault,
+        target: Option<AllocationId>,
+    ) -> Result<(), BackendError> {
         if !self.options.fault_injection {
             return Err(BackendError::Unsupported(
                 "fault injection on a CUDA device needs Config::cuda_fault_injection(true)".into(),
             ));
         }
-        match fault {
-            BackendFault::FailNextAlloc => {
+        match *fault {
+            Fault::FailNextAlloc => {
                 self.fail_next_alloc = true;
                 Ok(())
             }
-            BackendFault::FlipBits {
-                allocation,
-                offset,
-                mask,
-            } => {
+            Fault::FlipBits { offset, mask, .. } => {
+                let allocation = target.ok_or(BackendError::UnknownAllocation)?;
                 let buffer = Arc::clone(&self.allocation(allocation)?.buffer);
                 match &self.kernels {
                     Some(k) => k.xor_byte(&self.stream, &buffer, offset, mask),
                     None => xor_byte_by_copy(&buffer, offset, mask),
                 }
             }
-            BackendFault::LoseDevice | BackendFault::SlowDevice { .. } => {
+            Fault::LoseDevice | Fault::SlowDevice { .. } | Fault::CrashActor => {
                 Err(BackendError::Unsupported(
-                    "a CUDA device cannot be lost or slowed on purpose".into(),
+                    "a CUDA device cannot be lost, slowed or crashed on purpose".into(),
                 ))
             }
         }
@@ -416,7 +418,7 @@ fn on_device_or_host(
             Err(BackendError::OutOfRange { offset, len, size })
         }
         Err(e) => {
-            metrics::counter!("vram_cuda_kernel_fallbacks_total").increment(1);
+            crate::telemetry::record_cuda_kernel_fallback();
             tracing::warn!("the leaf kernel failed ({e}); hashing these leaves on the host");
             host()
         }

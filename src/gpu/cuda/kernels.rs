@@ -1,6 +1,6 @@
 //! The device kernels: the SHA-256 leaf kernel and the fault-injection XOR, compiled at run time
 //! with NVRTC from `sha256_leaf.cu` (the same source the host test builds with the system C
-//! compiler; see `tests/leaf_kernel_host.rs`).
+//! compiler; see `tests/it/leaf_kernel_host.rs`).
 //!
 //! Leaves are independent (RFC 6962: leaf = SHA-256(0x00 ‖ chunk)), so the kernel runs one thread
 //! per leaf over the shard where it already is, and only 32 bytes per leaf cross the bus. Without

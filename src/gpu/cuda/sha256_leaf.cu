@@ -7,7 +7,7 @@
  * nothing and uses only what NVRTC provides built in (uint4, __byte_perm, the CUDA qualifiers).
  * The same file also compiles as plain C under tests/kernel_shim/shim.c, which defines the
  * qualifiers away, supplies uint4 and __byte_perm, and runs the kernel body once per thread
- * index in a loop; tests/leaf_kernel_host.rs checks it against the `sha2` crate. Keep both
+ * index in a loop; tests/it/leaf_kernel_host.rs checks it against the `sha2` crate. Keep both
  * builds working (no C++-only syntax outside the VR_ macros below).
  *
  * ---------------------------------------------------------------------------------------------

@@ -72,14 +72,14 @@ impl Drop for PinnedBuffer {
         if self.leak || super::buffer::make_current(&self.ctx).is_err() {
             // A copy may still read it, or the context cannot be made current: leaking a few
             // MiB of pinned memory is safe, freeing it under the DMA engine is not.
-            metrics::counter!("vram_cuda_leaked_buffers_total").increment(1);
+            crate::telemetry::record_cuda_leaked_buffer();
             return;
         }
         // SAFETY: `ptr` came from `cuMemHostAlloc` and is freed once, here; its context is
         // current (above). The ring waits for every slot's copy before it drops its buffers,
         // and marks a buffer `leak` when it could not.
         if unsafe { result::free_host(self.ptr.as_ptr().cast()) }.is_err() {
-            metrics::counter!("vram_cuda_free_errors_total").increment(1);
+            crate::telemetry::record_cuda_free_error();
         }
     }
 }

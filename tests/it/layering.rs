@@ -23,14 +23,14 @@
 //! (`src/main.rs`, `src/cli/`, a separate crate that uses only the public API) stand outside.
 #![allow(clippy::unwrap_used, clippy::arithmetic_side_effects)] // test code fails loudly
 
-mod common;
+use crate::common;
 
 use common::rust_files;
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
-const LAYERS: &[(&str, u32)] = &[
+pub(crate) const LAYERS: &[(&str, u32)] = &[
     ("text", 0),
     ("types", 0),
     ("error", 1),
@@ -45,7 +45,7 @@ const LAYERS: &[(&str, u32)] = &[
     ("messages", 6),
     ("actors", 7),
     ("shard", 8),
-    ("group", 9),
+    ("tensor_parallel", 9),
     ("system", 10),
     ("bench", 11),
 ];
@@ -227,7 +227,7 @@ fn no_module_reaches_upward() {
         }
         let Some(own) = rank(&module) else {
             problems.push(format!(
-                "{}: module `{module}` has no layer; add it to LAYERS in tests/layering.rs",
+                "{}: module `{module}` has no layer; add it to LAYERS in tests/it/layering.rs",
                 file.display()
             ));
             continue;

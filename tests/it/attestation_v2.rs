@@ -11,7 +11,7 @@ use vram_residency::attestation::{StatementFields, statement};
 use vram_residency::{Attestation, WorkerToken, verify_attestation};
 
 fn vectors() -> serde_json::Value {
-    serde_json::from_str(include_str!("vectors/attest-v2.json")).unwrap()
+    serde_json::from_str(include_str!("../vectors/attest-v2.json")).unwrap()
 }
 
 fn len_prefixed(out: &mut Vec<u8>, bytes: &[u8]) {

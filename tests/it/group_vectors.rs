@@ -4,20 +4,20 @@
 //! sealed as a group through the actors.
 #![allow(clippy::unwrap_used, clippy::arithmetic_side_effects)] // test code fails loudly
 
-mod common;
+use crate::common;
 
 use hmac::{KeyInit, Mac};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use vram_residency::seal::claims;
-use vram_residency::seal::group::{self, GROUP_FORMAT};
+use vram_residency::seal::group_record::{self, GROUP_FORMAT};
 use vram_residency::seal::keys::{SEAL_KEY_INFO, SealKey, WorkerToken};
 use vram_residency::seal::merkle::MerkleTree;
 use vram_residency::seal::sha256_hex;
 use vram_residency::{Config, GroupInfo, GroupRequest, SealRequest, VramError, VramResidency};
 
 fn vectors() -> Value {
-    serde_json::from_str(include_str!("vectors/vectors-groups-v1.json")).unwrap()
+    serde_json::from_str(include_str!("../vectors/vectors-groups-v1.json")).unwrap()
 }
 
 fn token_text(v: &Value) -> &str {
@@ -84,11 +84,11 @@ fn every_group_case_reproduces_members_claims_and_signatures() {
             "{name}: group claims"
         );
         assert_eq!(
-            group::sign(&key, &info).unwrap(),
+            group_record::sign(&key, &info).unwrap(),
             info.signature,
             "{name}: signature"
         );
-        assert!(group::verify(&key, &info), "{name}");
+        assert!(group_record::verify(&key, &info), "{name}");
         info.verify(&token(&v)).unwrap();
         // The JSON layout round-trips exactly.
         assert_eq!(
@@ -254,7 +254,7 @@ async fn sealing_the_vector_data_as_a_group_gives_the_vector_record() {
             assert_eq!(g.signature, e.signature, "{name}/{}", e.shard_id);
         }
         at_vector_time.sealed_at_unix_nanos = expected.sealed_at_unix_nanos;
-        at_vector_time.signature = group::sign(&key, &at_vector_time).unwrap();
+        at_vector_time.signature = group_record::sign(&key, &at_vector_time).unwrap();
         assert_eq!(at_vector_time, expected, "{name}");
         got.verify(&token(&v)).unwrap();
         system.release_group(sealed).await.unwrap();

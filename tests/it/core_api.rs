@@ -2,7 +2,7 @@
 //! capacity, validation, faults, supervision and shutdown — all on the simulated backend.
 #![allow(clippy::unwrap_used, clippy::indexing_slicing)] // test code fails loudly
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::time::Duration;

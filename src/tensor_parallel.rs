@@ -13,7 +13,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
-use crate::seal::group::GroupInfo;
+use crate::seal::group_record::GroupInfo;
 use crate::shard::{SealRequest, SealedShard};
 
 /// A request to seal a tensor-parallel group: one [`SealRequest`] per part, in `shard_index`

@@ -10,7 +10,7 @@
 //! member's own device was stopped when that member failed).
 
 use super::GpuState;
-use crate::actors::shard_table::{GroupFailure, Quarantine};
+use crate::actors::gpu_actor::shard_table::{GroupFailure, Quarantine};
 use crate::audit::events::AuditEvent;
 use crate::error::VramError;
 use crate::messages::gpu::ShardRef;

@@ -1,5 +1,5 @@
-//! Helpers shared by the tests that drive the built binary with a worker token (`cli.rs`,
-//! `cli_groups.rs`): the command, and the assertions every failure must meet (one `error:`
+//! Helpers shared by the tests that drive the built binary with a worker token (`basics.rs`,
+//! `groups.rs`): the command, and the assertions every failure must meet (one `error:`
 //! line, the documented exit code, no panic, and the token on neither stream).
 #![allow(dead_code)]
 

@@ -6,7 +6,7 @@
 //! swapped for a symlink is refused.
 #![allow(clippy::unwrap_used, clippy::indexing_slicing)] // test code fails loudly
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::time::Duration;

@@ -735,12 +735,13 @@ proptest! {
 // ---------------------------------------------------------------------------------------------
 // Model-signing bundles and vram-attest-v3 (issue 20).
 
-const MODEL_BUNDLE: &[u8] = include_bytes!("fixtures/model-signing/model-p256.sig");
-const PUBLISHER_KEY: &[u8] = include_bytes!("fixtures/model-signing/keys/publisher-p256.pub.pem");
+const MODEL_BUNDLE: &[u8] = include_bytes!("../fixtures/model-signing/model-p256.sig");
+const PUBLISHER_KEY: &[u8] =
+    include_bytes!("../fixtures/model-signing/keys/publisher-p256.pub.pem");
 
 fn v3_vector() -> (String, String, Vec<u8>) {
     let v: serde_json::Value =
-        serde_json::from_str(include_str!("vectors/attest-v3.json")).unwrap();
+        serde_json::from_str(include_str!("../vectors/attest-v3.json")).unwrap();
     let case = &v["attestations"][0];
     (
         case["bundle_json"].as_str().unwrap().to_owned(),

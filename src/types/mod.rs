@@ -14,6 +14,13 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+mod fault;
+mod verify_mode;
+
+pub use fault::Fault;
+pub(crate) use verify_mode::ReadPlan;
+pub use verify_mode::{InvalidVerifyMode, VerifyMode};
+
 /// Called with `(bytes_done, bytes_total)` while a shard is being sealed.
 pub type ProgressFn = Arc<dyn Fn(u64, u64) + Send + Sync>;
 
@@ -167,31 +174,6 @@ pub struct DeviceLoad {
     pub limit: usize,
 }
 
-/// How thoroughly to verify.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(tag = "mode", rename_all = "snake_case")]
-pub enum VerifyMode {
-    /// Re-read every byte from device memory and check every leaf against the signed root.
-    Full,
-    /// Check `chunks` leaves drawn at random (CSPRNG, fresh each call) against the signed root.
-    Sampled {
-        /// How many distinct chunks to check (capped at the shard's chunk count).
-        chunks: u32,
-    },
-    /// Check the seal's signature and that the shard is still resident, without reading VRAM.
-    SignatureOnly,
-}
-
-impl fmt::Display for VerifyMode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Full => f.write_str("full"),
-            Self::Sampled { chunks } => write!(f, "sampled({chunks})"),
-            Self::SignatureOnly => f.write_str("signature-only"),
-        }
-    }
-}
-
 /// A chunk of a shard: its Merkle leaf index and byte range.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct ChunkSpan {
@@ -274,33 +256,6 @@ pub struct VramCapacity {
     pub available_bytes: u64,
     /// Bytes kept free on purpose (`Config::headroom_bytes`).
     pub headroom_bytes: u64,
-}
-
-/// A fault to inject (simulated backend only; CUDA devices answer `Unsupported`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum Fault {
-    /// XOR `mask` into byte `offset` of the named shard's device memory.
-    FlipBits {
-        /// The shard.
-        shard_id: String,
-        /// Byte offset within the shard.
-        offset: u64,
-        /// Bits to flip.
-        mask: u8,
-    },
-    /// Make the next allocation on the device fail.
-    FailNextAlloc,
-    /// Lose the device: every later operation on it fails with `DeviceLost`.
-    LoseDevice,
-    /// Add a delay to every device read, to exercise slow verification.
-    SlowDevice {
-        /// Milliseconds added to each read.
-        millis_per_read: u64,
-    },
-    /// Make the device's actor panic, to exercise supervision. Its shards are lost, its memory
-    /// freed, and a fresh actor takes over the device.
-    CrashActor,
 }
 
 #[cfg(test)]

@@ -1,7 +1,7 @@
 //! The published `vram-seal-v1` / `vram-audit-v1` vectors, reproduced through the public API.
 #![allow(clippy::unwrap_used)] // test code fails loudly
 
-mod common;
+use crate::common;
 
 use serde_json::Value;
 use vram_residency::audit::format::{ChainState, encode_record};
@@ -13,7 +13,7 @@ use vram_residency::seal::sha256_hex;
 use vram_residency::{Config, SealRequest, VramResidency};
 
 fn vectors() -> Value {
-    serde_json::from_str(include_str!("vectors/vectors-v1.json")).unwrap()
+    serde_json::from_str(include_str!("../vectors/vectors-v1.json")).unwrap()
 }
 
 fn token(v: &Value) -> WorkerToken {

@@ -5,7 +5,7 @@
 //! `unsafe fn` by a `# Safety` doc section).
 #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
 
-mod common;
+use crate::common;
 
 use common::rust_files;
 

@@ -10,7 +10,7 @@ use std::process::Output;
 
 use sha2::{Digest, Sha256};
 
-mod cli_support;
+use crate::support as cli_support;
 
 use cli_support::{TOKEN, cli, no_token, one_error, text};
 

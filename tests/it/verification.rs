@@ -2,7 +2,7 @@
 //! sources seal like in-memory ones, the background scrub catches corruption on its own, and
 //! sampled verification reports its detection probability.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -27,14 +27,14 @@ use std::sync::atomic::Ordering;
 
 use crate::actors::emit_audit;
 use crate::actors::gpu_actor::now_unix_nanos;
-use crate::attestation::{Attestation, GroupAttestation, check_nonce};
+use crate::attestation::{Attestation, GroupAttestation};
 use crate::audit::events::{AuditEvent, Severity};
 use crate::error::VramError;
-use crate::group::{GroupRequest, SealedGroup};
-use crate::messages::gpu::{AttestDraft, GpuMsg};
+use crate::messages::gpu::GpuMsg;
 use crate::messages::seal_keeper::SealKeeperMsg;
-use crate::seal::group::{GROUP_FORMAT, GroupInfo, MAX_GROUP_MEMBERS};
+use crate::seal::group_record::{GROUP_FORMAT, GroupInfo, MAX_GROUP_MEMBERS};
 use crate::shard::{SealRequest, SealSource, SealedShard, VerifyMode, VerifyReport};
+use crate::tensor_parallel::{GroupRequest, SealedGroup};
 use crate::validation;
 
 use super::VramResidency;
@@ -280,11 +280,7 @@ impl VramResidency {
         if group.inner.released.load(Ordering::Acquire) {
             return Err(VramError::UnknownShard(group.group_id().to_string()));
         }
-        if let VerifyMode::Sampled { chunks: 0 } = mode {
-            return Err(VramError::invalid(
-                "Sampled verification needs at least 1 chunk",
-            ));
-        }
+        let mode = mode.validate()?;
         let handles: Vec<_> = group
             .shards()
             .iter()
@@ -351,36 +347,15 @@ impl VramResidency {
         group: &SealedGroup,
         nonce: &[u8],
     ) -> Result<GroupAttestation, VramError> {
-        check_nonce(nonce)?;
-        let mode = self.inner.execute_verify;
-        self.verify_group(group, mode).await?;
-        let verified_at = now_unix_nanos();
-        let audit_head = self.audit_head().await?;
+        let draft = self
+            .attest_draft(nonce, |mode| self.verify_group(group, mode))
+            .await?;
         let handles: Vec<_> = group
             .shards()
             .iter()
             .map(|member| {
-                let system = self.clone();
-                let shard = member.inner.shard_ref();
-                let info = Box::new(member.info().clone());
-                let device = member.device();
-                let draft = Box::new(AttestDraft {
-                    nonce: nonce.to_vec(),
-                    verified_mode: mode,
-                    verified_at_unix_nanos: verified_at,
-                    audit_head: audit_head.clone(),
-                });
-                tokio::spawn(async move {
-                    system
-                        .ask_gpu(device, |reply| GpuMsg::Attest {
-                            shard,
-                            info,
-                            draft,
-                            reply,
-                        })
-                        .await
-                        .and_then(|r| r)
-                })
+                let (system, member, draft) = (self.clone(), member.clone(), draft.clone());
+                tokio::spawn(async move { system.sign_attestation(&member, draft).await })
             })
             .collect();
         let mut results = Vec::with_capacity(handles.len());

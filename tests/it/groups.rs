@@ -4,7 +4,7 @@
 //! peer checks a `GroupInfo` with the token alone; one challenge attests every member.
 #![allow(clippy::unwrap_used)] // test code fails loudly
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -3,7 +3,7 @@
 //! refused, and a failing sink loses nothing silently.
 #![allow(clippy::unwrap_used)] // test code fails loudly
 
-mod common;
+use crate::common;
 
 use std::io::Write;
 use std::path::Path;

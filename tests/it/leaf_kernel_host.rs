@@ -8,7 +8,7 @@
 //! pass without running.
 #![allow(clippy::unwrap_used)] // test code fails loudly
 
-mod common;
+use crate::common;
 
 use std::ffi::OsString;
 use std::io::Write;
@@ -284,7 +284,7 @@ fn leaves_carry_the_rfc6962_leaf_prefix() {
 #[test]
 fn every_chunk_of_the_shared_seal_vectors_matches() {
     let Some(shim) = shim() else { return };
-    let vectors: Value = serde_json::from_str(include_str!("vectors/vectors-v1.json")).unwrap();
+    let vectors: Value = serde_json::from_str(include_str!("../vectors/vectors-v1.json")).unwrap();
     let cases = vectors["seal_cases"].as_array().unwrap();
     assert!(!cases.is_empty());
     for case in cases {

@@ -1,0 +1,115 @@
+//! Sealing one shard: validating the request, inspecting its source off the runtime, and asking
+//! its device to copy, hash and seal it.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crate::error::VramError;
+use crate::messages::gpu::{GpuMsg, SealJob, SealMeta, SignedSource};
+use crate::seal::tensors::TensorMap;
+use crate::shard::{SealRequest, SealSource, SealedShard, ShardHandle};
+use crate::telemetry::{self};
+use crate::validation;
+
+use super::*;
+
+impl VramResidency {
+    /// Copies a shard into device memory, hashes it (SHA-256 and Merkle leaves), and seals it.
+    pub async fn seal(&self, request: SealRequest) -> Result<SealedShard, VramError> {
+        let sealed = self.seal_uncounted(request).await;
+        telemetry::record_seal(&sealed);
+        sealed
+    }
+
+    /// `seal` without the `vram_seals_total` count (which `seal` adds for every outcome).
+    async fn seal_uncounted(&self, request: SealRequest) -> Result<SealedShard, VramError> {
+        self.live()?;
+        let SealRequest {
+            shard_id,
+            model_ref,
+            device,
+            source,
+            expected_sha256,
+            tensor_parallel,
+            progress,
+            provenance,
+        } = request;
+        validation::validate_identifier("shard_id", &shard_id)?;
+        validation::validate_model_ref(&model_ref)?;
+        validation::validate_device(device, self.inner.device_count)?;
+        let expected_sha256 = expected_sha256
+            .map(|h| validation::validate_hex_digest("expected_sha256", &h))
+            .transpose()?;
+        if let Some((i, t)) = tensor_parallel {
+            validation::validate_tensor_parallel(i, t)?;
+        }
+        let provenance = provenance
+            .map(|(signature, resource)| {
+                signature
+                    .provenance_of(&resource)
+                    .map(|(provenance, file)| SignedSource {
+                        provenance,
+                        sha256: file.sha256.clone(),
+                    })
+            })
+            .transpose()?;
+        // The file's metadata and its safetensors header are file I/O (and a large header is
+        // CPU work to parse): both run off the runtime's worker threads.
+        let (source, len, tensors) = tokio::task::spawn_blocking(move || inspect_source(source))
+            .await
+            .map_err(|_| VramError::Internal("inspecting the seal source failed".into()))??;
+        validation::validate_model_size(len, self.inner.max_model_size)?;
+        if self.inner.fail_closed_audit && self.audit_stats().await?.sink_down {
+            return Err(VramError::AuditUnavailable(
+                "the audit sink is failing and fail_closed_audit is set; refusing to seal".into(),
+            ));
+        }
+        let handle_id = self.inner.next_handle.fetch_add(1, Ordering::Relaxed);
+        let job = SealJob {
+            meta: SealMeta {
+                shard_id,
+                model_ref,
+                expected_sha256,
+                tensor_parallel,
+                handle_id,
+                tensors,
+                provenance: provenance.clone(),
+            },
+            source,
+            progress,
+            len,
+        };
+        let info = self
+            .ask_gpu(device, |reply| GpuMsg::Seal {
+                job: Box::new(job),
+                reply,
+            })
+            .await??;
+        Ok(SealedShard {
+            inner: Arc::new(ShardHandle {
+                info,
+                handle_id,
+                directory: self.inner.directory.clone(),
+                released: AtomicBool::new(false),
+                provenance: provenance.map(|p| p.provenance),
+            }),
+        })
+    }
+}
+
+fn inspect_source(
+    source: SealSource,
+) -> Result<(SealSource, u64, Option<Arc<TensorMap>>), VramError> {
+    let (len, tensors) = match &source {
+        SealSource::Bytes(b) => {
+            let len = b.len() as u64;
+            (len, TensorMap::parse(b, len))
+        }
+        SealSource::Reader(_, n) => (*n, None),
+        SealSource::File(p) => (
+            validation::regular_file(p, "model file")?.len(),
+            TensorMap::from_file(p),
+        ),
+    };
+    Ok((source, len, tensors.map(Arc::new)))
+}

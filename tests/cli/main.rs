@@ -1,0 +1,9 @@
+//! The command line's tests, as one test binary: each module runs the built `vram-residency`
+//! binary as an operator would and checks its output, exit codes and files.
+
+mod support;
+
+mod basics;
+mod bench;
+mod groups;
+mod trust;
