@@ -619,6 +619,9 @@ mod signed_attestation {
     async fn a_v3_attestation_verifies_with_the_public_key_alone_and_says_everything_v2_says() {
         let system = system().await;
         let shard = signed_shard(&system).await;
+        // A v2 attestation of the same shard names the device (the simulated backend's name
+        // for it) and the backend the v3 one must name too.
+        let v2 = system.attest(&shard, NONCE).await.unwrap();
         let att = system.attest_signed(&shard, NONCE).await.unwrap();
         let pem = system.identity_public_key_pem();
         // What travels is JSON.
@@ -632,25 +635,10 @@ mod signed_attestation {
             .require_mode(VerifyMode::Full)
             .expect_shard_id("m-1")
             .expect_digest(&shard.info().digest)
-            .expect_device_id("simulated device 1")
-            .min_audit_seq(1)
+            .expect_device_id(v2.device_id.clone())
+            .min_audit_seq(v2.audit_head.seq)
             .require_provenance(shard.provenance().unwrap().model_subject_sha256.clone());
-        let claims = match verify_signed_attestation(&back, &pem, NONCE, &policy) {
-            Ok(c) => c,
-            // The device name is whatever the simulated backend calls it: learn it once.
-            Err(VramError::AttestationInvalid(why)) if why.contains("on device") => {
-                let loose = AttestationPolicy::default();
-                let c = verify_signed_attestation(&back, &pem, NONCE, &loose).unwrap();
-                verify_signed_attestation(
-                    &back,
-                    &pem,
-                    NONCE,
-                    &policy.expect_device_id(c.device_id.clone()),
-                )
-                .unwrap()
-            }
-            Err(e) => panic!("{e}"),
-        };
+        let claims = verify_signed_attestation(&back, &pem, NONCE, &policy).unwrap();
         assert_eq!(claims.format, "vram-attest-v3");
         assert_eq!(claims.shard, *shard.info());
         assert_eq!(claims.worker_id, "worker-v3");
@@ -659,9 +647,9 @@ mod signed_attestation {
         assert_eq!(claims.backend, vram_residency::BackendKind::Simulated);
         assert_eq!(claims.provenance.as_ref(), shard.provenance());
         assert!(claims.audit_head.seq >= 1);
-        // The same facts a v2 attestation of the same moment signs.
-        let v2 = system.attest(&shard, NONCE).await.unwrap();
+        // The same facts the v2 attestation signs.
         assert_eq!(v2.device_id, claims.device_id);
+        assert_eq!(v2.shard, claims.shard);
         assert_eq!(v2.backend, claims.backend.to_string());
         // The key id names the SPKI DER.
         let der = STANDARD
@@ -1292,6 +1280,86 @@ mod command_line {
         let private = String::from_utf8(read("keys/publisher-p256.key.pem")).unwrap();
         let body = private.lines().nth(1).unwrap();
         assert!(!stderr.contains(body), "{stderr}");
+    }
+
+    #[test]
+    fn a_group_seals_each_part_against_its_own_resource() {
+        let out = cli()
+            .arg("seal")
+            .arg(fixture("model/model-00001.safetensors"))
+            .arg(fixture("model/model-00002.bin"))
+            .args(["--devices", "2", "--device-capacity", "1048576"])
+            .args(["--group", "tp2", "--group-devices", "0,1"])
+            .arg("--model-signature")
+            .arg(fixture("model-p256.sig"))
+            .arg("--publisher-key")
+            .arg(fixture("keys/publisher-p256.pub.pem"))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let group: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(group["members"].as_array().unwrap().len(), 2);
+        // Each part is checked against its own file name: a file under another file's name is
+        // refused, and the whole group with it.
+        let dir = tempfile::tempdir().unwrap();
+        let wrong = dir.path().join("model-00002.bin");
+        std::fs::copy(fixture("model/model-00001.safetensors"), &wrong).unwrap();
+        let out = cli()
+            .arg("seal")
+            .arg(fixture("model/model-00001.safetensors"))
+            .arg(&wrong)
+            .args(["--devices", "2", "--device-capacity", "1048576"])
+            .args(["--group", "tp2", "--group-devices", "0,1"])
+            .arg("--model-signature")
+            .arg(fixture("model-p256.sig"))
+            .arg("--publisher-key")
+            .arg(fixture("keys/publisher-p256.pub.pem"))
+            .output()
+            .unwrap();
+        let stderr = one_error(&out, 3);
+        assert!(
+            stderr.contains("provenance mismatch for resource model-00002.bin"),
+            "{stderr}"
+        );
+    }
+
+    #[test]
+    fn identity_prints_the_key_of_an_identity_key_file() {
+        use p256::pkcs8::{EncodePrivateKey, EncodePublicKey, LineEnding};
+        let dir = tempfile::tempdir().unwrap();
+        let key = p256::ecdsa::SigningKey::from_slice(&[9u8; 32]).unwrap();
+        let path = dir.path().join("identity.pem");
+        std::fs::write(&path, key.to_pkcs8_pem(LineEnding::LF).unwrap().as_bytes()).unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        }
+        let out = cli()
+            .env_remove("VRAM_WORKER_TOKEN")
+            .arg("identity")
+            .arg("--identity-key-file")
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        assert_eq!(
+            text(&out.stdout),
+            key.verifying_key()
+                .to_public_key_pem(LineEnding::LF)
+                .unwrap()
+        );
+        // The private key never reaches a stream.
+        let private = key.to_pkcs8_pem(LineEnding::LF).unwrap();
+        let body = private.lines().nth(1).unwrap().to_string();
+        assert!(!text(&out.stdout).contains(&body) && !text(&out.stderr).contains(&body));
+        // Without a token or a key file: a usage error.
+        let out = cli()
+            .env_remove("VRAM_WORKER_TOKEN")
+            .arg("identity")
+            .output()
+            .unwrap();
+        one_error(&out, 2);
     }
 
     /// A worker (the library, with the CLI's token) answers challenges; the CLI checks them.
