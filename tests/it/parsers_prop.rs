@@ -829,3 +829,124 @@ proptest! {
         }
     }
 }
+
+/// A JSON value with one random edit somewhere inside: a member removed, a value replaced by
+/// another type, a string or number changed, an array entry duplicated or dropped.
+fn edit_json(value: &mut serde_json::Value, path: &[prop::sample::Index], kind: u8, seed: u64) {
+    use serde_json::Value;
+    // Walk down read-only to name the spot (a JSON pointer), then edit it.
+    let mut pointer = String::new();
+    let mut here = &*value;
+    for i in path {
+        match here {
+            Value::Object(map) if !map.is_empty() => {
+                let key = map.keys().nth(i.index(map.len())).unwrap();
+                pointer.push('/');
+                pointer.push_str(&key.replace('~', "~0").replace('/', "~1"));
+                here = &map[key];
+            }
+            Value::Array(items) if !items.is_empty() => {
+                let n = i.index(items.len());
+                pointer.push_str(&format!("/{n}"));
+                here = &items[n];
+            }
+            _ => break,
+        }
+    }
+    let at = value.pointer_mut(&pointer).unwrap();
+    *at = match (kind % 6, &*at) {
+        (0, _) => Value::Null,
+        (1, Value::String(s)) => Value::String(format!("{s}{}", seed % 10)),
+        (1, Value::Number(n)) => Value::from(n.as_u64().unwrap_or(0).wrapping_add(seed % 3 + 1)),
+        (2, _) => Value::from(seed),
+        (3, _) => Value::String("x".repeat((seed % 70) as usize)),
+        (4, Value::Array(items)) => {
+            let mut items = items.clone();
+            if let Some(first) = items.first().cloned() {
+                items.push(first);
+            }
+            Value::Array(items)
+        }
+        (5, Value::Object(map)) => {
+            let mut map = map.clone();
+            if let Some(k) = map.keys().next().cloned() {
+                map.remove(&k);
+            }
+            Value::Object(map)
+        }
+        _ => serde_json::json!({"unexpected": true}),
+    };
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    /// A v3 statement edited anywhere and re-signed with the right key (so the signature
+    /// passes and the statement checks are what decide): never a panic, and every refusal is
+    /// `AttestationInvalid`.
+    #[test]
+    fn resigned_edits_of_a_v3_statement_never_panic(
+        path in prop::collection::vec(any::<prop::sample::Index>(), 0..6),
+        kind in any::<u8>(),
+        seed in any::<u64>(),
+    ) {
+        use vram_residency::attestation::signed::assemble;
+        use vram_residency::seal::identity::IdentityKey;
+        let v: serde_json::Value =
+            serde_json::from_str(include_str!("../vectors/attest-v3.json")).unwrap();
+        let case = &v["attestations"][0];
+        let mut statement: serde_json::Value =
+            serde_json::from_str(case["payload"].as_str().unwrap()).unwrap();
+        edit_json(&mut statement, &path, kind, seed);
+        let payload = serde_json::to_vec(&statement).unwrap();
+        let token = WorkerToken::new(v["token"].as_str().unwrap().as_bytes().to_vec()).unwrap();
+        let key = IdentityKey::derive(&token).unwrap();
+        let public = key.public().unwrap();
+        let att = assemble(&payload, &key.sign_dsse("application/vnd.in-toto+json", &payload), &public.key_id);
+        let nonce = hex::decode(case["nonce"].as_str().unwrap()).unwrap();
+        match vram_residency::verify_signed_attestation(&att, &public.pem, &nonce, &Default::default()) {
+            Ok(claims) => {
+                prop_assert_eq!(claims.shard.shard_id.as_str(), statement["subject"][0]["name"].as_str().unwrap());
+                prop_assert_eq!(claims.nonce.as_str(), case["nonce"].as_str().unwrap());
+            }
+            Err(vram_residency::VramError::AttestationInvalid(reason)) => prop_assert!(is_clean(&reason), "{reason}"),
+            Err(other) => prop_assert!(false, "{other:?}"),
+        }
+    }
+
+    /// A model-signing statement edited anywhere and re-signed with the publisher's key: never
+    /// a panic; accepted only when still consistent, else `ModelSignatureInvalid`.
+    #[test]
+    fn resigned_edits_of_a_model_statement_never_panic(
+        path in prop::collection::vec(any::<prop::sample::Index>(), 0..6),
+        kind in any::<u8>(),
+        seed in any::<u64>(),
+    ) {
+        use base64::Engine;
+        use base64::engine::general_purpose::STANDARD;
+        use p256::ecdsa::signature::Signer;
+        use p256::pkcs8::DecodePrivateKey;
+        let mut bundle: serde_json::Value = serde_json::from_slice(MODEL_BUNDLE).unwrap();
+        let payload = STANDARD.decode(bundle["dsseEnvelope"]["payload"].as_str().unwrap()).unwrap();
+        let mut statement: serde_json::Value = serde_json::from_slice(&payload).unwrap();
+        edit_json(&mut statement, &path, kind, seed);
+        let payload = serde_json::to_vec(&statement).unwrap();
+        let key = p256::ecdsa::SigningKey::from_pkcs8_pem(include_str!(
+            "../fixtures/model-signing/keys/publisher-p256.key.pem"
+        ))
+        .unwrap();
+        let pae = [
+            format!("DSSEv1 28 application/vnd.in-toto+json {} ", payload.len()).into_bytes(),
+            payload.clone(),
+        ]
+        .concat();
+        let sig: p256::ecdsa::DerSignature = key.sign(&pae);
+        bundle["dsseEnvelope"]["payload"] = STANDARD.encode(&payload).into();
+        bundle["dsseEnvelope"]["signatures"][0]["sig"] = STANDARD.encode(sig.as_bytes()).into();
+        match vram_residency::ModelSignature::from_bundle(&serde_json::to_vec(&bundle).unwrap(), PUBLISHER_KEY) {
+            Ok(sig) => consistent(&sig)?,
+            Err(vram_residency::VramError::ModelSignatureInvalid(reason)) => prop_assert!(is_clean(&reason), "{reason}"),
+            Err(other) => prop_assert!(false, "{other:?}"),
+        }
+    }
+}
