@@ -1,4 +1,4 @@
-//! The SPEC §3 walk-through, runnable: start two simulated devices, seal a shard, verify it
+//! The `.specs/design.md` §3 walk-through, runnable: start two simulated devices, seal a shard, verify it
 //! three ways, execute on it, attest it, catch an injected bit flip, release, shut down.
 //!
 //! `cargo run --release --example quickstart`

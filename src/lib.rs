@@ -27,7 +27,7 @@
 //!
 //! Architecture: one `GpuActor` per device owns the backend and the shard table; the
 //! `SealKeeper` holds the seal key; the `AuditActor` batches the chained log; a supervisor starts
-//! them linked and stops them in order. See `SPEC.md`-derived docs in `.specs/`.
+//! them linked and stops them in order. See `.specs/design.md` and the other pages in `.specs/`.
 
 // Lints live in Cargo.toml's `[lints]`; unit tests may do arithmetic freely.
 #![cfg_attr(test, allow(clippy::arithmetic_side_effects))]
@@ -35,7 +35,7 @@
 mod actors;
 pub mod attestation;
 pub mod audit;
-#[cfg(feature = "cli")]
+#[cfg(feature = "bench")]
 pub mod bench;
 pub mod config;
 pub mod error;

@@ -141,7 +141,7 @@ pub enum BackendError {
     /// A worker thread doing device work for the actor failed.
     #[error("device worker failed: {0}")]
     Worker(String),
-    /// The VRAM-only policy (SPEC §6, VP-001..006) refused the memory: it is not dedicated
+    /// The VRAM-only policy (`.specs/design.md` §6, VP-001..006) refused the memory: it is not dedicated
     /// device memory (managed, host-mapped or on an integrated GPU). Nothing stays allocated.
     #[error("{policy}: {violation}")]
     Policy {

@@ -1,6 +1,6 @@
 //! The `vram-attest-v2` vectors (`tests/vectors/attest-v2.json`, documented in
 //! `.specs/attestation-v2.md`) checked three ways: the statement bytes rebuilt by hand from the
-//! documented layout (claims included, from SPEC §4), independently of the crate's encoder; the
+//! documented layout (claims included, from `.specs/design.md` §4), independently of the crate's encoder; the
 //! signature recomputed with HKDF and HMAC straight from `hkdf`/`hmac`; and the crate's own
 //! `statement` and `verify_attestation` agreeing with both.
 #![allow(clippy::unwrap_used, clippy::indexing_slicing)] // test code fails loudly
@@ -23,7 +23,7 @@ fn raw(hex_text: &str) -> Vec<u8> {
     hex::decode(hex_text).unwrap()
 }
 
-/// SPEC §4's claims, by hand.
+/// `.specs/design.md` §4's claims, by hand.
 fn claims_by_hand(s: &serde_json::Value) -> Vec<u8> {
     let mut c = b"vram-seal-v1".to_vec();
     for field in ["worker_id", "shard_id", "model_ref"] {

@@ -1,6 +1,6 @@
 //! The published `vram-group-v1` vectors (`tests/vectors/vectors-groups-v1.json`, made by an
 //! independent implementation), reproduced through the public API; the group claims rebuilt by
-//! hand from the SPEC §8 text alone and signed with HKDF/HMAC directly; and the vector data
+//! hand from the `.specs/design.md` §8 text alone and signed with HKDF/HMAC directly; and the vector data
 //! sealed as a group through the actors.
 #![allow(clippy::unwrap_used, clippy::arithmetic_side_effects)] // test code fails loudly
 
@@ -99,7 +99,7 @@ fn every_group_case_reproduces_members_claims_and_signatures() {
     }
 }
 
-/// The claims as SPEC §8 words them, built here byte by byte (no crate encoder), signed with a
+/// The claims as `.specs/design.md` §8 words them, built here byte by byte (no crate encoder), signed with a
 /// seal key derived here with HKDF: the vector signature, and the crate's claims, must agree.
 #[test]
 fn group_claims_rebuilt_by_hand_from_the_spec_sign_to_the_vector_signature() {

@@ -23,7 +23,9 @@ fn unsafe_appears_only_in_the_cuda_backend_and_always_with_a_safety_comment() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let cuda = root.join("src/gpu/cuda");
     let mut files = Vec::new();
+    // The library and the command line (its own package in the workspace).
     rust_files(&root.join("src"), &mut files);
+    rust_files(&root.join("cli/src"), &mut files);
     let mut problems = Vec::new();
     for file in &files {
         let text = std::fs::read_to_string(file).unwrap();

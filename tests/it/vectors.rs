@@ -112,7 +112,7 @@ async fn sealing_the_vector_data_through_the_actors_gives_the_same_digest_and_ro
     for case in v["seal_cases"].as_array().unwrap() {
         let expected = case_info(case);
         if expected.chunk_size < 4096 {
-            // Config accepts Merkle leaves of 4 KiB..=64 MiB (SPEC §3); the 1 KiB cases are
+            // Config accepts Merkle leaves of 4 KiB..=64 MiB (`.specs/design.md` §3); the 1 KiB cases are
             // covered at the format level above.
             continue;
         }

@@ -6,7 +6,7 @@
 //! handler lends the allocation's memory (a [`DeviceUpload`]) to a copy job on the rayon pool
 //! and takes it back when the copy is done, so the copy of piece k overlaps the hashing of piece
 //! k, and the memory is always owned by exactly one party — never shared behind a lock. The
-//! upload stays inside this handler, in mailbox order (SPEC §2: writes are device-memory
+//! upload stays inside this handler, in mailbox order (`.specs/design.md` §2: writes are device-memory
 //! mutation). When the source is exhausted the memory goes back to the backend, which freezes
 //! it read-only for verifications.
 //!

@@ -134,7 +134,7 @@ impl CudaDevice {
     /// Opens device `index`: creates (retains) its context and an upload stream, reads its
     /// identity from the driver, checks the integrated-GPU policy, and compiles the leaf kernel
     /// (falling back to host hashing, with one log line, if NVRTC is missing). Call
-    /// [`super::probe`] first: without a driver library cudarc panics.
+    /// [`super::probe()`] first: without a driver library cudarc panics.
     pub fn open(index: u32, options: CudaOptions) -> Result<Self, BackendError> {
         let ordinal = usize::try_from(index)
             .map_err(|_| BackendError::Unsupported("device index out of range".into()))?;

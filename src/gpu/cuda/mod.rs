@@ -5,18 +5,18 @@
 //! device's context, its upload stream, the pinned staging ring and every allocation. Nothing
 //! else allocates, writes or frees device memory.
 //!
-//! * [`probe`] — is there a driver library and a device? Asked before any other cudarc call,
+//! * [`probe`](mod@probe) — is there a driver library and a device? Asked before any other cudarc call,
 //!   because cudarc panics when it cannot load the library.
-//! * [`buffer`] — one `cuMemAlloc` allocation. It is freed when the last holder lets go (the
+//! * `buffer` — one `cuMemAlloc` allocation. It is freed when the last holder lets go (the
 //!   backend's table, a reader hashing it, an `execute` view), after the context has finished
 //!   every kernel and copy queued on it — so a release, a shutdown or a crashed actor never frees
 //!   memory that a verification is still reading.
-//! * [`staging`] — uploads through a small ring of pinned host buffers: while the DMA engine
+//! * `staging` — uploads through a small ring of pinned host buffers: while the DMA engine
 //!   copies one piece, the host fills the next (and the seal's SHA-256 runs beside both).
-//! * [`kernels`] — the SHA-256 leaf kernel (`sha256_leaf.cu`), compiled at run time with NVRTC,
+//! * `kernels` — the SHA-256 leaf kernel (`sha256_leaf.cu`), compiled at run time with NVRTC,
 //!   and the device-side XOR used for fault injection. Without NVRTC, verification falls back to
 //!   copying leaves back to the host.
-//! * [`device`] — the [`DeviceBackend`](super::DeviceBackend) implementation, with the
+//! * `device` — the [`DeviceBackend`](super::DeviceBackend) implementation, with the
 //!   VRAM-only policy checks (VP-001..006): dedicated (not integrated) GPUs only unless allowed,
 //!   and every allocation's pointer attributes checked (device memory, not managed).
 //!
