@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::error::VramError;
+use crate::seal::identity::IdentityKey;
 use crate::seal::keys::WorkerToken;
 use crate::types::VerifyMode;
 use crate::validation;
@@ -51,6 +52,7 @@ pub struct Config {
     pub(crate) backend_reason: String,
     pub(crate) worker_id: String,
     token: TokenSource,
+    identity_key_file: Option<PathBuf>,
     pub(crate) chunk_size: u64,
     pub(crate) audit: AuditSinkConfig,
     pub(crate) max_model_size: u64,
@@ -83,6 +85,13 @@ impl fmt::Debug for Config {
             .field("backend", &self.backend)
             .field("worker_id", &self.worker_id)
             .field("worker_token", &token)
+            .field(
+                "identity_key_file",
+                &self
+                    .identity_key_file
+                    .as_deref()
+                    .map(crate::validation::shown_path),
+            )
             .field("chunk_size", &self.chunk_size)
             .field("audit", &self.audit)
             .field("max_model_size", &self.max_model_size)
@@ -100,6 +109,7 @@ impl Config {
             backend_reason: reason,
             worker_id: "worker-1".into(),
             token: TokenSource::None,
+            identity_key_file: None,
             chunk_size: 1 << 20,
             audit: AuditSinkConfig::Memory,
             max_model_size: validation::DEFAULT_MAX_MODEL_SIZE,
@@ -233,6 +243,15 @@ impl Config {
     /// others (mode 0600 or stricter); one trailing newline is ignored.
     pub fn worker_token_file(mut self, path: impl Into<PathBuf>) -> Self {
         self.token = TokenSource::File(path.into());
+        self
+    }
+
+    /// Read the worker's identity key (which signs `vram-attest-v3` attestations and signed
+    /// audit heads) from a file at start-up: an unencrypted PKCS#8 PEM ECDSA P-256 private key,
+    /// checked like the token file (a regular file, not a symbolic link, owned by this user,
+    /// not readable by group or others). Without it the key is derived from the worker token.
+    pub fn identity_key_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.identity_key_file = Some(path.into());
         self
     }
 
@@ -416,6 +435,14 @@ impl Config {
             TokenSource::File(p) => read_token_file(&p),
         }
     }
+
+    /// The identity key: read from [`Config::identity_key_file`], else derived from `token`.
+    pub(crate) fn take_identity(&mut self, token: &WorkerToken) -> Result<IdentityKey, VramError> {
+        match self.identity_key_file.take() {
+            None => IdentityKey::derive(token),
+            Some(path) => read_identity_key_file(&path),
+        }
+    }
 }
 
 /// Longest token file read (a token is far shorter; this only bounds the read).
@@ -428,16 +455,36 @@ const MAX_TOKEN_FILE_BYTES: u64 = 64 * 1024;
 /// owned by the effective user, not readable or writable by group or others. The bytes are read
 /// through the same handle, so the file cannot be swapped between the check and the read.
 pub fn read_token_file(path: &Path) -> Result<WorkerToken, VramError> {
+    let mut bytes = read_owner_only_file(path, "token file")?;
+    if bytes.last() == Some(&b'\n') {
+        bytes.pop();
+        if bytes.last() == Some(&b'\r') {
+            bytes.pop();
+        }
+    }
+    WorkerToken::new(std::mem::take(&mut *bytes))
+}
+
+/// Reads an identity key file (PKCS#8 PEM P-256) with the checks of [`read_token_file`].
+pub fn read_identity_key_file(path: &Path) -> Result<IdentityKey, VramError> {
+    let what = format!("identity key file {}", crate::validation::shown_path(path));
+    let pem = read_owner_only_file(path, "identity key file")?;
+    IdentityKey::from_pkcs8_pem(&what, &pem)
+}
+
+/// Reads a secret file (`what` names it in errors: "token file", "identity key file") with the
+/// checks of [`read_token_file`], into zeroizing memory.
+fn read_owner_only_file(path: &Path, what: &str) -> Result<zeroize::Zeroizing<Vec<u8>>, VramError> {
     use std::io::Read;
     let shown = crate::validation::shown_path(path);
     let mut file = open_token_file(path)
-        .map_err(|e| VramError::invalid(format!("cannot read token file {shown}: {e}")))?;
+        .map_err(|e| VramError::invalid(format!("cannot read {what} {shown}: {e}")))?;
     let meta = file
         .metadata()
-        .map_err(|e| VramError::invalid(format!("cannot read token file {shown}: {e}")))?;
+        .map_err(|e| VramError::invalid(format!("cannot read {what} {shown}: {e}")))?;
     if !meta.is_file() {
         return Err(VramError::invalid(format!(
-            "token file {shown} is not a regular file"
+            "{what} {shown} is not a regular file"
         )));
     }
     #[cfg(unix)]
@@ -446,29 +493,27 @@ pub fn read_token_file(path: &Path) -> Result<WorkerToken, VramError> {
         let mode = meta.mode() & 0o777;
         if mode & 0o077 != 0 {
             return Err(VramError::invalid(format!(
-                "token file {shown} is readable by group or others (mode {mode:04o}); run chmod 600 on it"
+                "{what} {shown} is readable by group or others (mode {mode:04o}); run chmod 600 on it"
             )));
         }
         let me = rustix::process::geteuid().as_raw();
         if meta.uid() != me {
             return Err(VramError::invalid(format!(
-                "token file {shown} is owned by uid {}, not by this user (uid {me})",
+                "{what} {shown} is owned by uid {}, not by this user (uid {me})",
                 meta.uid()
             )));
         }
     }
-    let mut bytes = Vec::new();
+    // Room for the whole read up front: a growing vector would leave copies of the secret
+    // behind in the memory it moved out of.
+    let mut bytes = zeroize::Zeroizing::new(Vec::with_capacity(
+        usize::try_from(MAX_TOKEN_FILE_BYTES).unwrap_or(0),
+    ));
     (&mut file)
         .take(MAX_TOKEN_FILE_BYTES)
         .read_to_end(&mut bytes)
-        .map_err(|e| VramError::invalid(format!("cannot read token file {shown}: {e}")))?;
-    if bytes.last() == Some(&b'\n') {
-        bytes.pop();
-        if bytes.last() == Some(&b'\r') {
-            bytes.pop();
-        }
-    }
-    WorkerToken::new(bytes)
+        .map_err(|e| VramError::invalid(format!("cannot read {what} {shown}: {e}")))?;
+    Ok(bytes)
 }
 
 /// Opens the token file for reading; on Unix without following a final symlink and without

@@ -48,6 +48,17 @@ pub struct SealMeta {
     pub handle_id: u64,
     /// Tensor layout, when the source is a safetensors file.
     pub tensors: Option<std::sync::Arc<crate::seal::tensors::TensorMap>>,
+    /// The signed-model file the bytes must be, when the caller asked.
+    pub provenance: Option<SignedSource>,
+}
+
+/// The file of a verified model signature a seal's bytes must be.
+#[derive(Debug, Clone)]
+pub struct SignedSource {
+    /// What the seal records on success.
+    pub provenance: crate::provenance::Provenance,
+    /// The SHA-256 the manifest lists for the file (lowercase hex).
+    pub sha256: String,
 }
 
 /// What a device hands out for a lease: a view of the shard's memory (which keeps that memory

@@ -6,4 +6,5 @@ mod support;
 mod basics;
 mod bench;
 mod groups;
+mod provenance;
 mod trust;
