@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::error::VramError;
+use crate::seal::identity::IdentityKey;
 use crate::seal::keys::WorkerToken;
 use crate::types::VerifyMode;
 use crate::validation;
@@ -51,6 +52,7 @@ pub struct Config {
     pub(crate) backend_reason: String,
     pub(crate) worker_id: String,
     token: TokenSource,
+    identity_key_file: Option<PathBuf>,
     pub(crate) chunk_size: u64,
     pub(crate) audit: AuditSinkConfig,
     pub(crate) max_model_size: u64,
@@ -84,6 +86,13 @@ impl fmt::Debug for Config {
             .field("backend", &self.backend)
             .field("worker_id", &self.worker_id)
             .field("worker_token", &token)
+            .field(
+                "identity_key_file",
+                &self
+                    .identity_key_file
+                    .as_deref()
+                    .map(crate::validation::shown_path),
+            )
             .field("chunk_size", &self.chunk_size)
             .field("audit", &self.audit)
             .field("max_model_size", &self.max_model_size)
@@ -101,6 +110,7 @@ impl Config {
             backend_reason: reason,
             worker_id: "worker-1".into(),
             token: TokenSource::None,
+            identity_key_file: None,
             chunk_size: 1 << 20,
             audit: AuditSinkConfig::Memory,
             max_model_size: validation::DEFAULT_MAX_MODEL_SIZE,
@@ -235,6 +245,15 @@ impl Config {
     /// others (mode 0600 or stricter); one trailing newline is ignored.
     pub fn worker_token_file(mut self, path: impl Into<PathBuf>) -> Self {
         self.token = TokenSource::File(path.into());
+        self
+    }
+
+    /// Read the worker's identity key (which signs `vram-attest-v3` attestations and signed
+    /// audit heads) from a file at start-up: an unencrypted PKCS#8 PEM ECDSA P-256 private key,
+    /// checked like the token file (a regular file, not a symbolic link, owned by this user,
+    /// not readable by group or others). Without it the key is derived from the worker token.
+    pub fn identity_key_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.identity_key_file = Some(path.into());
         self
     }
 
@@ -432,6 +451,14 @@ impl Config {
             TokenSource::File(p) => read_token_file(&p),
         }
     }
+
+    /// The identity key: read from [`Config::identity_key_file`], else derived from `token`.
+    pub(crate) fn take_identity(&mut self, token: &WorkerToken) -> Result<IdentityKey, VramError> {
+        match self.identity_key_file.take() {
+            None => IdentityKey::derive(token),
+            Some(path) => read_identity_key_file(&path),
+        }
+    }
 }
 
 /// How long a request waits for a device slot by default ([`Config::admission_timeout`]).
@@ -460,22 +487,48 @@ pub fn read_token_file(path: &Path) -> Result<WorkerToken, VramError> {
 /// trailing newline (`\n` or `\r\n`) removed. For other credentials kept like the worker token,
 /// such as a challenger's bearer token (`examples/attest_server.rs`).
 pub fn read_secret_file(path: &Path) -> Result<zeroize::Zeroizing<Vec<u8>>, VramError> {
+    let mut bytes = read_owner_only_file(path, "token file")?;
+    if bytes.last() == Some(&b'\n') {
+        bytes.pop();
+        if bytes.last() == Some(&b'\r') {
+            bytes.pop();
+        }
+    }
+    Ok(bytes)
+}
+
+/// Reads an identity key file (PKCS#8 PEM P-256) with the checks of [`read_token_file`].
+pub fn read_identity_key_file(path: &Path) -> Result<IdentityKey, VramError> {
+    let what = format!("identity key file {}", crate::validation::shown_path(path));
+    let pem = read_owner_only_file(path, "identity key file")?;
+    IdentityKey::from_pkcs8_pem(&what, &pem)
+}
+
+/// Reads a secret file (`what` names it in errors: "token file", "identity key file") with the
+/// checks of [`read_token_file`] ([`validation::owner_only`]), into one zeroizing buffer sized
+/// from the file's length: a growing vector would leave copies of the secret behind in the
+/// memory it moved out of. A file over 64 KiB, or one that grows while it is read, is refused.
+fn read_owner_only_file(
+    path: &Path,
+    what: &'static str,
+) -> Result<zeroize::Zeroizing<Vec<u8>>, VramError> {
     use std::io::Read;
     let shown = crate::validation::shown_path(path);
-    let (mut file, meta) = validation::owner_only::open(
-        path,
-        &validation::owner_only::TOKEN_FILE,
-        std::fs::OpenOptions::new().read(true),
-    )
-    .map_err(VramError::invalid)?;
+    let rule = validation::owner_only::Rule {
+        what,
+        ..validation::owner_only::TOKEN_FILE
+    };
+    let (mut file, meta) =
+        validation::owner_only::open(path, &rule, std::fs::OpenOptions::new().read(true))
+            .map_err(VramError::invalid)?;
     if meta.len() > MAX_TOKEN_FILE_BYTES {
         return Err(VramError::invalid(format!(
-            "token file {shown} is {} bytes; a token file holds at most {MAX_TOKEN_FILE_BYTES} bytes",
+            "{what} {shown} is {} bytes; a {what} holds at most {MAX_TOKEN_FILE_BYTES} bytes",
             meta.len()
         )));
     }
     let expected = usize::try_from(meta.len())
-        .map_err(|_| VramError::invalid(format!("token file {shown} is too large")))?;
+        .map_err(|_| VramError::invalid(format!("{what} {shown} is too large")))?;
     // One byte more than the file's length, so that growth shows as a read past the end.
     let mut bytes = zeroize::Zeroizing::new(vec![0u8; expected.saturating_add(1)]);
     let mut filled = 0usize;
@@ -486,22 +539,16 @@ pub fn read_secret_file(path: &Path) -> Result<zeroize::Zeroizing<Vec<u8>>, Vram
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(e) => {
                 return Err(VramError::invalid(format!(
-                    "cannot read token file {shown}: {e}"
+                    "cannot read {what} {shown}: {e}"
                 )));
             }
         }
     }
     if filled > expected {
         return Err(VramError::invalid(format!(
-            "token file {shown} grew while it was read; refused (write it first, then start)"
+            "{what} {shown} grew while it was read; refused (write it first, then start)"
         )));
     }
     bytes.truncate(filled);
-    if bytes.last() == Some(&b'\n') {
-        bytes.pop();
-        if bytes.last() == Some(&b'\r') {
-            bytes.pop();
-        }
-    }
     Ok(bytes)
 }

@@ -212,6 +212,34 @@ pub enum VramError {
         device: u32,
     },
 
+    /// The shard's bytes are not the file the signed model release lists: its SHA-256 differs
+    /// from the resource's digest in the verified model-signing manifest. An integrity failure,
+    /// audited critical; the allocation was freed and nothing was sealed.
+    #[error(
+        "provenance mismatch for resource {resource}: the signed model lists sha256 {expected}, the bytes hash to {actual}; nothing was sealed"
+    )]
+    ProvenanceMismatch {
+        /// The resource (file name in the signed manifest) the shard was sealed as.
+        resource: String,
+        /// The SHA-256 the signed manifest lists for it (lowercase hex).
+        expected: String,
+        /// The SHA-256 of the bytes received (lowercase hex).
+        actual: String,
+    },
+
+    /// A model-signing bundle was refused: malformed, truncated or oversized, of a kind the
+    /// crate does not verify (certificate or keyless, another predicate or serialization), or
+    /// its signature does not verify with the given publisher key. The reason says which.
+    #[error("model signature refused: {0}")]
+    ModelSignatureInvalid(String),
+
+    /// An attestation (v2 or v3), a signed audit head or a group attestation did not pass the
+    /// challenger's check: a bad signature, another nonce, a failed policy or a malformed
+    /// document. It says nothing about any shard: a document that does not verify is not
+    /// evidence about the shard it names.
+    #[error("attestation invalid: {0}")]
+    AttestationInvalid(String),
+
     /// One member of a tensor-parallel group failed (`seal_group`, `verify_group`,
     /// `attest_group`); `cause` is that member's own error. Every part a failed `seal_group`
     /// had already sealed was released before this was returned; a member that failed
@@ -299,6 +327,8 @@ impl VramError {
                     | Self::DigestMismatch { .. }
                     | Self::UploadCorrupted { .. }
                     | Self::GroupQuarantined { .. }
+                    | Self::ProvenanceMismatch { .. }
+                    | Self::ModelSignatureInvalid(_)
             ),
         }
     }

@@ -7,4 +7,5 @@ mod basics;
 mod bench;
 mod groups;
 mod hostile;
+mod provenance;
 mod trust;

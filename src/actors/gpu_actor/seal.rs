@@ -143,6 +143,25 @@ impl GpuState {
                 actual: digest_hex,
             });
         }
+        if let Some(signed) = &meta.provenance
+            && signed.sha256 != digest_hex
+        {
+            self.audit(AuditEvent::ProvenanceMismatch {
+                shard_id: meta.shard_id.clone(),
+                gpu_device: device,
+                resource: signed.provenance.resource.clone(),
+                expected_digest: signed.sha256.clone(),
+                actual_digest: digest_hex.clone(),
+                model_subject_sha256: signed.provenance.model_subject_sha256.clone(),
+                publisher_keyid: signed.provenance.publisher_keyid.clone(),
+                severity: crate::audit::events::Severity::Critical,
+            });
+            return Err(VramError::ProvenanceMismatch {
+                resource: crate::text::sanitize(&signed.provenance.resource),
+                expected: signed.sha256.clone(),
+                actual: digest_hex,
+            });
+        }
         let (shard_index, total_shards) = meta.tensor_parallel.unzip();
         let mut info = ShardInfo {
             format: SEAL_FORMAT.to_string(),
@@ -180,6 +199,7 @@ impl GpuState {
             quarantine: None,
             in_flight: 0,
             pending_release: Vec::new(),
+            lease_marker: Arc::new(()),
         });
         self.audit(AuditEvent::VramSealed {
             shard_id: info.shard_id.clone(),
@@ -188,6 +208,7 @@ impl GpuState {
             digest: info.digest.clone(),
             merkle_root: info.merkle_root.clone(),
             model_ref: info.model_ref.clone(),
+            provenance: meta.provenance.as_ref().map(|s| s.provenance.clone()),
         });
         Ok(info)
     }
@@ -247,9 +268,12 @@ impl GpuState {
         });
         let copied = self.copy_pieces(rx, upload).await;
         // The receiver is gone now, so a hasher still running ends at its next hand-over.
-        let hashed = hasher
-            .await
-            .map_err(|_| VramError::Internal("the hashing thread failed".into()))?;
+        let hashed = super::joined(
+            self.device(),
+            "the seal's hashing thread",
+            hasher.await,
+            || VramError::Internal("the hashing thread was cancelled".into()),
+        )?;
         let (upload, offset) = copied?;
         let (digest, leaves) = hashed?;
         if offset != len {
@@ -281,14 +305,11 @@ impl GpuState {
         if !reader.hashes_on_device(chunk) {
             return Ok(());
         }
-        let on_device = tokio::task::spawn_blocking(move || reader.all_leaf_hashes(chunk))
-            .await
-            .map_err(|_| {
-                self.map(BackendError::Worker(
-                    "the device leaf check ended without a result".into(),
-                ))
-            })?
-            .map_err(|e| self.map(e))?;
+        let job = tokio::task::spawn_blocking(move || reader.all_leaf_hashes(chunk)).await;
+        let on_device = super::joined(self.device(), "the seal's device leaf check", job, || {
+            VramError::Internal("the device leaf check was cancelled".into())
+        })?
+        .map_err(|e| self.map(e))?;
         let mut bad = host_leaves
             .iter()
             .zip(on_device.iter())
@@ -336,7 +357,11 @@ impl GpuState {
             let (done_tx, done_rx) = tokio::sync::oneshot::channel();
             let at = offset;
             rayon::spawn(move || {
-                let written = upload.write(at, piece.bytes());
+                // Rayon aborts the process when a spawned job panics: catch it, and re-raise it
+                // on the actor below (which crashes and is replaced).
+                let written = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    upload.write(at, piece.bytes())
+                }));
                 // Give the staging buffer back (to the reader, for recycling) before answering.
                 drop(piece);
                 let _ = done_tx.send((upload, written));
@@ -347,6 +372,9 @@ impl GpuState {
                 ))
             })?;
             upload = back;
+            let written = written.unwrap_or_else(|payload| {
+                super::worker_panicked(self.device(), "an upload copy", payload)
+            });
             written.map_err(|e| self.map(e))?;
             offset = offset.saturating_add(n);
         }
