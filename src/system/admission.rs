@@ -9,8 +9,10 @@
 //! request holds its slot until the device has answered it, which is after all its work,
 //! off-actor hashing included: the wait for the answer runs in a task of its own that owns the
 //! slot, so a caller that gives up (a dropped future, an HTTP client gone) does not free a
-//! slot while the work it asked for still runs. Each device has its own admission, so a flood
-//! on one never delays another.
+//! slot while the work it asked for still runs. (A seal is the exception: its caller's
+//! departure closes the reply port at once, so the device releases the shard it would have
+//! handed to nobody, and its slot is given back then.) Each device has its own admission, so a
+//! flood on one never delays another.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -35,6 +37,28 @@ impl VramResidency {
         device: u32,
         build: impl FnOnce(ractor::RpcReplyPort<T>) -> GpuMsg,
     ) -> Result<T, VramError> {
+        self.ask_gpu_admitted(device, build, Left::WaitForDevice)
+            .await
+    }
+
+    /// [`VramResidency::ask_gpu`] for a request whose answer hands something over that the
+    /// device must take back when nobody receives it (a seal: the device releases a shard whose
+    /// caller left). When the caller leaves, the reply port is closed at once, so the device
+    /// sees it, and the slot is given back then.
+    pub(super) async fn ask_gpu_handing_over<T: Send + 'static>(
+        &self,
+        device: u32,
+        build: impl FnOnce(ractor::RpcReplyPort<T>) -> GpuMsg,
+    ) -> Result<T, VramError> {
+        self.ask_gpu_admitted(device, build, Left::ClosePort).await
+    }
+
+    async fn ask_gpu_admitted<T: Send + 'static>(
+        &self,
+        device: u32,
+        build: impl FnOnce(ractor::RpcReplyPort<T>) -> GpuMsg,
+        left: Left,
+    ) -> Result<T, VramError> {
         validation::validate_device(device, self.inner.device_count)?;
         let admission = usize::try_from(device)
             .ok()
@@ -48,7 +72,7 @@ impl VramResidency {
             return Err(device_gone(&inner, device));
         }
         let gone = move || device_gone(&inner, device);
-        answer_holding_slot(slot, answer, self.inner.call_timeout, gone).await
+        answer_holding_slot(slot, answer, self.inner.call_timeout, gone, left).await
     }
 
     /// Calls a device actor without waiting for room: for releases, resets and status queries,
@@ -98,16 +122,26 @@ fn device_gone(inner: &Inner, device: u32) -> VramError {
     VramError::DeviceStopped { device, cause }
 }
 
-/// Waits for a device's answer while holding its slot. The slot stays taken until the device
-/// is done with the request, whoever stops waiting first: a task of its own owns it. When the
-/// caller gives up (its future dropped) or the call timeout passes, that task closes the reply
-/// port, so the device sees nobody is waiting (a seal it finishes then is released, not handed
-/// to nobody), and frees the slot only once the device has let go of the port.
+/// What the waiter does when the caller stops waiting (its future dropped) or the call timeout
+/// passes.
+#[derive(Clone, Copy)]
+enum Left {
+    /// Keep the slot until the device has answered (its work, off-actor hashing included, is
+    /// over), then drop the answer.
+    WaitForDevice,
+    /// Close the reply port, so the device sees that nobody is waiting and takes back what it
+    /// would have handed over, and give the slot back.
+    ClosePort,
+}
+
+/// Waits for a device's answer while holding its slot, in a task of its own, so that a caller
+/// that stops waiting does not free the slot while the device still works for it ([`Left`]).
 async fn answer_holding_slot<T: Send + 'static>(
     slot: OwnedSemaphorePermit,
     mut answer: ractor::concurrency::OneshotReceiver<T>,
     timeout: Duration,
     gone: impl FnOnce() -> VramError + Send + 'static,
+    left: Left,
 ) -> Result<T, VramError> {
     enum Ended<T> {
         Answered(Result<T, tokio::sync::oneshot::error::RecvError>),
@@ -129,9 +163,12 @@ async fn answer_holding_slot<T: Send + 'static>(
             }
             Ended::CallerLeft | Ended::TimedOut => {
                 let _ = to_caller.send(Err(VramError::Timeout("the device actor".to_string())));
-                answer.close();
-                // Resolves when the device drops the port: its work for this request is over.
-                let _ = answer.await;
+                match left {
+                    Left::ClosePort => answer.close(),
+                    // Resolves when the device answers or drops the port: its work for this
+                    // request is over.
+                    Left::WaitForDevice => drop(answer.await),
+                }
                 drop(slot);
             }
         }

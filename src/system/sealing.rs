@@ -80,7 +80,7 @@ impl VramResidency {
             len,
         };
         let info = self
-            .ask_gpu(device, |reply| GpuMsg::Seal {
+            .ask_gpu_handing_over(device, |reply| GpuMsg::Seal {
                 job: Box::new(job),
                 reply,
             })
