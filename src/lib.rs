@@ -72,6 +72,6 @@ pub use shard::{
     ChunkSpan, DeviceView, Fault, SealRequest, SealedShard, VerifyMode, VerifyReport, VramCapacity,
     detection_probability,
 };
-pub use system::VramResidency;
+pub use system::{ShardLease, VramResidency};
 pub use tensor_parallel::{GroupRequest, SealedGroup};
 pub use types::{AuditHead, DeviceLoad, DeviceStatus, StopCause};

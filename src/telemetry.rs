@@ -54,6 +54,8 @@ pub const CUDA_LEAKED_BUFFERS_TOTAL: &str = "vram_cuda_leaked_buffers_total";
 pub const CUDA_FREE_ERRORS_TOTAL: &str = "vram_cuda_free_errors_total";
 /// Counter: leaf-kernel launches that failed and were hashed on the host instead.
 pub const CUDA_KERNEL_FALLBACKS_TOTAL: &str = "vram_cuda_kernel_fallbacks_total";
+/// Counter: CUDA devices whose leaf kernel was switched off, by `gpu_device`.
+pub const CUDA_LEAF_KERNEL_OFF_TOTAL: &str = "vram_cuda_leaf_kernel_off_total";
 
 /// What kind of series a metric is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -220,6 +222,13 @@ pub const METRICS: &[MetricSpec] = {
             "—",
             "Leaf-kernel launches that failed; those leaves were hashed on the host.",
         ),
+        spec(
+            CUDA_LEAF_KERNEL_OFF_TOTAL,
+            Counter,
+            None,
+            "`gpu_device`",
+            "CUDA devices whose leaf kernel was switched off (wrong hashes in its self-test when the device opened, or a failed launch); their leaves are hashed on the host from then on.",
+        ),
     ]
 };
 
@@ -378,6 +387,11 @@ pub(crate) fn record_cuda_leaked_buffer() {
 /// Counts a CUDA free that reported an error.
 pub(crate) fn record_cuda_free_error() {
     metrics::counter!(CUDA_FREE_ERRORS_TOTAL).increment(1);
+}
+
+/// Counts a CUDA device's leaf kernel being switched off.
+pub(crate) fn record_leaf_kernel_off(device: u32) {
+    metrics::counter!(CUDA_LEAF_KERNEL_OFF_TOTAL, "gpu_device" => device.to_string()).increment(1);
 }
 
 /// Counts a failed leaf-kernel launch (hashed on the host instead).

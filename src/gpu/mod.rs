@@ -178,6 +178,15 @@ impl BackendError {
 pub trait DeviceBackend: Send + 'static {
     /// What this device is.
     fn identity(&self) -> DeviceIdentity;
+    /// Where this device hashes leaves, for `devices`: `on (embedded PTX)` or `off (<why>)` for
+    /// a CUDA device's leaf kernel; `None` where the question does not arise.
+    fn leaf_kernel(&self) -> Option<String> {
+        None
+    }
+    /// The driver's CUDA version (`13.0`), where there is a driver.
+    fn driver_version(&self) -> Option<String> {
+        None
+    }
     /// Free device memory in bytes as the device reports it.
     fn free_bytes(&self) -> Result<u64, BackendError>;
     /// Allocates `len` bytes of device memory.

@@ -1,6 +1,5 @@
 //! Messages for a device's `GpuActor`: everything that touches that device's memory.
 
-use std::any::Any;
 use std::time::Instant;
 
 use ractor::RpcReplyPort;
@@ -62,8 +61,14 @@ pub struct SignedSource {
     pub sha256: String,
 }
 
-/// The closure an `execute` call runs on the device's actor, type-erased.
-pub type ExecuteFn = Box<dyn FnOnce(&DeviceView) -> Box<dyn Any + Send> + Send>;
+/// What a device hands out for a lease: a view of the shard's memory (which keeps that memory
+/// alive) and the shard's lease marker (which keeps it counted as used after a release).
+pub struct LeaseGrant {
+    /// The shard's memory.
+    pub view: DeviceView,
+    /// A clone of the shard table entry's marker.
+    pub marker: std::sync::Arc<()>,
+}
 
 /// What a residency check compares against.
 pub enum ResidencyQuery {
@@ -121,6 +126,14 @@ pub enum GpuMsg {
         outcome: Result<LeafCheck, BackendError>,
         reply: Option<RpcReplyPort<Result<VerifyReport, VramError>>>,
     },
+    /// A hashing job run for this actor off its mailbox (a verification's) panicked: the
+    /// actor re-raises the panic and crashes, and its supervisor replaces it.
+    WorkerPanicked {
+        /// Which job.
+        job: &'static str,
+        /// The job's panic, as caught.
+        payload: Box<dyn std::any::Any + Send>,
+    },
     /// Is this shard resident, unquarantined and described by this info?
     Residency {
         query: ResidencyQuery,
@@ -136,11 +149,11 @@ pub enum GpuMsg {
         draft: Box<AttestDraft>,
         reply: RpcReplyPort<Result<crate::attestation::Attestation, VramError>>,
     },
-    /// Run a closure against the shard's device memory.
-    Execute {
+    /// Hand out a view of a resident, unquarantined shard for a lease (the facade verified it
+    /// just before). The caller's code then runs on the caller's own task, never here.
+    Lease {
         shard: ShardRef,
-        job: ExecuteFn,
-        reply: RpcReplyPort<Result<Box<dyn Any + Send>, VramError>>,
+        reply: RpcReplyPort<Result<LeaseGrant, VramError>>,
     },
     /// Free a shard. `reply` is `None` when the last handle was dropped.
     Release {

@@ -1,7 +1,6 @@
 //! Verification and attestation of single shards: the seal's signature through the seal keeper,
 //! the bytes through the device, peers' records (`verify_info`), `execute`, and `attest`.
 
-use std::any::Any;
 use std::sync::atomic::Ordering;
 
 use crate::actors::emit_audit;
@@ -210,29 +209,6 @@ impl VramResidency {
             single_chunk_detection: 0.0,
             elapsed: started.elapsed(),
         })
-    }
-
-    /// Verifies the shard (per `Config::execute_verify`), then runs `f` on the device's actor
-    /// with a view of the shard's device memory. The only way to reach the weights' pointer.
-    pub async fn execute<R, F>(&self, shard: &SealedShard, f: F) -> Result<R, VramError>
-    where
-        F: FnOnce(&crate::shard::DeviceView) -> R + Send + 'static,
-        R: Send + 'static,
-    {
-        self.verify(shard, self.inner.execute_verify).await?;
-        let job: crate::messages::gpu::ExecuteFn =
-            Box::new(move |view| Box::new(f(view)) as Box<dyn Any + Send>);
-        let shard_ref = shard.inner.shard_ref();
-        let out = self
-            .ask_gpu(shard.device(), |reply| GpuMsg::Execute {
-                shard: shard_ref,
-                job,
-                reply,
-            })
-            .await??;
-        out.downcast::<R>()
-            .map(|b| *b)
-            .map_err(|_| VramError::Unsupported("execute result had an unexpected type".into()))
     }
 
     /// Verifies the shard (per `Config::execute_verify`) and signs a `vram-attest-v2` statement

@@ -13,6 +13,9 @@ mod sealing;
 mod signed;
 mod startup;
 mod status;
+
+pub use lease::ShardLease;
+pub(crate) mod lease;
 mod tensor_parallel;
 
 use admission::Admission;

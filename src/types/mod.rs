@@ -132,6 +132,11 @@ pub struct DeviceStatus {
     pub used_bytes: u64,
     /// VRAM-only policy status.
     pub policy: String,
+    /// The driver's CUDA version (`13.0`); `None` on a simulated device.
+    pub driver_version: Option<String>,
+    /// Whether leaves are hashed on the device: `on (embedded PTX)` or `off (<why>)` on CUDA;
+    /// `None` on a simulated device.
+    pub leaf_kernel: Option<String>,
 }
 
 /// Why a device refuses work ([`crate::VramError::DeviceStopped`]).

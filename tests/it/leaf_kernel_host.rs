@@ -1,7 +1,7 @@
 //! The CUDA leaf kernel's SHA-256, tested on the host. `src/gpu/cuda/sha256_leaf.cu` is the
-//! source NVRTC compiles on a GPU machine; `tests/kernel_shim/shim.c` builds the very same file
-//! with the system C compiler (CUDA qualifiers defined away, a loop standing in for the thread
-//! index), and these tests compare what it prints with the crate's own RFC 6962 leaf hashes and
+//! source of the PTX the crate embeds (`scripts/gen-ptx.sh`); `tests/kernel_shim/shim.c` builds
+//! the very same file with the system C compiler (CUDA qualifiers defined away, a loop standing
+//! in for the thread index), and these tests compare what it prints with the crate's own RFC 6962 leaf hashes and
 //! with `sha2`. So the kernel's arithmetic, its one-byte-prefix word shifting, its padding of
 //! short last chunks, the index-list path, the out-of-range rule and the fault-injection XOR
 //! are all checked in CI, which has no GPU. Where no C compiler exists the tests say so and

@@ -3,8 +3,9 @@
  * compiler so its SHA-256 can be tested on machines without a GPU (tests/it/leaf_kernel_host.rs).
  *
  * The CUDA qualifiers are defined away, uint4 and __byte_perm get plain C definitions with the
- * device's semantics, and the thread index is a variable that main() steps through every value
- * of a rounded-up grid, like a launch would, so the `t >= n` guard runs too.
+ * device's semantics (cuda_host.h, shared with the fake CUDA driver), and the thread index is a
+ * variable that main() steps through every value of a rounded-up grid, like a launch would, so
+ * the `t >= n` guard runs too.
  *
  * Usage (output on stdout, errors on stderr, exit status 0 only on success):
  *   shim leaves DATA_FILE CHUNK_SIZE BASE_OFFSET all
@@ -24,31 +25,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define __global__
-#define __device__
-#define __constant__
-#define __forceinline__ inline
-#define __restrict__ restrict
-#define VR_UNROLL
-#define VR_NO_UNROLL
-
-/* CUDA's uint4: four 32-bit words; a 16-byte load fills x..w from ascending addresses. */
-typedef struct {
-    unsigned int x, y, z, w;
-} uint4;
-
-/* CUDA __byte_perm(x, y, s): byte n of the result is byte (s >> 4n) & 7 of the 8-byte value
- * y:x (x holds bytes 0..3, y bytes 4..7). */
-static inline unsigned int __byte_perm(unsigned int x, unsigned int y, unsigned int s)
-{
-    const unsigned long long both = ((unsigned long long)y << 32) | (unsigned long long)x;
-    unsigned int result = 0u;
-    for (unsigned int n = 0u; n < 4u; ++n) {
-        const unsigned int sel = (s >> (4u * n)) & 7u;
-        result |= (unsigned int)((both >> (8u * sel)) & 0xffu) << (8u * n);
-    }
-    return result;
-}
+#include "cuda_host.h"
 
 /* The thread index the kernel body sees; main() steps it like a grid. */
 static unsigned long long shim_thread_index;

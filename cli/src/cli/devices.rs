@@ -1,6 +1,7 @@
 //! `devices`: starts the system on the chosen backend (`--backend auto|cuda|simulated`, or
 //! `--devices N` simulated ones) and prints, per device and as the driver reports it, its
-//! backend, name, UUID, total and free memory, resident shards and policy status.
+//! backend, name, UUID, total and free memory, resident shards and policy status, and on CUDA
+//! the driver's version and whether the leaf kernel is in use.
 
 use clap::Args;
 use vram_residency::VramResidency;
@@ -99,6 +100,12 @@ async fn report(system: &VramResidency, json: bool) -> Result<(), CliError> {
                 ""
             }
         );
+        if let Some(version) = &s.driver_version {
+            println!("     driver: CUDA {version}");
+        }
+        if let Some(kernel) = &s.leaf_kernel {
+            println!("     leaf kernel: {kernel}");
+        }
         if let Some(why) = &s.stopped {
             println!("     stopped: {why}");
         }

@@ -279,7 +279,37 @@ impl GpuState {
                 BackendKind::Cuda if self.identity.integrated => "violation: integrated GPU".into(),
                 BackendKind::Cuda => "ok: dedicated device memory".into(),
             },
+            driver_version: self.backend.driver_version(),
+            leaf_kernel: self.backend.leaf_kernel(),
         }
+    }
+}
+
+/// A worker job of this device (an upload copy on the rayon pool, a hashing thread) panicked:
+/// the panic is re-raised here, on the device actor, so the actor crashes and its supervisor
+/// replaces it with a fresh one (the device's memory goes back with the dropped backend). A
+/// panicking job never aborts the process, and never leaves a device whose state is unknown
+/// serving with an `Internal` error.
+fn worker_panicked(device: u32, job: &str, payload: Box<dyn std::any::Any + Send>) -> ! {
+    tracing::error!(
+        gpu_device = device,
+        "{job} panicked; the device actor crashes and is replaced"
+    );
+    std::panic::resume_unwind(payload)
+}
+
+/// A blocking job's result, or the job's panic re-raised on the actor ([`worker_panicked`]);
+/// a job cancelled at shutdown is `gone`.
+fn joined<T>(
+    device: u32,
+    job: &str,
+    result: Result<T, tokio::task::JoinError>,
+    gone: impl FnOnce() -> VramError,
+) -> Result<T, VramError> {
+    match result {
+        Ok(v) => Ok(v),
+        Err(e) if e.is_panic() => worker_panicked(device, job, e.into_panic()),
+        Err(_) => Err(gone()),
     }
 }
 

@@ -199,6 +199,7 @@ impl GpuState {
             quarantine: None,
             in_flight: 0,
             pending_release: Vec::new(),
+            lease_marker: Arc::new(()),
         });
         self.audit(AuditEvent::VramSealed {
             shard_id: info.shard_id.clone(),
@@ -267,9 +268,12 @@ impl GpuState {
         });
         let copied = self.copy_pieces(rx, upload).await;
         // The receiver is gone now, so a hasher still running ends at its next hand-over.
-        let hashed = hasher
-            .await
-            .map_err(|_| VramError::Internal("the hashing thread failed".into()))?;
+        let hashed = super::joined(
+            self.device(),
+            "the seal's hashing thread",
+            hasher.await,
+            || VramError::Internal("the hashing thread was cancelled".into()),
+        )?;
         let (upload, offset) = copied?;
         let (digest, leaves) = hashed?;
         if offset != len {
@@ -301,14 +305,11 @@ impl GpuState {
         if !reader.hashes_on_device(chunk) {
             return Ok(());
         }
-        let on_device = tokio::task::spawn_blocking(move || reader.all_leaf_hashes(chunk))
-            .await
-            .map_err(|_| {
-                self.map(BackendError::Worker(
-                    "the device leaf check ended without a result".into(),
-                ))
-            })?
-            .map_err(|e| self.map(e))?;
+        let job = tokio::task::spawn_blocking(move || reader.all_leaf_hashes(chunk)).await;
+        let on_device = super::joined(self.device(), "the seal's device leaf check", job, || {
+            VramError::Internal("the device leaf check was cancelled".into())
+        })?
+        .map_err(|e| self.map(e))?;
         let mut bad = host_leaves
             .iter()
             .zip(on_device.iter())
@@ -356,7 +357,11 @@ impl GpuState {
             let (done_tx, done_rx) = tokio::sync::oneshot::channel();
             let at = offset;
             rayon::spawn(move || {
-                let written = upload.write(at, piece.bytes());
+                // Rayon aborts the process when a spawned job panics: catch it, and re-raise it
+                // on the actor below (which crashes and is replaced).
+                let written = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    upload.write(at, piece.bytes())
+                }));
                 // Give the staging buffer back (to the reader, for recycling) before answering.
                 drop(piece);
                 let _ = done_tx.send((upload, written));
@@ -367,6 +372,9 @@ impl GpuState {
                 ))
             })?;
             upload = back;
+            let written = written.unwrap_or_else(|payload| {
+                super::worker_panicked(self.device(), "an upload copy", payload)
+            });
             written.map_err(|e| self.map(e))?;
             offset = offset.saturating_add(n);
         }

@@ -456,3 +456,166 @@ async fn a_seal_refuses_an_upload_that_landed_corrupted() {
     ));
     assert_eq!(capacity(&gpu).await.used_bytes, 0);
 }
+
+/// A device whose upload copies or whose leaf hashing panic (a bug in a backend or the
+/// hashing code): a simulated device underneath otherwise.
+mod panicking {
+    use std::sync::Arc;
+
+    use crate::gpu::sim::SimDevice;
+    use crate::gpu::{
+        AllocationId, BackendError, DeviceAddress, DeviceBackend, DeviceIdentity, DeviceReader,
+        DeviceUpload,
+    };
+    use crate::seal::merkle::Hash;
+
+    pub(super) struct Panicking {
+        pub(super) device: SimDevice,
+        pub(super) in_upload: bool,
+    }
+
+    /// Holds the lent memory (as a real upload does) and panics when asked to write.
+    struct Upload {
+        _lent: Box<dyn DeviceUpload>,
+    }
+
+    impl DeviceUpload for Upload {
+        fn write(&mut self, _offset: u64, _data: &[u8]) -> Result<(), BackendError> {
+            #[allow(clippy::panic)]
+            {
+                panic!("injected panic in an upload copy")
+            }
+        }
+        fn into_any(self: Box<Self>) -> Box<dyn std::any::Any + Send> {
+            self
+        }
+    }
+
+    struct Reader(Arc<dyn DeviceReader>);
+
+    impl DeviceReader for Reader {
+        fn len(&self) -> u64 {
+            self.0.len()
+        }
+        fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), BackendError> {
+            self.0.read(offset, buf)
+        }
+        fn leaf_hashes(&self, _chunk: u64, _indices: &[u64]) -> Result<Vec<Hash>, BackendError> {
+            #[allow(clippy::panic)]
+            {
+                panic!("injected panic in leaf hashing")
+            }
+        }
+    }
+
+    impl DeviceBackend for Panicking {
+        fn identity(&self) -> DeviceIdentity {
+            self.device.identity()
+        }
+        fn free_bytes(&self) -> Result<u64, BackendError> {
+            self.device.free_bytes()
+        }
+        fn allocate(&mut self, len: u64) -> Result<AllocationId, BackendError> {
+            self.device.allocate(len)
+        }
+        fn begin_upload(
+            &mut self,
+            id: AllocationId,
+        ) -> Result<Box<dyn DeviceUpload>, BackendError> {
+            let upload = self.device.begin_upload(id)?;
+            Ok(if self.in_upload {
+                Box::new(Upload { _lent: upload })
+            } else {
+                upload
+            })
+        }
+        fn finish_upload(
+            &mut self,
+            id: AllocationId,
+            upload: Box<dyn DeviceUpload>,
+        ) -> Result<(), BackendError> {
+            self.device.finish_upload(id, upload)
+        }
+        fn reader(&self, id: AllocationId) -> Result<Arc<dyn DeviceReader>, BackendError> {
+            Ok(Arc::new(Reader(self.device.reader(id)?)))
+        }
+        fn device_address(&self, id: AllocationId) -> Result<DeviceAddress, BackendError> {
+            self.device.device_address(id)
+        }
+        fn free(&mut self, id: AllocationId) -> Result<u64, BackendError> {
+            self.device.free(id)
+        }
+    }
+}
+
+/// Waits until the actor has stopped (crashed), or fails after 5 s.
+async fn stopped(gpu: &ActorRef<GpuMsg>) -> bool {
+    for _ in 0..500 {
+        if gpu.get_status() == ractor::ActorStatus::Stopped {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    false
+}
+
+/// A panic in an upload copy (a rayon job, where a panic would abort the process) crashes the
+/// device actor instead, for its supervisor to replace: the caller hears the device went away,
+/// and the process, this test included, lives on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_upload_crashes_the_device_actor_not_the_process() {
+    let gpu = spawn_gpu_on(Box::new(panicking::Panicking {
+        device: SimDevice::new(0, 1 << 20),
+        in_upload: true,
+    }))
+    .await;
+    let job = Box::new(SealJob {
+        meta: SealMeta {
+            shard_id: "p".into(),
+            model_ref: "m".into(),
+            expected_sha256: None,
+            tensor_parallel: None,
+            handle_id: 1,
+            tensors: None,
+            provenance: None,
+        },
+        source: SealSource::Bytes(vec![7u8; 20_000]),
+        progress: None,
+        len: 20_000,
+    });
+    let answer = gpu.call(|reply| GpuMsg::Seal { job, reply }, None).await;
+    assert!(
+        !matches!(answer, Ok(ractor::rpc::CallResult::Success(_))),
+        "the seal was answered"
+    );
+    assert!(stopped(&gpu).await, "the device actor is still running");
+}
+
+/// A panic in a verification's hashing (a blocking thread) crashes the device actor too, rather
+/// than answering `Internal` from a device whose state is unknown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_hash_job_crashes_the_device_actor_not_the_process() {
+    let gpu = spawn_gpu_on(Box::new(panicking::Panicking {
+        device: SimDevice::new(0, 1 << 20),
+        in_upload: false,
+    }))
+    .await;
+    let info = seal(&gpu, "h", 20_000, 1).await.unwrap();
+    let info = Box::new(info);
+    let answer = gpu
+        .call(
+            |reply| GpuMsg::Verify {
+                shard: shard("h", 1),
+                info,
+                mode: VerifyMode::Full,
+                reply,
+            },
+            None,
+        )
+        .await;
+    assert!(
+        !matches!(answer, Ok(ractor::rpc::CallResult::Success(_))),
+        "the verification was answered"
+    );
+    assert!(stopped(&gpu).await, "the device actor is still running");
+}

@@ -186,11 +186,21 @@ impl GpuState {
             let job = tokio::task::spawn_blocking(move || {
                 hash_leaves(&*reader, chunk, indices, &tree, &root)
             });
-            let outcome = job.await.unwrap_or_else(|_| {
-                Err(BackendError::Worker(
-                    "the verification thread failed".into(),
-                ))
-            });
+            let outcome = match job.await {
+                Ok(outcome) => outcome,
+                Err(e) if e.is_panic() => {
+                    // The actor re-raises it and is replaced; the caller's reply port goes
+                    // with this task, so the caller hears that the device went away.
+                    let _ = myself.cast(GpuMsg::WorkerPanicked {
+                        job: "a verification's hashing thread",
+                        payload: e.into_panic(),
+                    });
+                    return;
+                }
+                Err(_) => Err(BackendError::Worker(
+                    "the verification thread was cancelled".into(),
+                )),
+            };
             // If the actor is gone, the reply port is dropped with the message and the caller
             // sees the system shutting down.
             let _ = myself.cast(GpuMsg::VerifyFinished {

@@ -3,9 +3,10 @@
 //! The backend's table holds one reference, and so does every reader handed to a verification
 //! and every `execute` view. `free` drops only the table's; the memory goes back to the driver
 //! when the last reference drops, after `cuCtxSynchronize` has waited for every kernel and copy
-//! queued in the context (ours and any an `execute` closure launched). That is the reader/free
-//! contract on real memory: a release, a shutdown, or an actor that crashed and dropped its
-//! backend can never free memory a verification is still hashing. Until then the driver's own
+//! queued in the context (ours and any an `execute` closure launched); if that wait fails the
+//! memory is leaked (and counted), never freed under work that may still run. That is the
+//! reader/free contract on real memory: a release, a shutdown, or an actor that crashed and
+//! dropped its backend can never free memory a verification is still hashing. Until then the driver's own
 //! free-memory figure (`cuMemGetInfo`, which the capacity check trusts when it is the smaller)
 //! still counts the bytes as used.
 
@@ -120,14 +121,25 @@ impl Drop for DeviceBuffer {
         }
         // Wait for every kernel and copy queued in this context before the memory goes back:
         // a kernel launched on it (by us or by an `execute` closure) must not run on freed
-        // memory. If even that fails the context is broken and nothing will run on the memory.
+        // memory.
         // SAFETY: the context is current (above); `cuCtxSynchronize` only waits.
-        let synced = unsafe { cudarc::driver::sys::cuCtxSynchronize() }.result();
+        if unsafe { cudarc::driver::sys::cuCtxSynchronize() }
+            .result()
+            .is_err()
+        {
+            // The wait failed (a lost device, a sticky error): whether a kernel or copy still
+            // runs on this memory is unknown, so it is never handed back. Leaked; the driver
+            // reclaims it with the context.
+            crate::telemetry::record_cuda_leaked_buffer();
+            tracing::error!(
+                "could not wait for the device's queued work before a free; the memory is leaked"
+            );
+            return;
+        }
         // SAFETY: `self.ptr` came from `cuMemAlloc` in this context (current) and is freed
         // exactly once, here; every holder of this buffer is gone (this is its drop) and the
-        // context has finished all work queued on it (or is broken).
-        let freed = unsafe { result::free_sync(self.ptr) };
-        if synced.is_err() || freed.is_err() {
+        // context has finished all work queued on it (the wait above succeeded).
+        if unsafe { result::free_sync(self.ptr) }.is_err() {
             crate::telemetry::record_cuda_free_error();
             tracing::error!("freeing device memory reported a driver error");
         }

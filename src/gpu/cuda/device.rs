@@ -113,6 +113,9 @@ pub struct CudaDevice {
     identity: DeviceIdentity,
     options: CudaOptions,
     kernels: Option<Arc<Kernels>>,
+    /// Why there are no kernels (the PTX did not load, or the self-test failed).
+    kernels_missing: Option<String>,
+    driver_version: Option<String>,
     allocations: HashMap<AllocationId, Allocation>,
     next_id: u64,
     ring: Option<StagingRing>,
@@ -132,9 +135,10 @@ impl Drop for CudaDevice {
 
 impl CudaDevice {
     /// Opens device `index`: creates (retains) its context and an upload stream, reads its
-    /// identity from the driver, checks the integrated-GPU policy, and compiles the leaf kernel
-    /// (falling back to host hashing, with one log line, if NVRTC is missing). Call
-    /// [`super::probe()`] first: without a driver library cudarc panics.
+    /// identity from the driver, checks the integrated-GPU policy, and loads the leaf kernel and
+    /// checks it against the host (falling back to host hashing, with one log line, if it does
+    /// not load or hashes wrong). Call [`super::probe()`] first: without a driver library
+    /// cudarc panics.
     pub fn open(index: u32, options: CudaOptions) -> Result<Self, BackendError> {
         let ordinal = usize::try_from(index)
             .map_err(|_| BackendError::Unsupported("device index out of range".into()))?;
@@ -159,16 +163,19 @@ impl CudaDevice {
         let stream = ctx
             .new_stream()
             .map_err(|e| driver("creating a stream", e))?;
-        let kernels = match Kernels::compile(&ctx) {
-            Ok(k) => Some(Arc::new(k)),
-            Err(why) => {
-                tracing::warn!(
-                    gpu_device = index,
-                    "{why}; verification on this device copies chunks back to the host"
-                );
-                None
-            }
-        };
+        let (kernels, kernels_missing) =
+            match Kernels::load(&ctx, index).and_then(|k| k.self_test(&ctx).map(|()| k)) {
+                Ok(k) => (Some(Arc::new(k)), None),
+                Err(why) => {
+                    crate::telemetry::record_leaf_kernel_off(index);
+                    tracing::warn!(
+                        gpu_device = index,
+                        "the leaf kernel is off ({why}); verification on this device copies chunks \
+                     back to the host"
+                    );
+                    (None, Some(why))
+                }
+            };
         Ok(Self {
             identity: DeviceIdentity {
                 index,
@@ -182,6 +189,8 @@ impl CudaDevice {
             stream,
             options,
             kernels,
+            kernels_missing,
+            driver_version: super::probe::driver_version(),
             allocations: HashMap::new(),
             next_id: 1,
             ring: None,
@@ -190,9 +199,19 @@ impl CudaDevice {
         })
     }
 
-    /// Whether the leaf kernel is available (NVRTC compiled it).
+    /// Whether the leaf kernel is in use (it loaded, passed its self-test, and has not been
+    /// switched off since).
     pub fn has_leaf_kernel(&self) -> bool {
-        self.kernels.is_some()
+        self.kernels.as_ref().is_some_and(|k| k.is_on())
+    }
+
+    /// `on (embedded PTX)` or `off (<why>)`.
+    pub fn leaf_kernel_status(&self) -> String {
+        match (&self.kernels, &self.kernels_missing) {
+            (Some(k), _) => k.status(),
+            (None, Some(why)) => format!("off ({why})"),
+            (None, None) => "off (not loaded)".to_string(),
+        }
     }
 
     fn allocation(&self, id: AllocationId) -> Result<&Allocation, BackendError> {
@@ -219,6 +238,14 @@ fn format_uuid(bytes: &[std::ffi::c_char; 16]) -> String {
 impl DeviceBackend for CudaDevice {
     fn identity(&self) -> DeviceIdentity {
         self.identity.clone()
+    }
+
+    fn leaf_kernel(&self) -> Option<String> {
+        Some(self.leaf_kernel_status())
+    }
+
+    fn driver_version(&self) -> Option<String> {
+        self.driver_version.clone()
     }
 
     fn free_bytes(&self) -> Result<u64, BackendError> {
@@ -344,8 +371,8 @@ impl DeviceBackend for CudaDevice {
                 let allocation = target.ok_or(BackendError::UnknownAllocation)?;
                 let buffer = Arc::clone(&self.allocation(allocation)?.buffer);
                 match &self.kernels {
-                    Some(k) => k.xor_byte(&self.stream, &buffer, offset, mask),
-                    None => xor_byte_by_copy(&buffer, offset, mask),
+                    Some(k) if k.is_on() => k.xor_byte(&self.stream, &buffer, offset, mask),
+                    _ => xor_byte_by_copy(&buffer, offset, mask),
                 }
             }
             Fault::LoseDevice | Fault::SlowDevice { .. } | Fault::CrashActor => {
@@ -357,7 +384,7 @@ impl DeviceBackend for CudaDevice {
     }
 }
 
-/// Fault injection without NVRTC: read the byte back, flip it, write it again.
+/// Fault injection without the kernel: read the byte back, flip it, write it again.
 fn xor_byte_by_copy(buffer: &DeviceBuffer, offset: u64, mask: u8) -> Result<(), BackendError> {
     let mut byte = [0u8; 1];
     read_into(buffer, offset, &mut byte)?;
@@ -406,20 +433,20 @@ fn read_into(buffer: &DeviceBuffer, offset: u64, out: &mut [u8]) -> Result<(), B
 const KERNEL_MIN_LEAVES: usize = 256;
 
 /// The kernel's answer, or — if the launch itself failed (no memory left for its small output
-/// buffer, a launch error) — the host's. Never used to second-guess a hash: a kernel that ran
-/// answers, and any mismatch is the verification's to judge.
+/// buffer, a launch error) — the host's, with the kernel switched off for the device from then
+/// on. Never used to second-guess a hash: a kernel that ran answers, and any mismatch is the
+/// verification's to judge. A lost device is no kernel failure: it is reported as it is.
 fn on_device_or_host(
+    kernels: &Kernels,
     device: Result<Vec<Hash>, BackendError>,
     host: impl FnOnce() -> Result<Vec<Hash>, BackendError>,
 ) -> Result<Vec<Hash>, BackendError> {
     match device {
         Ok(hashes) => Ok(hashes),
-        Err(BackendError::OutOfRange { offset, len, size }) => {
-            Err(BackendError::OutOfRange { offset, len, size })
-        }
+        Err(e @ (BackendError::OutOfRange { .. } | BackendError::DeviceLost)) => Err(e),
         Err(e) => {
             crate::telemetry::record_cuda_kernel_fallback();
-            tracing::warn!("the leaf kernel failed ({e}); hashing these leaves on the host");
+            kernels.switch_off(format!("a launch failed: {e}"));
             host()
         }
     }
@@ -442,7 +469,8 @@ impl DeviceReader for CudaReader {
 
     fn leaf_hashes(&self, chunk_size: u64, indices: &[u64]) -> Result<Vec<Hash>, BackendError> {
         match &self.kernels {
-            Some(k) if indices.len() >= KERNEL_MIN_LEAVES => on_device_or_host(
+            Some(k) if k.is_on() && indices.len() >= KERNEL_MIN_LEAVES => on_device_or_host(
+                k,
                 k.leaf_hashes(&self.buffer, chunk_size, Some(indices)),
                 || host_leaf_hashes(self, chunk_size, indices),
             ),
@@ -458,14 +486,14 @@ impl DeviceReader for CudaReader {
         };
         match &self.kernels {
             Some(k) if self.hashes_on_device(chunk_size) => {
-                on_device_or_host(k.leaf_hashes(&self.buffer, chunk_size, None), host)
+                on_device_or_host(k, k.leaf_hashes(&self.buffer, chunk_size, None), host)
             }
             _ => host(),
         }
     }
 
     fn hashes_on_device(&self, chunk_size: u64) -> bool {
-        self.kernels.is_some()
+        self.kernels.as_ref().is_some_and(|k| k.is_on())
             && usize::try_from(leaf_count(self.len(), chunk_size))
                 .is_ok_and(|n| n >= KERNEL_MIN_LEAVES)
     }

@@ -1,55 +1,147 @@
-//! The device kernels: the SHA-256 leaf kernel and the fault-injection XOR, compiled at run time
-//! with NVRTC from `sha256_leaf.cu` (the same source the host test builds with the system C
-//! compiler; see `tests/it/leaf_kernel_host.rs`).
+//! The device kernels: the SHA-256 leaf kernel and the fault-injection XOR, from
+//! `sha256_leaf.cu`, embedded as PTX generated once with an old NVRTC (`sha256_leaf.ptx`: PTX ISA
+//! 8.0 for `compute_80`, made by `scripts/gen-ptx.sh`), so no NVRTC is needed at run time and any
+//! driver from R525 (CUDA 12.0) up JITs it for its GPU. The host test builds the same `.cu` with
+//! the system C compiler (`tests/it/leaf_kernel_host.rs`), and the fake CUDA driver runs that
+//! build for launches (`.specs/fake-cuda.md`).
 //!
 //! Leaves are independent (RFC 6962: leaf = SHA-256(0x00 ‖ chunk)), so the kernel runs one thread
-//! per leaf over the shard where it already is, and only 32 bytes per leaf cross the bus. Without
-//! NVRTC the device still works: verification copies chunks back and hashes them on the host.
+//! per leaf over the shard where it already is, and only 32 bytes per leaf cross the bus.
+//!
+//! A kernel that is wrong on some device must turn itself off, never the seal: when a device
+//! opens, the kernel hashes known chunks and is compared with the host ([`Kernels::self_test`]);
+//! on a mismatch, or a later launch failure, it is switched off for the device (logged once,
+//! counted in [`crate::telemetry::CUDA_LEAF_KERNEL_OFF_TOTAL`]) and every leaf is hashed on the
+//! host from then on.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
-use cudarc::driver::{CudaContext, CudaFunction, CudaStream, LaunchConfig, PushKernelArg};
-use cudarc::nvrtc::{CompileOptions, compile_ptx_with_opts};
+use cudarc::driver::{
+    CudaContext, CudaFunction, CudaStream, LaunchConfig, PushKernelArg, sys::CUdeviceptr,
+};
+use cudarc::nvrtc::Ptx;
 
 use super::buffer::DeviceBuffer;
 use super::driver;
 use crate::gpu::BackendError;
-use crate::seal::merkle::{Hash, leaf_count};
+use crate::seal::merkle::{Hash, leaf_count, leaf_hash};
 
-/// The kernel source (CUDA C, no includes; see its header for the launch contract).
-pub(crate) const LEAF_KERNEL_SOURCE: &str = include_str!("sha256_leaf.cu");
+/// The kernel as PTX, generated from `sha256_leaf.cu` by `scripts/gen-ptx.sh`; its header
+/// records the SHA-256 of the source it came from (`tests/cuda.rs` compares them).
+const LEAF_KERNEL_PTX: &str = include_str!("sha256_leaf.ptx");
 
 /// Threads per block for the leaf kernel: one thread per leaf, and few leaves per shard (a 16 GiB
 /// shard of 1 MiB chunks has 16 384), so small blocks spread them over every SM.
 const LEAF_BLOCK: u32 = 64;
 
-/// The compiled kernels of one context.
+/// What `devices` says when the kernel is in use.
+const KERNEL_ON: &str = "on (embedded PTX)";
+
+/// The loaded kernels of one context, and whether the leaf kernel is still trusted.
 pub(crate) struct Kernels {
     leaves: CudaFunction,
     xor_byte: CudaFunction,
+    device: u32,
+    /// Why the leaf kernel was switched off; unset while it is on. Set once.
+    off: OnceLock<String>,
 }
 
 impl Kernels {
-    /// Compiles the kernel source for this device with NVRTC and loads it. `Err` says why (no
-    /// NVRTC library, a compile error, a load error); the caller falls back to host hashing.
-    pub(crate) fn compile(ctx: &Arc<CudaContext>) -> Result<Self, String> {
-        if !nvrtc_present() {
-            return Err("the NVRTC library could not be loaded".into());
-        }
-        let (major, minor) = ctx
-            .compute_capability()
-            .map_err(|e| format!("compute capability: {e:?}"))?;
-        let ptx = compile_ptx(&format!("compute_{major}{minor}"))?;
+    /// Loads the embedded PTX into the context (the driver JITs it for the device). `Err` says
+    /// why it could not; the caller then hashes on the host.
+    pub(crate) fn load(ctx: &Arc<CudaContext>, device: u32) -> Result<Self, String> {
         let module = ctx
-            .load_module(ptx)
-            .map_err(|e| format!("loading the leaf kernel: {e:?}"))?;
+            .load_module(Ptx::from_src(LEAF_KERNEL_PTX))
+            .map_err(|e| format!("the driver did not load the embedded PTX: {e:?}"))?;
         let leaves = module
             .load_function("vr_sha256_leaves")
             .map_err(|e| format!("vr_sha256_leaves: {e:?}"))?;
         let xor_byte = module
             .load_function("vr_xor_byte")
             .map_err(|e| format!("vr_xor_byte: {e:?}"))?;
-        Ok(Self { leaves, xor_byte })
+        Ok(Self {
+            leaves,
+            xor_byte,
+            device,
+            off: OnceLock::new(),
+        })
+    }
+
+    /// Hashes known chunks on the device, through both the every-leaf and the index-list path,
+    /// at a chunk size that is a multiple of 16 (the wide loads) and one that is not (the byte
+    /// loads), each with a short last chunk, and compares every leaf with the host's. `Err`
+    /// names the first leaf that differs, or why the kernel could not run.
+    pub(crate) fn self_test(&self, ctx: &Arc<CudaContext>) -> Result<(), String> {
+        let data: Vec<u8> = (0..3 * 4096 + 1000u32)
+            .map(|i| (i.wrapping_mul(131).wrapping_add(i >> 7) & 0xff) as u8)
+            .collect();
+        let stream = ctx
+            .new_stream()
+            .map_err(|e| format!("self-test stream: {e:?}"))?;
+        let on_device = stream
+            .clone_htod(&data)
+            .map_err(|e| format!("self-test upload: {e:?}"))?;
+        // The kernel runs on a stream of its own: the copy must have landed first.
+        stream
+            .synchronize()
+            .map_err(|e| format!("self-test upload: {e:?}"))?;
+        let len = data.len() as u64;
+        let (ptr, _read) = cudarc::driver::DevicePtr::device_ptr(&on_device, &stream);
+        for chunk_size in [4096u64, 1000] {
+            let expected: Vec<Hash> = data
+                .chunks(usize::try_from(chunk_size).map_err(|e| e.to_string())?)
+                .map(leaf_hash)
+                .collect();
+            let all = self
+                .hashes_at(ctx, ptr, len, chunk_size, None)
+                .map_err(|e| format!("the leaf kernel did not run: {e}"))?;
+            let reversed: Vec<u64> = (0..expected.len() as u64).rev().collect();
+            let mut listed = self
+                .hashes_at(ctx, ptr, len, chunk_size, Some(&reversed))
+                .map_err(|e| format!("the leaf kernel did not run: {e}"))?;
+            listed.reverse();
+            for (path, got) in [("every-leaf", &all), ("index-list", &listed)] {
+                if got.len() != expected.len() {
+                    return Err(format!(
+                        "the leaf kernel returned {} leaves for {} ({path} path)",
+                        got.len(),
+                        expected.len()
+                    ));
+                }
+                if let Some(bad) = got.iter().zip(&expected).position(|(g, e)| g != e) {
+                    return Err(format!(
+                        "the leaf kernel's hash of known leaf {bad} ({chunk_size}-byte chunks, \
+                         {path} path) differs from the host's"
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether the leaf kernel is still trusted on this device.
+    pub(crate) fn is_on(&self) -> bool {
+        self.off.get().is_none()
+    }
+
+    /// What `devices` prints: `on (embedded PTX)` or `off (<why>)`.
+    pub(crate) fn status(&self) -> String {
+        match self.off.get() {
+            None => KERNEL_ON.to_string(),
+            Some(why) => format!("off ({why})"),
+        }
+    }
+
+    /// Switches the leaf kernel off for this device: logged and counted the first time only.
+    pub(crate) fn switch_off(&self, why: String) {
+        if self.off.set(why).is_ok() {
+            let why = self.off.get().map(String::as_str).unwrap_or_default();
+            crate::telemetry::record_leaf_kernel_off(self.device);
+            tracing::warn!(
+                gpu_device = self.device,
+                "the leaf kernel is switched off ({why}); leaves are hashed on the host from now on"
+            );
+        }
     }
 
     /// Leaf hashes of `indices` (every leaf when `None`) of `buffer`, hashed on the device; only
@@ -61,15 +153,33 @@ impl Kernels {
         chunk_size: u64,
         indices: Option<&[u64]>,
     ) -> Result<Vec<Hash>, BackendError> {
-        let ctx = buffer.context();
-        let total = leaf_count(buffer.len(), chunk_size);
+        self.hashes_at(
+            buffer.context(),
+            buffer.ptr(),
+            buffer.len(),
+            chunk_size,
+            indices,
+        )
+    }
+
+    /// [`Kernels::leaf_hashes`] over the `len` bytes at device address `data` (which the caller
+    /// keeps allocated until this returns).
+    fn hashes_at(
+        &self,
+        ctx: &Arc<CudaContext>,
+        data: CUdeviceptr,
+        len: u64,
+        chunk_size: u64,
+        indices: Option<&[u64]>,
+    ) -> Result<Vec<Hash>, BackendError> {
+        let total = leaf_count(len, chunk_size);
         let n = match indices {
             Some(list) => {
                 if let Some(&bad) = list.iter().find(|&&i| i >= total) {
                     return Err(BackendError::OutOfRange {
                         offset: bad.saturating_mul(chunk_size),
                         len: chunk_size,
-                        size: buffer.len(),
+                        size: len,
                     });
                 }
                 list.len() as u64
@@ -95,8 +205,6 @@ impl Kernels {
             ),
             None => None,
         };
-        let data = buffer.ptr();
-        let len = buffer.len();
         let null: u64 = 0;
         let blocks = u32::try_from(n.div_ceil(u64::from(LEAF_BLOCK)))
             .map_err(|_| BackendError::Unsupported("too many leaves for one launch".into()))?;
@@ -113,9 +221,9 @@ impl Kernels {
         };
         launch.arg(&n).arg(&mut out);
         // SAFETY: the arguments match the kernel's contract in `sha256_leaf.cu`: `data` is a live
-        // device allocation of `len` bytes (the caller holds the buffer until this returns),
-        // `indices` is either null or `n` in-range leaf indices (checked above) in device
-        // memory, and `out` holds `n * 32` bytes. The kernel only reads `data`.
+        // device allocation of `len` bytes (the caller holds it until this returns), `indices`
+        // is either null or `n` in-range leaf indices (checked above) in device memory, and
+        // `out` holds `n * 32` bytes. The kernel only reads `data`.
         unsafe { launch.launch(cfg) }.map_err(|e| driver("launching the leaf kernel", e))?;
         let bytes = stream
             .clone_dtoh(&out)
@@ -162,40 +270,5 @@ impl Kernels {
         stream
             .synchronize()
             .map_err(|e| driver("waiting for the XOR kernel", e))
-    }
-}
-
-/// Compiles the kernel source to PTX for `arch` (`compute_90`, …) with NVRTC.
-fn compile_ptx(arch: &str) -> Result<cudarc::nvrtc::Ptx, String> {
-    let options = CompileOptions {
-        // PTX for the device's own architecture (the driver JITs it once at load): `compute_XY`
-        // rather than `sm_XY`, because cudarc reads PTX back from NVRTC.
-        options: vec![format!("--gpu-architecture={arch}")],
-        name: Some("sha256_leaf.cu".into()),
-        ..CompileOptions::default()
-    };
-    compile_ptx_with_opts(LEAF_KERNEL_SOURCE, options)
-        .map_err(|e| format!("NVRTC failed to compile the leaf kernel: {e:?}"))
-}
-
-/// Whether the NVRTC library can be loaded. Never panics.
-pub(crate) fn nvrtc_present() -> bool {
-    // SAFETY: only tries `dlopen` on NVRTC's usual names (see `probe::driver_library_present`).
-    unsafe { cudarc::nvrtc::sys::is_culib_present() }
-}
-
-#[cfg(test)]
-mod tests {
-    /// The kernel source compiles with the NVRTC this crate loads, for Hopper, with both entry
-    /// points present in the PTX. Skips (saying so) where no NVRTC library can be loaded.
-    #[test]
-    fn the_leaf_kernel_compiles_with_nvrtc_where_present() {
-        if !super::nvrtc_present() {
-            eprintln!("skipping: no NVRTC library here");
-            return;
-        }
-        let ptx = super::compile_ptx("compute_90").unwrap().to_src();
-        assert!(ptx.contains(".entry vr_sha256_leaves"), "{ptx}");
-        assert!(ptx.contains(".entry vr_xor_byte"), "{ptx}");
     }
 }

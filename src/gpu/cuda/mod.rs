@@ -13,9 +13,10 @@
 //!   memory that a verification is still reading.
 //! * `staging` — uploads through a small ring of pinned host buffers: while the DMA engine
 //!   copies one piece, the host fills the next (and the seal's SHA-256 runs beside both).
-//! * `kernels` — the SHA-256 leaf kernel (`sha256_leaf.cu`), compiled at run time with NVRTC,
-//!   and the device-side XOR used for fault injection. Without NVRTC, verification falls back to
-//!   copying leaves back to the host.
+//! * `kernels` — the SHA-256 leaf kernel (`sha256_leaf.cu`, embedded as PTX generated once by
+//!   `scripts/gen-ptx.sh`), checked against the host when the device opens, and the device-side
+//!   XOR used for fault injection. A kernel that fails its check or a launch is switched off and
+//!   leaves are hashed on the host.
 //! * `device` — the [`DeviceBackend`](super::DeviceBackend) implementation, with the
 //!   VRAM-only policy checks (VP-001..006): dedicated (not integrated) GPUs only unless allowed,
 //!   and every allocation's pointer attributes checked (device memory, not managed).
@@ -37,7 +38,26 @@ use cudarc::driver::DriverError;
 
 use super::BackendError;
 
-/// A driver error as a backend error: the driver's own name for it, never an address.
+/// A driver error as a backend error: the driver's own name for it, never an address. The
+/// errors after which the context is unusable (an uncorrectable ECC error, a faulting kernel,
+/// a device that fell off the bus) are `DeviceLost`: every later call on the device fails too,
+/// so the device must stop rather than be retried.
 pub(crate) fn driver(what: &str, e: DriverError) -> BackendError {
-    BackendError::Driver(format!("{what}: {e:?}"))
+    use cudarc::driver::sys::CUresult as R;
+    match e.0 {
+        R::CUDA_ERROR_ECC_UNCORRECTABLE
+        | R::CUDA_ERROR_ILLEGAL_ADDRESS
+        | R::CUDA_ERROR_LAUNCH_FAILED
+        | R::CUDA_ERROR_HARDWARE_STACK_ERROR
+        | R::CUDA_ERROR_ILLEGAL_INSTRUCTION
+        | R::CUDA_ERROR_MISALIGNED_ADDRESS
+        | R::CUDA_ERROR_INVALID_ADDRESS_SPACE
+        | R::CUDA_ERROR_INVALID_PC
+        | R::CUDA_ERROR_DEVICE_UNAVAILABLE
+        | R::CUDA_ERROR_CONTEXT_IS_DESTROYED => {
+            tracing::error!("{what}: {e:?}; the device is lost");
+            BackendError::DeviceLost
+        }
+        _ => BackendError::Driver(format!("{what}: {e:?}")),
+    }
 }

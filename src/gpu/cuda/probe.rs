@@ -51,6 +51,17 @@ pub fn probe() -> Result<CudaProbe, String> {
     })
 }
 
+/// The CUDA version the driver supports, as `cuDriverGetVersion` reports it (`13.0` for a
+/// driver of the 580 series), or `None` if it cannot say. Call after a successful [`probe`].
+pub fn driver_version() -> Option<String> {
+    let mut version: std::ffi::c_int = 0;
+    // SAFETY: `version` is a valid destination for the one integer the call writes; the driver
+    // library is loadable (the probe succeeded), so cudarc's loader does not panic.
+    let rc = unsafe { sys::cuDriverGetVersion(&mut version) };
+    rc.result().ok()?;
+    Some(format!("{}.{}", version / 1000, (version % 1000) / 10))
+}
+
 /// Whether device `index` is an integrated GPU (VP-001). Call after a successful [`probe`].
 pub fn is_integrated(index: u32) -> Result<bool, crate::error::VramError> {
     let ordinal = i32::try_from(index)

@@ -3,12 +3,15 @@
  * shard at once, on the device that holds the shard. Verification then moves 32 bytes per leaf
  * across the bus instead of the whole shard (.specs/leaf-kernel.md says why and how fast).
  *
- * Compiled at run time by NVRTC, which has no standard headers here: this file includes
- * nothing and uses only what NVRTC provides built in (uint4, __byte_perm, the CUDA qualifiers).
- * The same file also compiles as plain C under tests/kernel_shim/shim.c, which defines the
- * qualifiers away, supplies uint4 and __byte_perm, and runs the kernel body once per thread
- * index in a loop; tests/it/leaf_kernel_host.rs checks it against the `sha2` crate. Keep both
- * builds working (no C++-only syntax outside the VR_ macros below).
+ * Compiled to PTX by NVRTC 12.0 (scripts/gen-ptx.sh writes sha256_leaf.ptx beside this file,
+ * which the crate embeds; rerun it after any edit here, a test compares the recorded SHA-256).
+ * NVRTC has no standard headers there: this file includes nothing and uses only what NVRTC
+ * provides built in (uint4, __byte_perm, the CUDA qualifiers). The same file also compiles as
+ * plain C under tests/kernel_shim/shim.c, which defines the qualifiers away, supplies uint4 and
+ * __byte_perm (tests/kernel_shim/cuda_host.h), and runs the kernel body once per thread index in
+ * a loop; tests/it/leaf_kernel_host.rs checks it against the `sha2` crate, and the fake CUDA
+ * driver (tests/fake_cuda) runs that build for launches. Keep both builds working (no C++-only
+ * syntax outside the VR_ macros below).
  *
  * ---------------------------------------------------------------------------------------------
  * LAUNCH CONTRACT

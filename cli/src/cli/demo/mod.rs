@@ -231,6 +231,18 @@ pub async fn run(global: &Global, args: DemoArgs) -> Result<(), CliError> {
         system.worker_id(),
         system.device_count()
     ));
+    // Which devices, by the driver's own names: a run on the fake CUDA driver says so.
+    for status in system.devices().await? {
+        demo.say(format!(
+            "   device {}: {}{}",
+            status.identity.index,
+            status.identity.name,
+            status
+                .leaf_kernel
+                .map(|k| format!(" (leaf kernel {k})"))
+                .unwrap_or_default()
+        ));
+    }
     let story = story::story(&mut demo, &system, &model, &worker_token).await;
     story::shut_down(&mut demo, system).await;
     story?;
