@@ -69,6 +69,7 @@ pub struct Config {
     pub(crate) allow_integrated_gpu: bool,
     pub(crate) cuda_fault_injection: bool,
     pub(crate) device_queue_limit: usize,
+    pub(crate) admission_timeout: Duration,
     pub(crate) scrub_interval: Option<Duration>,
     pub(crate) scrub_bytes_per_sec: Option<u64>,
     errors: Vec<VramError>,
@@ -126,6 +127,7 @@ impl Config {
             allow_integrated_gpu: false,
             cuda_fault_injection: false,
             device_queue_limit: 64,
+            admission_timeout: DEFAULT_ADMISSION_TIMEOUT,
             scrub_interval: None,
             scrub_bytes_per_sec: None,
             errors: Vec::new(),
@@ -374,7 +376,7 @@ impl Config {
     }
 
     /// Most requests one device works on or holds in its mailbox at once (default 64). Callers
-    /// beyond that wait for room (back-pressure, not refusal), so a flood of calls on one device
+    /// beyond that wait for room (back-pressure, up to [`Config::admission_timeout`]), so a flood of calls on one device
     /// cannot grow its mailbox without bound, and never delays another device. Releases and
     /// resets are always admitted.
     pub fn device_queue_limit(mut self, requests: usize) -> Self {
@@ -384,6 +386,20 @@ impl Config {
             ));
         }
         self.device_queue_limit = requests;
+        self
+    }
+
+    /// How long a request waits for a slot on its device (see
+    /// [`Config::device_queue_limit`]) before it gives up with `VramError::Busy` (default 5 s):
+    /// load shedding, so a flood of callers gets a quick, retriable answer instead of queueing
+    /// without end. Counted in `vram_admission_busy_total`, not audited. Releases, resets and
+    /// status queries (`devices`, `capacity`) never wait for a slot.
+    pub fn admission_timeout(mut self, timeout: Duration) -> Self {
+        if timeout.is_zero() {
+            self.errors
+                .push(VramError::invalid("admission timeout must be positive"));
+        }
+        self.admission_timeout = timeout;
         self
     }
 
@@ -445,6 +461,9 @@ impl Config {
     }
 }
 
+/// How long a request waits for a device slot by default ([`Config::admission_timeout`]).
+pub const DEFAULT_ADMISSION_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Longest token file read (a token is far shorter; this only bounds the read).
 const MAX_TOKEN_FILE_BYTES: u64 = 64 * 1024;
 
@@ -452,16 +471,14 @@ const MAX_TOKEN_FILE_BYTES: u64 = 64 * 1024;
 ///
 /// On Unix the file is opened once, without following a symlink (`O_NOFOLLOW`) and without
 /// blocking on a FIFO (`O_NONBLOCK`), and that open handle is checked (`fstat`): a regular file,
-/// owned by the effective user, not readable or writable by group or others. The bytes are read
-/// through the same handle, so the file cannot be swapped between the check and the read.
+/// owned by the effective user, not readable or writable by group or others
+/// ([`validation::owner_only`]). The bytes are read through the same handle, so the file cannot
+/// be swapped between the check and the read, into one zeroizing buffer sized from the file's
+/// length (at most 64 KiB): no growing buffer leaves copies of the token in freed memory. A
+/// file that grows while it is read is refused.
 pub fn read_token_file(path: &Path) -> Result<WorkerToken, VramError> {
-    let mut bytes = read_owner_only_file(path, "token file")?;
-    if bytes.last() == Some(&b'\n') {
-        bytes.pop();
-        if bytes.last() == Some(&b'\r') {
-            bytes.pop();
-        }
-    }
+    let mut bytes = read_secret_file(path)?;
+    // The buffer itself moves into the token (no copy); the `Zeroizing` left behind is empty.
     WorkerToken::new(std::mem::take(&mut *bytes))
 }
 
@@ -472,76 +489,59 @@ pub fn read_identity_key_file(path: &Path) -> Result<IdentityKey, VramError> {
     IdentityKey::from_pkcs8_pem(&what, &pem)
 }
 
-/// Reads a secret file (`what` names it in errors: "token file", "identity key file") with the
-/// checks of [`read_token_file`], into zeroizing memory.
+/// Reads a secret from a file under the token file's rules (see [`read_token_file`]: owner-only,
+/// no symlink, at most 64 KiB, one zeroizing buffer, refused if it grows while read), one
+/// trailing newline (`\n` or `\r\n`) removed. For other credentials kept like the worker token,
+/// such as a challenger's bearer token (`examples/attest_server.rs`).
+pub fn read_secret_file(path: &Path) -> Result<zeroize::Zeroizing<Vec<u8>>, VramError> {
+    read_owner_only_file(path, "token file")
+}
+
+/// [`read_secret_file`] for a file that `what` names in errors ("token file", "identity key
+/// file").
 fn read_owner_only_file(path: &Path, what: &str) -> Result<zeroize::Zeroizing<Vec<u8>>, VramError> {
     use std::io::Read;
     let shown = crate::validation::shown_path(path);
-    let mut file = open_token_file(path)
-        .map_err(|e| VramError::invalid(format!("cannot read {what} {shown}: {e}")))?;
-    let meta = file
-        .metadata()
-        .map_err(|e| VramError::invalid(format!("cannot read {what} {shown}: {e}")))?;
-    if !meta.is_file() {
+    let (mut file, meta) = validation::owner_only::open(
+        path,
+        &validation::owner_only::TOKEN_FILE,
+        std::fs::OpenOptions::new().read(true),
+    )
+    .map_err(VramError::invalid)?;
+    if meta.len() > MAX_TOKEN_FILE_BYTES {
         return Err(VramError::invalid(format!(
-            "{what} {shown} is not a regular file"
+            "{what} {shown} is {} bytes; a {what} holds at most {MAX_TOKEN_FILE_BYTES} bytes",
+            meta.len()
         )));
     }
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::MetadataExt;
-        let mode = meta.mode() & 0o777;
-        if mode & 0o077 != 0 {
-            return Err(VramError::invalid(format!(
-                "{what} {shown} is readable by group or others (mode {mode:04o}); run chmod 600 on it"
-            )));
-        }
-        let me = rustix::process::geteuid().as_raw();
-        if meta.uid() != me {
-            return Err(VramError::invalid(format!(
-                "{what} {shown} is owned by uid {}, not by this user (uid {me})",
-                meta.uid()
-            )));
+    let expected = usize::try_from(meta.len())
+        .map_err(|_| VramError::invalid(format!("{what} {shown} is too large")))?;
+    // One byte more than the file's length, so that growth shows as a read past the end.
+    let mut bytes = zeroize::Zeroizing::new(vec![0u8; expected.saturating_add(1)]);
+    let mut filled = 0usize;
+    while let Some(rest) = bytes.get_mut(filled..).filter(|rest| !rest.is_empty()) {
+        match file.read(rest) {
+            Ok(0) => break,
+            Ok(n) => filled = filled.saturating_add(n),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                return Err(VramError::invalid(format!(
+                    "cannot read {what} {shown}: {e}"
+                )));
+            }
         }
     }
-    // Room for the whole read up front: a growing vector would leave copies of the secret
-    // behind in the memory it moved out of.
-    let mut bytes = zeroize::Zeroizing::new(Vec::with_capacity(
-        usize::try_from(MAX_TOKEN_FILE_BYTES).unwrap_or(0),
-    ));
-    (&mut file)
-        .take(MAX_TOKEN_FILE_BYTES)
-        .read_to_end(&mut bytes)
-        .map_err(|e| VramError::invalid(format!("cannot read {what} {shown}: {e}")))?;
+    if filled > expected {
+        return Err(VramError::invalid(format!(
+            "{what} {shown} grew while it was read; refused (write it first, then start)"
+        )));
+    }
+    bytes.truncate(filled);
+    if bytes.last() == Some(&b'\n') {
+        bytes.pop();
+        if bytes.last() == Some(&b'\r') {
+            bytes.pop();
+        }
+    }
     Ok(bytes)
-}
-
-/// Opens the token file for reading; on Unix without following a final symlink and without
-/// blocking (a FIFO would otherwise wait for a writer).
-fn open_token_file(path: &Path) -> std::io::Result<std::fs::File> {
-    let mut opts = std::fs::OpenOptions::new();
-    opts.read(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        let flags = rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK;
-        let flags = i32::try_from(flags.bits()).map_err(|_| {
-            std::io::Error::new(std::io::ErrorKind::Unsupported, "open flags out of range")
-        })?;
-        opts.custom_flags(flags);
-    }
-    let opened = opts.open(path);
-    // O_NOFOLLOW on a symlink fails with ELOOP: say what it means.
-    #[cfg(unix)]
-    let opened = opened.map_err(|e| {
-        if e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) {
-            std::io::Error::new(
-                std::io::ErrorKind::InvalidInput,
-                "it is a symbolic link (refused: give the file itself)",
-            )
-        } else {
-            e
-        }
-    });
-    opened
 }

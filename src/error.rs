@@ -231,6 +231,15 @@ pub enum VramError {
     #[error("attestation invalid: {0}")]
     AttestationInvalid(String),
 
+    /// The device had no free slot for this request within `Config::admission_timeout`:
+    /// it is busy with others. Nothing was done; retry later (load shedding, counted in
+    /// `vram_admission_busy_total`, not audited).
+    #[error("device {device} is busy: no request slot became free within the admission timeout")]
+    Busy {
+        /// The device.
+        device: u32,
+    },
+
     /// One member of a tensor-parallel group failed (`seal_group`, `verify_group`,
     /// `attest_group`); `cause` is that member's own error. Every part a failed `seal_group`
     /// had already sealed was released before this was returned; a member that failed
@@ -266,7 +275,7 @@ pub enum VramError {
 
 impl VramError {
     /// Whether trying again later may succeed: true for capacity and allocation failures,
-    /// timeouts, a failing audit sink and a device whose actor is restarting; false for integrity, policy, input, stopped or lost
+    /// timeouts, a busy device, a failing audit sink and a device whose actor is restarting; false for integrity, policy, input, stopped or lost
     /// devices, and permanent backend failures (`Cuda`: a driver that cannot start will not
     /// start on a retry). A [`VramError::GroupMember`] is retriable when its member's error is
     /// (a group that failed to seal was rolled back, so sealing it again may succeed).
@@ -279,6 +288,7 @@ impl VramError {
             Self::InsufficientVram { .. }
                 | Self::AllocationFailed { .. }
                 | Self::Timeout(_)
+                | Self::Busy { .. }
                 | Self::AuditUnavailable(_)
                 | Self::DeviceStopped {
                     cause: StopCause::Restarting,

@@ -315,6 +315,21 @@ pub enum AuditEvent {
         #[serde(serialize_with = "sanitized")]
         failed_shard_id: String,
     },
+    /// Refusals of one reason that were counted instead of written one record each (the first
+    /// of them, where it had a record, was written in full): at most one such summary per
+    /// reason per window (a minute), so repeated calls cannot grow the log
+    /// (`audit::refusals`).
+    RefusalsSuppressed {
+        /// The reason (`forged_shard_record`, `residency_mismatch`, `forged_group_record`,
+        /// `quarantined_shard`, `quarantined_group`).
+        #[serde(serialize_with = "sanitized")]
+        reason: String,
+        /// How many refusals were counted.
+        count: u64,
+        /// When the first of them happened (RFC 3339 UTC, nanoseconds).
+        #[serde(serialize_with = "sanitized")]
+        since: String,
+    },
 }
 
 impl AuditEvent {
@@ -341,7 +356,26 @@ impl AuditEvent {
             Self::GroupSealAborted { .. } => "GroupSealAborted",
             Self::GroupVerificationFailed { .. } => "GroupVerificationFailed",
             Self::GroupMemberQuarantined { .. } => "GroupMemberQuarantined",
+            Self::RefusalsSuppressed { .. } => "RefusalsSuppressed",
         }
+    }
+
+    /// Whether the event is a critical finding: the evidence an in-memory sink keeps apart
+    /// from ordinary records, so that later noise can never evict it.
+    pub fn is_critical(&self) -> bool {
+        matches!(
+            self,
+            Self::SealVerificationFailed {
+                severity: Severity::Critical,
+                ..
+            } | Self::PolicyViolation {
+                severity: Severity::Critical,
+                ..
+            } | Self::GroupVerificationFailed {
+                severity: Severity::Critical,
+                ..
+            }
+        )
     }
 
     /// The event as one compact JSON object, `type` first.

@@ -122,7 +122,7 @@ impl VramResidency {
                 fail_closed_audit: config.fail_closed_audit,
                 next_handle: AtomicU64::new(1),
                 admission: (0..device_count)
-                    .map(|_| Admission::new(config.device_queue_limit))
+                    .map(|_| Admission::new(config.device_queue_limit, config.admission_timeout))
                     .collect(),
                 shut_down: AtomicBool::new(false),
                 backend_description,
