@@ -63,6 +63,7 @@ fn batch() -> Vec<(String, String)> {
                     digest: format!("{:064x}", i.wrapping_mul(0x9E37_79B9)),
                     merkle_root: format!("{:064x}", i.wrapping_mul(0x85EB_CA6B)),
                     model_ref: "hf:meta-llama/Llama-2-7b@main".into(),
+                    provenance: None,
                 }
             };
             (format_ts(chrono::Utc::now()), event.to_json())

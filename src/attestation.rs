@@ -23,6 +23,7 @@ use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
 
 use crate::error::VramError;
+use crate::provenance::Provenance;
 use crate::seal::claims::ShardInfo;
 use crate::seal::group_record::GroupInfo;
 use crate::seal::keys::{AttestKey, WorkerToken};
@@ -30,6 +31,8 @@ use crate::types::{AuditHead, BackendKind, DeviceIdentity, VerifyMode};
 
 /// Format tag of attestations.
 pub const ATTEST_FORMAT: &str = "vram-attest-v2";
+
+pub mod signed;
 
 /// Shortest nonce accepted, in bytes.
 pub const MIN_NONCE_BYTES: usize = 16;
@@ -152,13 +155,92 @@ pub fn statement(f: &StatementFields<'_>) -> Result<Vec<u8>, VramError> {
     Ok(out)
 }
 
+/// What a verified attestation (v2 or v3) says, in one shape: what a challenger's
+/// [`AttestationPolicy`] is checked against, and what [`signed::verify_signed_attestation`]
+/// returns.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ResidencyClaims {
+    /// `vram-attest-v2` or `vram-attest-v3`.
+    pub format: String,
+    /// The challenger's nonce, lowercase hex.
+    pub nonce: String,
+    /// The worker that signed.
+    pub worker_id: String,
+    /// The shard's seal.
+    pub shard: ShardInfo,
+    /// How the shard was verified just before signing.
+    pub verified_mode: VerifyMode,
+    /// When, in nanoseconds since the Unix epoch.
+    pub verified_at_unix_nanos: u64,
+    /// The backend the shard is resident on.
+    pub backend: BackendKind,
+    /// The device: the GPU's UUID on CUDA, the device name on a simulated device.
+    pub device_id: String,
+    /// The newest durable audit record when the attestation was signed.
+    pub audit_head: AuditHead,
+    /// Which file of which signed model the shard was sealed from (v3, when the seal checked
+    /// it; never in v2).
+    pub provenance: Option<Provenance>,
+}
+
+/// An `AttestationInvalid` error with a reason.
+pub(crate) fn invalid(reason: impl Into<String>) -> VramError {
+    VramError::AttestationInvalid(reason.into())
+}
+
+/// A value from a document, fit for an error message: sanitised and cut to `max` characters.
+pub(crate) fn shown(value: &str, max: usize) -> String {
+    crate::text::sanitize(&value.chars().take(max).collect::<String>())
+}
+
+/// Parses a backend name as attestations write it (`cuda`, `simulated`).
+pub fn parse_backend(text: &str) -> Option<BackendKind> {
+    match text {
+        "cuda" => Some(BackendKind::Cuda),
+        "simulated" => Some(BackendKind::Simulated),
+        _ => None,
+    }
+}
+
+impl ResidencyClaims {
+    /// What a `vram-attest-v2` attestation says (its signature is not checked here). A mode or
+    /// backend the format does not define is `AttestationInvalid`.
+    pub fn from_v2(att: &Attestation) -> Result<Self, VramError> {
+        Ok(Self {
+            format: att.format.clone(),
+            nonce: att.nonce.clone(),
+            worker_id: att.shard.worker_id.clone(),
+            shard: att.shard.clone(),
+            verified_mode: att.verified_mode.parse::<VerifyMode>().map_err(|_| {
+                invalid(format!(
+                    "unknown verification mode {:?}",
+                    shown(&att.verified_mode, 32)
+                ))
+            })?,
+            verified_at_unix_nanos: att.verified_at_unix_nanos,
+            backend: parse_backend(&att.backend)
+                .ok_or_else(|| invalid(format!("unknown backend {:?}", shown(&att.backend, 32))))?,
+            device_id: att.device_id.clone(),
+            audit_head: att.audit_head.clone(),
+            provenance: None,
+        })
+    }
+}
+
 /// What a challenger demands of an attestation beyond its signature and nonce. The default
-/// demands nothing more; each builder method adds one requirement.
+/// demands nothing more; each builder method adds one requirement. The same policy checks
+/// `vram-attest-v2` and `vram-attest-v3`; every failure is `AttestationInvalid` naming what
+/// failed.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AttestationPolicy {
     max_age: Option<Duration>,
     min_mode: Option<VerifyMode>,
     device_memory: bool,
+    shard_id: Option<String>,
+    digest: Option<String>,
+    device_id: Option<String>,
+    min_audit_seq: Option<u64>,
+    model_subject: Option<String>,
 }
 
 impl AttestationPolicy {
@@ -182,81 +264,231 @@ impl AttestationPolicy {
         self
     }
 
-    /// Checks an attestation whose signature has already been verified, against the clock
-    /// `now` (as time since the Unix epoch).
+    /// The attestation must be about the shard the challenger asked about: an attestation for
+    /// any other shard fails, however valid. For a group attestation, `id` is the group's id.
+    pub fn expect_shard_id(mut self, id: impl Into<String>) -> Self {
+        self.shard_id = Some(id.into());
+        self
+    }
+
+    /// The attested shard's SHA-256 must be `hex` (case-insensitive). For a group attestation,
+    /// one member's must be.
+    pub fn expect_digest(mut self, hex: impl Into<String>) -> Self {
+        self.digest = Some(hex.into().to_ascii_lowercase());
+        self
+    }
+
+    /// The shard must be resident on the device named `id` (the GPU's UUID on CUDA). For a
+    /// group attestation, one member must be.
+    pub fn expect_device_id(mut self, id: impl Into<String>) -> Self {
+        self.device_id = Some(id.into());
+        self
+    }
+
+    /// The audit head must be at `seq` or later: a challenger that has seen the worker's log
+    /// reach `seq` refuses an attestation whose head moved backwards (a rolled-back log).
+    pub fn min_audit_seq(mut self, seq: u64) -> Self {
+        self.min_audit_seq = Some(seq);
+        self
+    }
+
+    /// The shard must have been sealed with provenance from the signed model whose subject
+    /// digest is `model_subject_sha256` (case-insensitive). Only `vram-attest-v3` carries
+    /// provenance, so a v2 attestation always fails this.
+    pub fn require_provenance(mut self, model_subject_sha256: impl Into<String>) -> Self {
+        self.model_subject = Some(model_subject_sha256.into().to_ascii_lowercase());
+        self
+    }
+
+    /// Checks a `vram-attest-v2` attestation whose signature has already been verified,
+    /// against the clock `now` (as time since the Unix epoch).
     pub fn check(&self, att: &Attestation, now: Duration) -> Result<(), VramError> {
-        let refuse = |why: String| Err(VramError::PolicyViolation(why));
+        self.check_claims(&ResidencyClaims::from_v2(att)?, now)
+    }
+
+    /// Checks what a verified attestation says against the clock `now` (as time since the
+    /// Unix epoch). The first requirement not met is `AttestationInvalid` naming it.
+    pub fn check_claims(&self, claims: &ResidencyClaims, now: Duration) -> Result<(), VramError> {
+        self.check_common(claims, now)?;
+        if let Some(id) = &self.shard_id
+            && claims.shard.shard_id != *id
+        {
+            return Err(invalid(format!(
+                "the attestation is for shard {}, not for {}",
+                shown(&claims.shard.shard_id, 64),
+                shown(id, 64)
+            )));
+        }
+        if let Some(digest) = &self.digest
+            && claims.shard.digest != *digest
+        {
+            return Err(invalid(format!(
+                "the attested shard's sha256 is {}, not the expected {}",
+                shown(&claims.shard.digest, 64),
+                shown(digest, 64)
+            )));
+        }
+        if let Some(device) = &self.device_id
+            && claims.device_id != *device
+        {
+            return Err(invalid(format!(
+                "the shard is on device {}, not on the expected {}",
+                shown(&claims.device_id, 64),
+                shown(device, 64)
+            )));
+        }
+        Ok(())
+    }
+
+    /// Checks the members of a verified group attestation: freshness, mode, device memory,
+    /// audit head and provenance for every member; `expect_shard_id` against the group id;
+    /// `expect_digest` and `expect_device_id` against some member.
+    pub fn check_group(
+        &self,
+        group_id: &str,
+        members: &[ResidencyClaims],
+        now: Duration,
+    ) -> Result<(), VramError> {
+        for m in members {
+            self.check_common(m, now)?;
+        }
+        if let Some(id) = &self.shard_id
+            && group_id != id
+        {
+            return Err(invalid(format!(
+                "the attestation is for group {}, not for {}",
+                shown(group_id, 64),
+                shown(id, 64)
+            )));
+        }
+        if let Some(digest) = &self.digest
+            && !members.iter().any(|m| m.shard.digest == *digest)
+        {
+            return Err(invalid(format!(
+                "no member of the group has the expected sha256 {}",
+                shown(digest, 64)
+            )));
+        }
+        if let Some(device) = &self.device_id
+            && !members.iter().any(|m| m.device_id == *device)
+        {
+            return Err(invalid(format!(
+                "no member of the group is on the expected device {}",
+                shown(device, 64)
+            )));
+        }
+        Ok(())
+    }
+
+    /// The requirements that apply to each attested shard alike.
+    fn check_common(&self, claims: &ResidencyClaims, now: Duration) -> Result<(), VramError> {
         if let Some(max_age) = self.max_age {
-            let at = Duration::from_nanos(att.verified_at_unix_nanos);
+            let at = Duration::from_nanos(claims.verified_at_unix_nanos);
             if at > now.saturating_add(MAX_CLOCK_SKEW) {
-                return refuse(format!(
-                    "attestation is dated {} ms in the future (more than the {} s clock-skew allowance)",
+                return Err(invalid(format!(
+                    "the attestation is dated {} ms in the future (more than the {} s clock-skew allowance)",
                     at.saturating_sub(now).as_millis(),
                     MAX_CLOCK_SKEW.as_secs()
-                ));
+                )));
             }
             let age = now.saturating_sub(at);
             if age > max_age {
-                return refuse(format!(
-                    "attestation is stale: verified {} ms ago, at most {} ms allowed",
+                return Err(invalid(format!(
+                    "the attestation is stale: verified {} ms ago, at most {} ms allowed",
                     age.as_millis(),
                     max_age.as_millis()
-                ));
+                )));
             }
         }
-        if let Some(required) = self.min_mode {
-            let Ok(ran) = att.verified_mode.parse::<VerifyMode>() else {
-                return refuse("attestation names an unknown verification mode".into());
-            };
-            if !ran.satisfies(required) {
-                return refuse(format!(
-                    "attestation's verification ({ran}) is weaker than required ({required})"
-                ));
-            }
+        if let Some(required) = self.min_mode
+            && !claims.verified_mode.satisfies(required)
+        {
+            return Err(invalid(format!(
+                "the attestation's verification ({}) is weaker than required ({required})",
+                claims.verified_mode
+            )));
         }
-        if self.device_memory && att.backend != BackendKind::Cuda.to_string() {
-            return refuse(format!(
-                "attestation is from a {} device, not from device memory",
-                crate::text::sanitize(&att.backend.chars().take(32).collect::<String>())
-            ));
+        if self.device_memory && claims.backend != BackendKind::Cuda {
+            return Err(invalid(format!(
+                "the attestation is from a {} device, not from device memory",
+                claims.backend
+            )));
+        }
+        if let Some(min) = self.min_audit_seq
+            && claims.audit_head.seq < min
+        {
+            return Err(invalid(format!(
+                "the audit head moved backwards: seq {} is before seq {min}, already seen",
+                claims.audit_head.seq
+            )));
+        }
+        if let Some(subject) = &self.model_subject {
+            match &claims.provenance {
+                None => {
+                    return Err(invalid(format!(
+                        "the shard {} carries no provenance (required: model {})",
+                        shown(&claims.shard.shard_id, 64),
+                        shown(subject, 64)
+                    )));
+                }
+                Some(p) if p.model_subject_sha256 != *subject => {
+                    return Err(invalid(format!(
+                        "the shard {} comes from model {}, not from the required {}",
+                        shown(&claims.shard.shard_id, 64),
+                        shown(&p.model_subject_sha256, 64),
+                        shown(subject, 64)
+                    )));
+                }
+                Some(_) => {}
+            }
         }
         Ok(())
     }
 }
 
+/// The system clock as time since the Unix epoch (zero before it).
+pub(crate) fn now_since_epoch() -> Duration {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+}
+
 /// Checks an attestation's format, nonce and signature against the worker token and the nonce
-/// the challenger sent. A `vram-attest-v1` (or any other) format tag is refused.
+/// the challenger sent. A `vram-attest-v1` (or any other) format tag is refused. A nonce the
+/// challenger gives outside `16..=1024` bytes is `InvalidInput` (its own input); every fault of
+/// the attestation — format, another nonce, a seal or statement signature that does not verify,
+/// a malformed field — is `AttestationInvalid`, never an error about the shard it names (a
+/// document that does not verify is no evidence about any shard).
 pub fn verify_attestation(
     att: &Attestation,
     token: &WorkerToken,
     expected_nonce: &[u8],
 ) -> Result<(), VramError> {
-    let fail = || {
-        VramError::seal_signature_failed(crate::text::sanitize(
-            &att.shard.shard_id.chars().take(256).collect::<String>(),
-        ))
-    };
+    check_nonce(expected_nonce)?;
     if att.format != ATTEST_FORMAT {
-        return Err(VramError::invalid(format!(
-            "attestation format must be {ATTEST_FORMAT}"
+        return Err(invalid(format!(
+            "the attestation's format is {:?}, not {ATTEST_FORMAT}",
+            shown(&att.format, 32)
         )));
     }
-    check_nonce(expected_nonce)?;
     let lower = |s: &str| {
         s.bytes()
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
     };
     if !lower(&att.nonce) || !lower(&att.signature) {
-        return Err(VramError::invalid(
-            "attestation nonce and signature must be lowercase hex",
+        return Err(invalid(
+            "the attestation's nonce and signature must be lowercase hex",
         ));
     }
-    let nonce = hex::decode(&att.nonce).map_err(|_| VramError::invalid("nonce must be hex"))?;
+    let nonce =
+        hex::decode(&att.nonce).map_err(|_| invalid("the attestation's nonce is not hex"))?;
     if !bool::from(nonce.as_slice().ct_eq(expected_nonce)) {
-        return Err(VramError::invalid("attestation answers a different nonce"));
+        return Err(invalid("the attestation answers a different nonce"));
     }
     if !crate::seal::claims::verify(&crate::seal::keys::SealKey::derive(token), &att.shard) {
-        return Err(fail());
+        return Err(invalid(
+            "the seal inside the attestation does not verify with this worker's token",
+        ));
     }
     let stmt = statement(&StatementFields {
         nonce: &nonce,
@@ -267,22 +499,27 @@ pub fn verify_attestation(
         device_id: &att.device_id,
         audit_head: &att.audit_head,
     })
-    .map_err(|_| fail())?;
+    .map_err(|e| invalid(format!("the attestation is malformed: {e}")))?;
     let mut given = [0u8; 32];
     if hex::decode_to_slice(&att.signature, &mut given).is_err() {
-        return Err(fail());
+        return Err(invalid(
+            "the attestation's signature is not 64 hex characters",
+        ));
     }
     let mut mac = AttestKey::derive(token).mac();
     mac.update(&stmt);
     if bool::from(mac.finalize().into_bytes().as_slice().ct_eq(&given)) {
         Ok(())
     } else {
-        Err(fail())
+        Err(invalid(
+            "the attestation's signature does not verify with this worker's token (altered or forged)",
+        ))
     }
 }
 
 /// [`verify_attestation`], then the challenger's `policy` (freshness, minimum mode, device
-/// memory) against the system clock. A policy failure is `PolicyViolation` naming what failed.
+/// memory, the shard, digest and device asked about, audit head, provenance) against the system
+/// clock. Every failure is `AttestationInvalid` naming what failed.
 pub fn verify_attestation_with(
     att: &Attestation,
     token: &WorkerToken,
@@ -290,10 +527,7 @@ pub fn verify_attestation_with(
     policy: &AttestationPolicy,
 ) -> Result<(), VramError> {
     verify_attestation(att, token, expected_nonce)?;
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or(Duration::ZERO);
-    policy.check(att, now)
+    policy.check(att, now_since_epoch())
 }
 
 /// The answer to one challenge for a whole tensor-parallel group: the group's signed record
@@ -321,9 +555,13 @@ pub fn verify_group_attestation(
     token: &WorkerToken,
     expected_nonce: &[u8],
 ) -> Result<(), VramError> {
-    att.group.verify(token)?;
+    check_nonce(expected_nonce)?;
+    att.group.verify(token).map_err(|e| match e {
+        VramError::AttestationInvalid(_) => e,
+        other => invalid(format!("the group record does not verify: {other}")),
+    })?;
     if att.members.len() != att.group.members.len() {
-        return Err(VramError::invalid(format!(
+        return Err(invalid(format!(
             "the group has {} member(s) but {} attestation(s) came with it",
             att.group.members.len(),
             att.members.len()
@@ -331,18 +569,22 @@ pub fn verify_group_attestation(
     }
     for (i, (member, seal)) in att.members.iter().zip(&att.group.members).enumerate() {
         if member.shard != *seal {
-            return Err(VramError::invalid(format!(
+            return Err(invalid(format!(
                 "attestation {i} is not for member {i} ({}) of the group",
-                crate::text::sanitize(&seal.shard_id.chars().take(64).collect::<String>())
+                shown(&seal.shard_id, 64)
             )));
         }
-        verify_attestation(member, token, expected_nonce)?;
+        verify_attestation(member, token, expected_nonce).map_err(|e| match e {
+            VramError::AttestationInvalid(why) => invalid(format!("member {i}: {why}")),
+            other => other,
+        })?;
     }
     Ok(())
 }
 
-/// [`verify_group_attestation`], then the challenger's `policy` on every member's attestation
-/// (freshness, minimum mode, device memory). A policy failure is `PolicyViolation`.
+/// [`verify_group_attestation`], then the challenger's `policy` ([`AttestationPolicy::check_group`]:
+/// every member's freshness, mode, device memory, audit head and provenance; the group id; some
+/// member's digest and device). Every failure is `AttestationInvalid`.
 pub fn verify_group_attestation_with(
     att: &GroupAttestation,
     token: &WorkerToken,
@@ -350,10 +592,12 @@ pub fn verify_group_attestation_with(
     policy: &AttestationPolicy,
 ) -> Result<(), VramError> {
     verify_group_attestation(att, token, expected_nonce)?;
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or(Duration::ZERO);
-    att.members.iter().try_for_each(|m| policy.check(m, now))
+    let claims = att
+        .members
+        .iter()
+        .map(ResidencyClaims::from_v2)
+        .collect::<Result<Vec<_>, _>>()?;
+    policy.check_group(&att.group.group_id, &claims, now_since_epoch())
 }
 
 #[cfg(test)]
@@ -395,7 +639,7 @@ mod tests {
         let stale = att_at(at(now - Duration::from_secs(61)), "full", "simulated");
         assert!(matches!(
             p.check(&stale, now),
-            Err(VramError::PolicyViolation(_))
+            Err(VramError::AttestationInvalid(_))
         ));
         let skewed = att_at(at(now + Duration::from_secs(4)), "full", "simulated");
         assert!(p.check(&skewed, now).is_ok());

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::error::VramError;
+use crate::seal::identity::IdentityKey;
 use crate::seal::keys::WorkerToken;
 use crate::types::VerifyMode;
 use crate::validation;
@@ -51,6 +52,7 @@ pub struct Config {
     pub(crate) backend_reason: String,
     pub(crate) worker_id: String,
     token: TokenSource,
+    identity_key_file: Option<PathBuf>,
     pub(crate) chunk_size: u64,
     pub(crate) audit: AuditSinkConfig,
     pub(crate) max_model_size: u64,
@@ -67,6 +69,7 @@ pub struct Config {
     pub(crate) allow_integrated_gpu: bool,
     pub(crate) cuda_fault_injection: bool,
     pub(crate) device_queue_limit: usize,
+    pub(crate) admission_timeout: Duration,
     pub(crate) scrub_interval: Option<Duration>,
     pub(crate) scrub_bytes_per_sec: Option<u64>,
     errors: Vec<VramError>,
@@ -83,6 +86,13 @@ impl fmt::Debug for Config {
             .field("backend", &self.backend)
             .field("worker_id", &self.worker_id)
             .field("worker_token", &token)
+            .field(
+                "identity_key_file",
+                &self
+                    .identity_key_file
+                    .as_deref()
+                    .map(crate::validation::shown_path),
+            )
             .field("chunk_size", &self.chunk_size)
             .field("audit", &self.audit)
             .field("max_model_size", &self.max_model_size)
@@ -100,6 +110,7 @@ impl Config {
             backend_reason: reason,
             worker_id: "worker-1".into(),
             token: TokenSource::None,
+            identity_key_file: None,
             chunk_size: 1 << 20,
             audit: AuditSinkConfig::Memory,
             max_model_size: validation::DEFAULT_MAX_MODEL_SIZE,
@@ -116,6 +127,7 @@ impl Config {
             allow_integrated_gpu: false,
             cuda_fault_injection: false,
             device_queue_limit: 64,
+            admission_timeout: DEFAULT_ADMISSION_TIMEOUT,
             scrub_interval: None,
             scrub_bytes_per_sec: None,
             errors: Vec::new(),
@@ -233,6 +245,15 @@ impl Config {
     /// others (mode 0600 or stricter); one trailing newline is ignored.
     pub fn worker_token_file(mut self, path: impl Into<PathBuf>) -> Self {
         self.token = TokenSource::File(path.into());
+        self
+    }
+
+    /// Read the worker's identity key (which signs `vram-attest-v3` attestations and signed
+    /// audit heads) from a file at start-up: an unencrypted PKCS#8 PEM ECDSA P-256 private key,
+    /// checked like the token file (a regular file, not a symbolic link, owned by this user,
+    /// not readable by group or others). Without it the key is derived from the worker token.
+    pub fn identity_key_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.identity_key_file = Some(path.into());
         self
     }
 
@@ -355,7 +376,7 @@ impl Config {
     }
 
     /// Most requests one device works on or holds in its mailbox at once (default 64). Callers
-    /// beyond that wait for room (back-pressure, not refusal), so a flood of calls on one device
+    /// beyond that wait for room (back-pressure, up to [`Config::admission_timeout`]), so a flood of calls on one device
     /// cannot grow its mailbox without bound, and never delays another device. Releases and
     /// resets are always admitted.
     pub fn device_queue_limit(mut self, requests: usize) -> Self {
@@ -365,6 +386,20 @@ impl Config {
             ));
         }
         self.device_queue_limit = requests;
+        self
+    }
+
+    /// How long a request waits for a slot on its device (see
+    /// [`Config::device_queue_limit`]) before it gives up with `VramError::Busy` (default 5 s):
+    /// load shedding, so a flood of callers gets a quick, retriable answer instead of queueing
+    /// without end. Counted in `vram_admission_busy_total`, not audited. Releases, resets and
+    /// status queries (`devices`, `capacity`) never wait for a slot.
+    pub fn admission_timeout(mut self, timeout: Duration) -> Self {
+        if timeout.is_zero() {
+            self.errors
+                .push(VramError::invalid("admission timeout must be positive"));
+        }
+        self.admission_timeout = timeout;
         self
     }
 
@@ -416,7 +451,18 @@ impl Config {
             TokenSource::File(p) => read_token_file(&p),
         }
     }
+
+    /// The identity key: read from [`Config::identity_key_file`], else derived from `token`.
+    pub(crate) fn take_identity(&mut self, token: &WorkerToken) -> Result<IdentityKey, VramError> {
+        match self.identity_key_file.take() {
+            None => IdentityKey::derive(token),
+            Some(path) => read_identity_key_file(&path),
+        }
+    }
 }
+
+/// How long a request waits for a device slot by default ([`Config::admission_timeout`]).
+pub const DEFAULT_ADMISSION_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Longest token file read (a token is far shorter; this only bounds the read).
 const MAX_TOKEN_FILE_BYTES: u64 = 64 * 1024;
@@ -425,78 +471,77 @@ const MAX_TOKEN_FILE_BYTES: u64 = 64 * 1024;
 ///
 /// On Unix the file is opened once, without following a symlink (`O_NOFOLLOW`) and without
 /// blocking on a FIFO (`O_NONBLOCK`), and that open handle is checked (`fstat`): a regular file,
-/// owned by the effective user, not readable or writable by group or others. The bytes are read
-/// through the same handle, so the file cannot be swapped between the check and the read.
+/// owned by the effective user, not readable or writable by group or others
+/// ([`validation::owner_only`]). The bytes are read through the same handle, so the file cannot
+/// be swapped between the check and the read, into one zeroizing buffer sized from the file's
+/// length (at most 64 KiB): no growing buffer leaves copies of the token in freed memory. A
+/// file that grows while it is read is refused.
 pub fn read_token_file(path: &Path) -> Result<WorkerToken, VramError> {
+    let mut bytes = read_secret_file(path)?;
+    // The buffer itself moves into the token (no copy); the `Zeroizing` left behind is empty.
+    WorkerToken::new(std::mem::take(&mut *bytes))
+}
+
+/// Reads an identity key file (PKCS#8 PEM P-256) with the checks of [`read_token_file`].
+pub fn read_identity_key_file(path: &Path) -> Result<IdentityKey, VramError> {
+    let what = format!("identity key file {}", crate::validation::shown_path(path));
+    let pem = read_owner_only_file(path, "identity key file")?;
+    IdentityKey::from_pkcs8_pem(&what, &pem)
+}
+
+/// Reads a secret from a file under the token file's rules (see [`read_token_file`]: owner-only,
+/// no symlink, at most 64 KiB, one zeroizing buffer, refused if it grows while read), one
+/// trailing newline (`\n` or `\r\n`) removed. For other credentials kept like the worker token,
+/// such as a challenger's bearer token (`examples/attest_server.rs`).
+pub fn read_secret_file(path: &Path) -> Result<zeroize::Zeroizing<Vec<u8>>, VramError> {
+    read_owner_only_file(path, "token file")
+}
+
+/// [`read_secret_file`] for a file that `what` names in errors ("token file", "identity key
+/// file").
+fn read_owner_only_file(path: &Path, what: &str) -> Result<zeroize::Zeroizing<Vec<u8>>, VramError> {
     use std::io::Read;
     let shown = crate::validation::shown_path(path);
-    let mut file = open_token_file(path)
-        .map_err(|e| VramError::invalid(format!("cannot read token file {shown}: {e}")))?;
-    let meta = file
-        .metadata()
-        .map_err(|e| VramError::invalid(format!("cannot read token file {shown}: {e}")))?;
-    if !meta.is_file() {
+    let (mut file, meta) = validation::owner_only::open(
+        path,
+        &validation::owner_only::TOKEN_FILE,
+        std::fs::OpenOptions::new().read(true),
+    )
+    .map_err(VramError::invalid)?;
+    if meta.len() > MAX_TOKEN_FILE_BYTES {
         return Err(VramError::invalid(format!(
-            "token file {shown} is not a regular file"
+            "{what} {shown} is {} bytes; a {what} holds at most {MAX_TOKEN_FILE_BYTES} bytes",
+            meta.len()
         )));
     }
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::MetadataExt;
-        let mode = meta.mode() & 0o777;
-        if mode & 0o077 != 0 {
-            return Err(VramError::invalid(format!(
-                "token file {shown} is readable by group or others (mode {mode:04o}); run chmod 600 on it"
-            )));
-        }
-        let me = rustix::process::geteuid().as_raw();
-        if meta.uid() != me {
-            return Err(VramError::invalid(format!(
-                "token file {shown} is owned by uid {}, not by this user (uid {me})",
-                meta.uid()
-            )));
+    let expected = usize::try_from(meta.len())
+        .map_err(|_| VramError::invalid(format!("{what} {shown} is too large")))?;
+    // One byte more than the file's length, so that growth shows as a read past the end.
+    let mut bytes = zeroize::Zeroizing::new(vec![0u8; expected.saturating_add(1)]);
+    let mut filled = 0usize;
+    while let Some(rest) = bytes.get_mut(filled..).filter(|rest| !rest.is_empty()) {
+        match file.read(rest) {
+            Ok(0) => break,
+            Ok(n) => filled = filled.saturating_add(n),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                return Err(VramError::invalid(format!(
+                    "cannot read {what} {shown}: {e}"
+                )));
+            }
         }
     }
-    let mut bytes = Vec::new();
-    (&mut file)
-        .take(MAX_TOKEN_FILE_BYTES)
-        .read_to_end(&mut bytes)
-        .map_err(|e| VramError::invalid(format!("cannot read token file {shown}: {e}")))?;
+    if filled > expected {
+        return Err(VramError::invalid(format!(
+            "{what} {shown} grew while it was read; refused (write it first, then start)"
+        )));
+    }
+    bytes.truncate(filled);
     if bytes.last() == Some(&b'\n') {
         bytes.pop();
         if bytes.last() == Some(&b'\r') {
             bytes.pop();
         }
     }
-    WorkerToken::new(bytes)
-}
-
-/// Opens the token file for reading; on Unix without following a final symlink and without
-/// blocking (a FIFO would otherwise wait for a writer).
-fn open_token_file(path: &Path) -> std::io::Result<std::fs::File> {
-    let mut opts = std::fs::OpenOptions::new();
-    opts.read(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        let flags = rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK;
-        let flags = i32::try_from(flags.bits()).map_err(|_| {
-            std::io::Error::new(std::io::ErrorKind::Unsupported, "open flags out of range")
-        })?;
-        opts.custom_flags(flags);
-    }
-    let opened = opts.open(path);
-    // O_NOFOLLOW on a symlink fails with ELOOP: say what it means.
-    #[cfg(unix)]
-    let opened = opened.map_err(|e| {
-        if e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) {
-            std::io::Error::new(
-                std::io::ErrorKind::InvalidInput,
-                "it is a symbolic link (refused: give the file itself)",
-            )
-        } else {
-            e
-        }
-    });
-    opened
+    Ok(bytes)
 }

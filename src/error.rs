@@ -203,6 +203,43 @@ pub enum VramError {
     #[error("timed out waiting for {0}")]
     Timeout(String),
 
+    /// The shard's bytes are not the file the signed model release lists: its SHA-256 differs
+    /// from the resource's digest in the verified model-signing manifest. An integrity failure,
+    /// audited critical; the allocation was freed and nothing was sealed.
+    #[error(
+        "provenance mismatch for resource {resource}: the signed model lists sha256 {expected}, the bytes hash to {actual}; nothing was sealed"
+    )]
+    ProvenanceMismatch {
+        /// The resource (file name in the signed manifest) the shard was sealed as.
+        resource: String,
+        /// The SHA-256 the signed manifest lists for it (lowercase hex).
+        expected: String,
+        /// The SHA-256 of the bytes received (lowercase hex).
+        actual: String,
+    },
+
+    /// A model-signing bundle was refused: malformed, truncated or oversized, of a kind the
+    /// crate does not verify (certificate or keyless, another predicate or serialization), or
+    /// its signature does not verify with the given publisher key. The reason says which.
+    #[error("model signature refused: {0}")]
+    ModelSignatureInvalid(String),
+
+    /// An attestation (v2 or v3), a signed audit head or a group attestation did not pass the
+    /// challenger's check: a bad signature, another nonce, a failed policy or a malformed
+    /// document. It says nothing about any shard: a document that does not verify is not
+    /// evidence about the shard it names.
+    #[error("attestation invalid: {0}")]
+    AttestationInvalid(String),
+
+    /// The device had no free slot for this request within `Config::admission_timeout`:
+    /// it is busy with others. Nothing was done; retry later (load shedding, counted in
+    /// `vram_admission_busy_total`, not audited).
+    #[error("device {device} is busy: no request slot became free within the admission timeout")]
+    Busy {
+        /// The device.
+        device: u32,
+    },
+
     /// One member of a tensor-parallel group failed (`seal_group`, `verify_group`,
     /// `attest_group`); `cause` is that member's own error. Every part a failed `seal_group`
     /// had already sealed was released before this was returned; a member that failed
@@ -238,7 +275,7 @@ pub enum VramError {
 
 impl VramError {
     /// Whether trying again later may succeed: true for capacity and allocation failures,
-    /// timeouts, a failing audit sink and a device whose actor is restarting; false for integrity, policy, input, stopped or lost
+    /// timeouts, a busy device, a failing audit sink and a device whose actor is restarting; false for integrity, policy, input, stopped or lost
     /// devices, and permanent backend failures (`Cuda`: a driver that cannot start will not
     /// start on a retry). A [`VramError::GroupMember`] is retriable when its member's error is
     /// (a group that failed to seal was rolled back, so sealing it again may succeed).
@@ -251,6 +288,7 @@ impl VramError {
             Self::InsufficientVram { .. }
                 | Self::AllocationFailed { .. }
                 | Self::Timeout(_)
+                | Self::Busy { .. }
                 | Self::AuditUnavailable(_)
                 | Self::DeviceStopped {
                     cause: StopCause::Restarting,
@@ -289,6 +327,8 @@ impl VramError {
                     | Self::DigestMismatch { .. }
                     | Self::UploadCorrupted { .. }
                     | Self::GroupQuarantined { .. }
+                    | Self::ProvenanceMismatch { .. }
+                    | Self::ModelSignatureInvalid(_)
             ),
         }
     }

@@ -41,6 +41,7 @@ pub mod config;
 pub mod error;
 pub mod gpu;
 mod messages;
+pub mod provenance;
 pub mod seal;
 pub mod shard;
 mod system;
@@ -50,15 +51,20 @@ pub mod text;
 mod types;
 pub mod validation;
 
+pub use attestation::signed::{
+    SignedAttestation, SignedAuditHead, verify_signed_attestation, verify_signed_audit_head,
+    verify_signed_group_attestation,
+};
 pub use attestation::{
-    Attestation, AttestationPolicy, GroupAttestation, verify_attestation, verify_attestation_with,
-    verify_group_attestation, verify_group_attestation_with,
+    Attestation, AttestationPolicy, GroupAttestation, ResidencyClaims, verify_attestation,
+    verify_attestation_with, verify_group_attestation, verify_group_attestation_with,
 };
 pub use audit::events::AuditEvent;
 pub use config::Config;
 pub use error::VramError;
 pub use gpu::{BackendKind, DeviceIdentity, DevicePtr};
 pub use messages::audit::AuditStats;
+pub use provenance::{ModelSignature, Provenance, SignedResource};
 pub use seal::claims::ShardInfo;
 pub use seal::group_record::GroupInfo;
 pub use seal::keys::WorkerToken;
@@ -66,6 +72,6 @@ pub use shard::{
     ChunkSpan, DeviceView, Fault, SealRequest, SealedShard, VerifyMode, VerifyReport, VramCapacity,
     detection_probability,
 };
-pub use system::VramResidency;
+pub use system::{ShardLease, VramResidency};
 pub use tensor_parallel::{GroupRequest, SealedGroup};
 pub use types::{AuditHead, DeviceLoad, DeviceStatus, StopCause};

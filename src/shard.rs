@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 pub use crate::gpu::DeviceView;
 use crate::messages::directory::DeviceDirectory;
 use crate::messages::gpu::{GpuMsg, ShardRef};
+use crate::provenance::{ModelSignature, Provenance};
 use crate::seal::claims::ShardInfo;
 pub(crate) use crate::types::SealSource;
 pub use crate::types::{
@@ -28,6 +29,7 @@ pub struct SealRequest {
     pub(crate) expected_sha256: Option<String>,
     pub(crate) tensor_parallel: Option<(u32, u32)>,
     pub(crate) progress: Option<ProgressFn>,
+    pub(crate) provenance: Option<(Arc<ModelSignature>, String)>,
 }
 
 impl SealRequest {
@@ -88,6 +90,7 @@ impl SealRequest {
             expected_sha256: None,
             tensor_parallel: None,
             progress: None,
+            provenance: None,
         }
     }
 
@@ -100,6 +103,22 @@ impl SealRequest {
     /// Mark the shard as part `index` of a tensor-parallel group of `total`.
     pub fn tensor_parallel(mut self, index: u32, total: u32) -> Self {
         self.tensor_parallel = Some((index, total));
+        self
+    }
+
+    /// The bytes are file `resource` of the signed model `signature` (verified with its
+    /// publisher's key by [`ModelSignature::from_bundle`]). The seal then fails with
+    /// `ProvenanceMismatch` (audited critical, nothing left allocated) unless the bytes'
+    /// SHA-256 is the one the manifest lists for `resource`; a resource the manifest does not
+    /// list is `InvalidInput` before anything is allocated. On success the `VramSealed` audit
+    /// record and [`SealedShard::provenance`] name the resource, the model's subject digest
+    /// and the publisher key id.
+    pub fn provenance(
+        mut self,
+        signature: Arc<ModelSignature>,
+        resource: impl Into<String>,
+    ) -> Self {
+        self.provenance = Some((signature, resource.into()));
         self
     }
 
@@ -124,6 +143,16 @@ impl fmt::Debug for SealRequest {
             .field("source", &source)
             .field("expected_sha256", &self.expected_sha256)
             .field("tensor_parallel", &self.tensor_parallel)
+            .field(
+                "provenance",
+                &self.provenance.as_ref().map(|(sig, resource)| {
+                    (
+                        resource.as_str(),
+                        sig.subject_sha256(),
+                        sig.publisher_keyid(),
+                    )
+                }),
+            )
             .finish()
     }
 }
@@ -140,6 +169,7 @@ pub(crate) struct ShardHandle {
     pub(crate) handle_id: u64,
     pub(crate) directory: DeviceDirectory,
     pub(crate) released: AtomicBool,
+    pub(crate) provenance: Option<Provenance>,
 }
 
 impl ShardHandle {
@@ -181,6 +211,12 @@ impl SealedShard {
     /// The device holding the shard.
     pub fn device(&self) -> u32 {
         self.inner.info.gpu_device
+    }
+
+    /// Which file of which signed model the shard was sealed from, when the seal checked it
+    /// (`SealRequest::provenance`).
+    pub fn provenance(&self) -> Option<&Provenance> {
+        self.inner.provenance.as_ref()
     }
 }
 

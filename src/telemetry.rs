@@ -36,6 +36,13 @@ pub const SEALS_TOTAL: &str = "vram_seals_total";
 pub const VERIFICATIONS_TOTAL: &str = "vram_verifications_total";
 /// Histogram: seconds from the start of a verification to its verdict, by `mode`.
 pub const VERIFICATION_DURATION_SECONDS: &str = "vram_verification_duration_seconds";
+/// Counter: refusals that repeat (forged or stale peer records, calls on a quarantined shard
+/// or failed group), by `reason`: each is counted here, and only the first of a reason per
+/// window is written to the audit log in full (`audit::refusals`).
+pub const REFUSALS_TOTAL: &str = "vram_refusals_total";
+/// Counter: requests refused with `VramError::Busy` (no device slot within
+/// `Config::admission_timeout`), by `gpu_device`.
+pub const ADMISSION_BUSY_TOTAL: &str = "vram_admission_busy_total";
 /// Counter: signature-only and `verify_info` checks, by `result`.
 pub const SIGNATURE_CHECKS_TOTAL: &str = "vram_signature_checks_total";
 /// Counter: audit events emitted by device actors, by `type` and `gpu_device`.
@@ -200,6 +207,20 @@ pub const METRICS: &[MetricSpec] = {
             None,
             "`to`",
             "Messages an actor could not deliver to another, by recipient.",
+        ),
+        spec(
+            REFUSALS_TOTAL,
+            Counter,
+            None,
+            "`reason`",
+            "Repeated refusals (forged or stale peer records, quarantined shards, failed groups); only the first per reason and minute is audited in full.",
+        ),
+        spec(
+            ADMISSION_BUSY_TOTAL,
+            Counter,
+            None,
+            "`gpu_device`",
+            "Requests refused with Busy: no device slot within the admission timeout.",
         ),
         spec(
             CUDA_LEAKED_BUFFERS_TOTAL,

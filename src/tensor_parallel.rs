@@ -77,6 +77,9 @@ pub(crate) struct GroupHandle {
     pub(crate) shards: Vec<SealedShard>,
     /// Set by `release_group`: the group (not necessarily every member clone) is gone.
     pub(crate) released: AtomicBool,
+    /// Set by the first group failure (fail-all): that one is audited critically; later
+    /// refusals of the failed group are only counted.
+    pub(crate) failed: AtomicBool,
 }
 
 impl SealedGroup {
@@ -86,6 +89,7 @@ impl SealedGroup {
                 info,
                 shards,
                 released: AtomicBool::new(false),
+                failed: AtomicBool::new(false),
             }),
         }
     }

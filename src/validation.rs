@@ -6,7 +6,9 @@
 //! hostile value cannot smuggle control characters into logs through an error.
 
 use crate::error::VramError;
-use crate::text::sanitize;
+
+pub mod owner_only;
+use crate::text::{is_invisible, sanitize};
 
 /// Longest shard or worker id.
 pub const MAX_ID_LEN: usize = 256;
@@ -23,6 +25,19 @@ fn preview(s: &str) -> String {
     let short: String = s.chars().take(32).collect();
     let more = if s.chars().count() > 32 { "…" } else { "" };
     format!("{:?}{more}", sanitize(&short))
+}
+
+/// A character named in an error: always by code point (`U+XXXX`), and shown as itself only
+/// when it is visible, so an invisible or control character cannot hide in the message.
+pub fn describe_char(c: char) -> String {
+    let code = u32::from(c);
+    if c.is_control() {
+        format!("control character U+{code:04X}")
+    } else if is_invisible(c) {
+        format!("invisible character U+{code:04X}")
+    } else {
+        format!("character {c:?} (U+{code:04X})")
+    }
 }
 
 /// A path as it may appear in an error message: control characters and escape sequences in a
@@ -46,14 +61,10 @@ pub fn validate_identifier(field: &str, value: &str) -> Result<(), VramError> {
         .char_indices()
         .find(|(_, c)| !(c.is_ascii_alphanumeric() || *c == '-' || *c == '_'))
     {
-        let shown = if c.is_control() {
-            format!("control character U+{:04X}", u32::from(c))
-        } else {
-            format!("{c:?}")
-        };
         return Err(VramError::invalid(format!(
-            "{field} {} contains {shown} at byte {pos}; only A-Z, a-z, 0-9, '-' and '_' are allowed",
-            preview(value)
+            "{field} {} contains {} at byte {pos}; only A-Z, a-z, 0-9, '-' and '_' are allowed",
+            preview(value),
+            describe_char(c)
         )));
     }
     Ok(())
@@ -70,13 +81,11 @@ pub fn validate_model_ref(value: &str) -> Result<(), VramError> {
             value.len()
         )));
     }
-    if let Some((pos, c)) = value
-        .char_indices()
-        .find(|(_, c)| c.is_control() || sanitize(&c.to_string()) != c.to_string())
-    {
+    if let Some((pos, c)) = value.char_indices().find(|(_, c)| is_invisible(*c)) {
         return Err(VramError::invalid(format!(
-            "model_ref contains control or invisible formatting character U+{:04X} at byte {pos}",
-            u32::from(c)
+            "model_ref contains {} at byte {pos}; control, format and other invisible \
+             characters are refused (two refs would look the same and differ)",
+            describe_char(c)
         )));
     }
     Ok(())
@@ -91,13 +100,9 @@ pub fn validate_hex_digest(field: &str, value: &str) -> Result<String, VramError
         )));
     }
     if let Some((pos, c)) = value.char_indices().find(|(_, c)| !c.is_ascii_hexdigit()) {
-        let shown = if c.is_control() {
-            format!("U+{:04X}", u32::from(c))
-        } else {
-            format!("{c:?}")
-        };
         return Err(VramError::invalid(format!(
-            "{field} has non-hex character {shown} at position {pos}"
+            "{field} has non-hex {} at position {pos}",
+            describe_char(c)
         )));
     }
     Ok(value.to_ascii_lowercase())
@@ -212,6 +217,38 @@ mod tests {
         assert!(validate_model_ref("a\tb").is_err());
         assert!(validate_model_ref(&"m".repeat(512)).is_ok());
         assert!(validate_model_ref(&"m".repeat(513)).is_err());
+        // Invisible characters are refused, the code point named in the error.
+        for (c, code) in [
+            ('\u{061C}', "U+061C"),
+            ('\u{00AD}', "U+00AD"),
+            ('\u{3164}', "U+3164"),
+            ('\u{FFF9}', "U+FFF9"),
+            ('\u{E0041}', "U+E0041"),
+            ('\u{FE0F}', "U+FE0F"),
+            ('\u{200D}', "U+200D"),
+        ] {
+            let e = validate_model_ref(&format!("hf:org/m{c}@rev"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(code), "{e}");
+            assert!(!e.contains(c), "{e:?}");
+        }
+    }
+
+    #[test]
+    fn identifier_errors_name_the_code_point() {
+        for (bad, code) in [
+            ("a\u{200B}b", "U+200B"),
+            ("a\u{E0020}", "U+E0020"),
+            ("é", "U+00E9"),
+            ("a.b", "U+002E"),
+            ("a\0b", "U+0000"),
+        ] {
+            let e = validate_identifier("shard_id", bad)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(code), "{e}");
+        }
     }
 
     #[test]

@@ -20,7 +20,7 @@ use common::{config, pattern};
 use metrics_util::MetricKind;
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
 use vram_residency::telemetry::{
-    DEVICE_AVAILABLE_BYTES, DEVICE_TOTAL_BYTES, DEVICE_USED_BYTES, SEALS_TOTAL,
+    DEVICE_AVAILABLE_BYTES, DEVICE_TOTAL_BYTES, DEVICE_USED_BYTES, REFUSALS_TOTAL, SEALS_TOTAL,
     VERIFICATION_DURATION_SECONDS, VERIFICATIONS_TOTAL,
 };
 use vram_residency::{Fault, GroupRequest, SealRequest, VerifyMode, VramError, VramResidency};
@@ -306,6 +306,8 @@ async fn verifications_are_counted_by_mode_and_result_with_their_durations() {
         1
     );
     assert_eq!(recorded.counter_sum(VERIFICATIONS_TOTAL), 7);
+    // … and is counted as a refusal (only the first per reason and minute is audited in full).
+    assert_eq!(recorded.counter_sum(REFUSALS_TOTAL), 1);
 
     // Corruption: the verification that finds it fails, and so does every later one (the shard
     // is quarantined); each has a duration.

@@ -10,6 +10,12 @@
 //! after that carries an `AuditEventsDropped { count, reason }` record. Whether the sink is up is
 //! asked through the mailbox (`AuditMsg::Stats`), so `seal` can refuse work while it is down
 //! (`fail_closed_audit`) without any state shared outside this actor.
+//!
+//! Refusals that repeat (`AuditMsg::Refusal`) go through a
+//! [`RefusalCoalescer`](crate::audit::refusals::RefusalCoalescer): the first of a reason is
+//! written in full, later ones are counted and summed up in one `RefusalsSuppressed` record per
+//! reason and window (on a timer, and at shutdown before `AuditLogClosed`). An in-memory sink
+//! keeps critical records apart from the ring of ordinary ones.
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
@@ -20,6 +26,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 
 use crate::audit::events::AuditEvent;
 use crate::audit::format::format_ts;
+use crate::audit::refusals::{DEFAULT_SUMMARY_INTERVAL, Decision, RefusalCoalescer};
 use crate::audit::writer::{AuditLogError, AuditLogWriter, MemoryChain};
 use crate::config::AuditSinkConfig;
 use crate::error::VramError;
@@ -53,9 +60,13 @@ enum Sink {
 }
 
 impl Sink {
-    fn append(&mut self, records: &[(String, String)]) -> Result<u64, AuditLogError> {
+    fn append(
+        &mut self,
+        records: &[(String, String)],
+        critical: &[bool],
+    ) -> Result<u64, AuditLogError> {
         match self {
-            Self::Memory(m) => m.append_batch(records),
+            Self::Memory(m) => m.append_batch_marked(records, critical),
             Self::File(w) => w.append_batch(records),
         }
     }
@@ -88,6 +99,8 @@ pub struct AuditState {
     buffer_limit: usize,
     injected_failure: bool,
     last_error: Option<String>,
+    refusals: RefusalCoalescer,
+    refusal_timer_armed: bool,
 }
 
 impl AuditState {
@@ -121,6 +134,7 @@ impl AuditState {
             .iter()
             .map(|(ts, e)| (format_ts(*ts), e.to_json()))
             .collect();
+        let critical: Vec<bool> = self.buffer.iter().map(|(_, e)| e.is_critical()).collect();
         if self.pending_dropped > 0 {
             records.push((
                 format_ts(Utc::now()),
@@ -134,7 +148,7 @@ impl AuditState {
         let result = if self.injected_failure {
             Err("injected sink failure".to_string())
         } else {
-            match self.sink.append(&records) {
+            match self.sink.append(&records, &critical) {
                 Ok(n) => Ok(n),
                 Err(AuditLogError::InvalidRecord { index, reason }) => {
                     // Not a sink outage: one record can never be written. Retrying would wedge
@@ -201,8 +215,55 @@ impl AuditState {
         self.stats.sink_down = !ok;
     }
 
+    /// A refusal: its record written if it is the first of its reason in the window, else
+    /// counted (and a timer armed for the window's summary).
+    fn refusal(
+        &mut self,
+        myself: &ActorRef<AuditMsg>,
+        ts: DateTime<Utc>,
+        reason: crate::audit::refusals::RefusalReason,
+        record: Option<Box<AuditEvent>>,
+    ) -> bool {
+        let now = tokio::time::Instant::now().into_std();
+        match (
+            self.refusals.refuse(reason, record.is_some(), ts, now),
+            record,
+        ) {
+            (Decision::Record, Some(event)) => {
+                self.emit(ts, *event);
+                true
+            }
+            _ => {
+                self.arm_refusal_timer(myself);
+                false
+            }
+        }
+    }
+
+    /// Writes the summaries of the refusal windows that have ended.
+    fn refusals_due(&mut self, myself: &ActorRef<AuditMsg>) {
+        self.refusal_timer_armed = false;
+        let now = tokio::time::Instant::now().into_std();
+        for summary in self.refusals.due(now) {
+            self.emit(Utc::now(), summary);
+        }
+        self.arm_refusal_timer(myself);
+    }
+
+    fn arm_refusal_timer(&mut self, myself: &ActorRef<AuditMsg>) {
+        if self.refusal_timer_armed {
+            return;
+        }
+        if let Some(due) = self.refusals.next_due() {
+            self.refusal_timer_armed = true;
+            let wait = due.saturating_duration_since(tokio::time::Instant::now().into_std());
+            myself.send_after(wait, || AuditMsg::RefusalsDue);
+        }
+    }
+
     fn stats(&self) -> AuditStats {
         AuditStats {
+            suppressed: self.refusals.total_counted(),
             buffered: self.buffer.len() as u64,
             evicted: match &self.sink {
                 Sink::Memory(m) => m.evicted(),
@@ -278,6 +339,8 @@ impl Actor for AuditActor {
             buffer_limit: args.buffer_limit.max(1),
             injected_failure: false,
             last_error: None,
+            refusals: RefusalCoalescer::new(DEFAULT_SUMMARY_INTERVAL),
+            refusal_timer_armed: false,
         };
         state.emit(Utc::now(), opened);
         state.write_batch()?;
@@ -301,6 +364,17 @@ impl Actor for AuditActor {
                         state.arm_timer(&myself);
                     }
                 } else {
+                    state.arm_timer(&myself);
+                }
+            }
+            AuditMsg::Refusal(ts, reason, record) => {
+                if state.refusal(&myself, ts, reason, record) {
+                    state.arm_timer(&myself);
+                }
+            }
+            AuditMsg::RefusalsDue => {
+                state.refusals_due(&myself);
+                if !state.buffer.is_empty() {
                     state.arm_timer(&myself);
                 }
             }
@@ -352,6 +426,12 @@ impl Actor for AuditActor {
         _myself: ActorRef<Self::Msg>,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
+        // Refusals counted in windows that have not ended yet are summed up now, so the
+        // counts are on record before the log closes.
+        let now = tokio::time::Instant::now().into_std();
+        for summary in state.refusals.drain(now) {
+            state.emit(Utc::now(), summary);
+        }
         let records = state
             .stats
             .written
@@ -504,6 +584,63 @@ mod tests {
             (base + 5, 0),
             "the interval sends it"
         );
+        a.stop(None);
+        h.await.unwrap();
+    }
+
+    /// Paused time: the first refusal of a reason with a record is written in full, the rest
+    /// are only counted; a minute later one summary per reason goes out, and at shutdown the
+    /// counts of windows still open are written before `AuditLogClosed`.
+    #[tokio::test(start_paused = true)]
+    async fn repeated_refusals_are_counted_and_summed_up_once_per_window() {
+        use crate::audit::refusals::RefusalReason;
+        let (a, h) = Actor::spawn(None, AuditActor, args(100)).await.unwrap();
+        let refuse = |reason, record: Option<AuditEvent>| {
+            a.cast(AuditMsg::Refusal(Utc::now(), reason, record.map(Box::new)))
+                .unwrap();
+        };
+        for i in 0..500 {
+            refuse(RefusalReason::ForgedShardRecord, Some(ev(i)));
+            refuse(RefusalReason::QuarantinedGroup, None);
+        }
+        let out = lines(&a).await;
+        let types = |out: &[String]| -> Vec<String> {
+            out.iter()
+                .map(|l| {
+                    let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                    v["event"]["type"].as_str().unwrap().to_string()
+                })
+                .collect()
+        };
+        assert_eq!(types(&out), ["AuditLogOpened", "DeviceReset"]);
+        assert_eq!(stats(&a).await.suppressed, 999);
+
+        tokio::time::advance(Duration::from_secs(59)).await;
+        assert_eq!(lines(&a).await.len(), 2, "not before the minute is over");
+        tokio::time::advance(Duration::from_secs(2)).await;
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        let out = lines(&a).await;
+        assert_eq!(out.len(), 4, "{out:#?}");
+        assert!(
+            out[2].contains(
+                r#""type":"RefusalsSuppressed","reason":"forged_shard_record","count":499"#
+            ),
+            "{}",
+            out[2]
+        );
+        assert!(
+            out[3].contains(r#""reason":"quarantined_group","count":500"#),
+            "{}",
+            out[3]
+        );
+
+        // More of them in the next window: counted, no second full record (the file-sink
+        // test in tests/hostile.rs sees them summed up at shutdown).
+        refuse(RefusalReason::ForgedShardRecord, Some(ev(7)));
+        assert_eq!(lines(&a).await.len(), 4);
+        assert_eq!(stats(&a).await.suppressed, 1000);
         a.stop(None);
         h.await.unwrap();
     }

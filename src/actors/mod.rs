@@ -16,6 +16,7 @@ use ractor::rpc::CallResult;
 use ractor::{ActorRef, Message, RpcReplyPort};
 
 use crate::audit::events::AuditEvent;
+use crate::audit::refusals::{REFUSALS_TOTAL, RefusalReason};
 use crate::error::VramError;
 use crate::messages::audit::AuditMsg;
 
@@ -29,6 +30,22 @@ pub(crate) fn emit_audit(audit: &ActorRef<AuditMsg>, event: AuditEvent) {
     {
         crate::telemetry::record_audit_dropped(Some("audit actor gone"));
         tracing::warn!("an audit event was lost: the audit actor is gone");
+    }
+}
+
+/// Reports a refusal of a repeating kind to the audit actor, never waiting: counted in
+/// `vram_refusals_total{reason}` here, and `record` (if any) written only when it is the first
+/// of its reason in the window (`audit::refusals`).
+pub(crate) fn refuse_audit(
+    audit: &ActorRef<AuditMsg>,
+    reason: RefusalReason,
+    record: Option<AuditEvent>,
+) {
+    metrics::counter!(REFUSALS_TOTAL, "reason" => reason.as_str()).increment(1);
+    let message = AuditMsg::Refusal(chrono::Utc::now(), reason, record.map(Box::new));
+    if audit.cast(message).is_err() {
+        metrics::counter!("vram_audit_events_dropped_total", "reason" => "audit actor gone")
+            .increment(1);
     }
 }
 

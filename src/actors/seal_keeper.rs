@@ -2,13 +2,15 @@
 //!
 //! It derives the seal key (and the attestation key) from the worker token at start, then signs
 //! and checks claims on request: shard seals (`vram-seal-v1`), group records (`vram-group-v1`)
-//! and attestation statements. Callers get signatures and yes/no answers; the key itself never
-//! leaves this actor's state, and is zeroized when the actor stops.
+//! and attestation statements. It also holds the worker's identity key (ECDSA P-256), which
+//! signs DSSE envelopes (`vram-attest-v3`, signed audit heads). Callers get signatures and
+//! yes/no answers; the keys never leave this actor's state, and are zeroized when it stops.
 
 use hmac::Mac;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
 use crate::messages::seal_keeper::SealKeeperMsg;
+use crate::seal::identity::IdentityKey;
 use crate::seal::keys::{AttestKey, SealKey, WorkerToken};
 use crate::seal::{claims, group_record};
 
@@ -19,21 +21,41 @@ pub struct SealKeeper;
 pub struct SealKeeperState {
     seal_key: SealKey,
     attest_key: AttestKey,
+    identity: IdentityKey,
+}
+
+/// What the keeper starts from: the worker token (its HMAC keys are derived from it) and the
+/// identity key (loaded or derived by the configuration).
+pub struct SealKeeperArgs {
+    /// The worker token.
+    pub token: WorkerToken,
+    /// The identity key.
+    pub identity: IdentityKey,
+}
+
+#[cfg(test)]
+impl SealKeeperArgs {
+    /// Every key from the token (the identity key derived, not loaded).
+    pub fn derived(token: WorkerToken) -> Result<Self, crate::error::VramError> {
+        let identity = IdentityKey::derive(&token)?;
+        Ok(Self { token, identity })
+    }
 }
 
 impl Actor for SealKeeper {
     type Msg = SealKeeperMsg;
     type State = SealKeeperState;
-    type Arguments = WorkerToken;
+    type Arguments = SealKeeperArgs;
 
     async fn pre_start(
         &self,
         _myself: ActorRef<Self::Msg>,
-        token: WorkerToken,
+        args: SealKeeperArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
         Ok(SealKeeperState {
-            seal_key: SealKey::derive(&token),
-            attest_key: AttestKey::derive(&token),
+            seal_key: SealKey::derive(&args.token),
+            attest_key: AttestKey::derive(&args.token),
+            identity: args.identity,
         })
     }
 
@@ -61,6 +83,13 @@ impl Actor for SealKeeper {
                 mac.update(&statement);
                 let _ = reply.send(hex::encode(mac.finalize().into_bytes()));
             }
+            SealKeeperMsg::SignDsse {
+                payload_type,
+                payload,
+                reply,
+            } => {
+                let _ = reply.send(state.identity.sign_dsse(payload_type, &payload));
+            }
         }
         Ok(())
     }
@@ -79,7 +108,8 @@ mod tests {
     fn signs_and_verifies_through_the_mailbox() {
         tokio_test::block_on(async {
             let token = WorkerToken::new(b"0123456789abcdef".to_vec()).unwrap();
-            let (keeper, handle) = Actor::spawn(None, SealKeeper, token).await.unwrap();
+            let args = SealKeeperArgs::derived(token).unwrap();
+            let (keeper, handle) = Actor::spawn(None, SealKeeper, args).await.unwrap();
             let mut i = info();
             i.signature = ractor::call!(keeper, |r| SealKeeperMsg::Sign {
                 info: Box::new(i.clone()),

@@ -76,6 +76,7 @@ pub struct SupervisorArgs {
     pub factory: BackendFactory,
     pub settings: DeviceSettings,
     pub token: WorkerToken,
+    pub identity: crate::seal::identity::IdentityKey,
     pub audit_sink: AuditSinkConfig,
     pub audit_batch_size: usize,
     pub audit_flush_interval: Duration,
@@ -216,8 +217,12 @@ impl Actor for Supervisor {
             myself.get_cell(),
         )
         .await?;
+        let keeper_args = crate::actors::seal_keeper::SealKeeperArgs {
+            token: args.token,
+            identity: args.identity,
+        };
         let (seal_keeper, _) =
-            Actor::spawn_linked(None, SealKeeper, args.token, myself.get_cell()).await?;
+            Actor::spawn_linked(None, SealKeeper, keeper_args, myself.get_cell()).await?;
         let n = usize::try_from(args.device_count).unwrap_or(0);
         let mut state = SupervisorState {
             audit,
@@ -365,6 +370,10 @@ mod tests {
             settings: DeviceSettings::for_tests(),
             restart_budget: RestartBudget::default(),
             token: WorkerToken::new(b"supervisor-test-token".to_vec()).unwrap(),
+            identity: crate::seal::identity::IdentityKey::derive(
+                &WorkerToken::new(b"supervisor-test-token".to_vec()).unwrap(),
+            )
+            .unwrap(),
             audit_sink: AuditSinkConfig::Memory,
             audit_batch_size: 1,
             audit_flush_interval: Duration::from_millis(5),

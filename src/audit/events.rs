@@ -10,6 +10,7 @@
 
 use serde::{Serialize, Serializer};
 
+use crate::provenance::Provenance;
 pub use crate::text::sanitize;
 
 /// One thing that happened, as it is written to the audit log.
@@ -80,6 +81,13 @@ pub enum AuditEvent {
         /// The model reference the shard was sealed under.
         #[serde(serialize_with = "sanitized")]
         model_ref: String,
+        /// Which file of which signed model the bytes are, when the seal was asked to check
+        /// (`SealRequest::provenance`); absent otherwise.
+        #[serde(
+            skip_serializing_if = "Option::is_none",
+            serialize_with = "sanitized_provenance"
+        )]
+        provenance: Option<Provenance>,
     },
     /// A verification passed.
     SealVerified {
@@ -139,6 +147,28 @@ pub enum AuditEvent {
         expected_digest: String,
         /// The digest of the bytes received.
         actual_digest: String,
+    },
+    /// A seal was refused after hashing because the bytes are not the file the signed model
+    /// lists (`SealRequest::provenance`): integrity failure, critical. Nothing was sealed.
+    ProvenanceMismatch {
+        /// The shard concerned.
+        #[serde(serialize_with = "sanitized")]
+        shard_id: String,
+        /// The device index.
+        gpu_device: u32,
+        /// The file's name in the signed manifest.
+        #[serde(serialize_with = "sanitized")]
+        resource: String,
+        /// The SHA-256 the signed manifest lists for it.
+        expected_digest: String,
+        /// The SHA-256 of the bytes received.
+        actual_digest: String,
+        /// The signed model's subject digest.
+        model_subject_sha256: String,
+        /// The id of the publisher key that verified the manifest.
+        publisher_keyid: String,
+        /// How serious the event is (critical).
+        severity: Severity,
     },
     /// A verification could not be completed (read error, lost device, incomplete answer).
     VerificationError {
@@ -285,6 +315,21 @@ pub enum AuditEvent {
         #[serde(serialize_with = "sanitized")]
         failed_shard_id: String,
     },
+    /// Refusals of one reason that were counted instead of written one record each (the first
+    /// of them, where it had a record, was written in full): at most one such summary per
+    /// reason per window (a minute), so repeated calls cannot grow the log
+    /// (`audit::refusals`).
+    RefusalsSuppressed {
+        /// The reason (`forged_shard_record`, `residency_mismatch`, `forged_group_record`,
+        /// `quarantined_shard`, `quarantined_group`).
+        #[serde(serialize_with = "sanitized")]
+        reason: String,
+        /// How many refusals were counted.
+        count: u64,
+        /// When the first of them happened (RFC 3339 UTC, nanoseconds).
+        #[serde(serialize_with = "sanitized")]
+        since: String,
+    },
 }
 
 impl AuditEvent {
@@ -299,6 +344,7 @@ impl AuditEvent {
             Self::SealVerified { .. } => "SealVerified",
             Self::SealVerificationFailed { .. } => "SealVerificationFailed",
             Self::SealRejected { .. } => "SealRejected",
+            Self::ProvenanceMismatch { .. } => "ProvenanceMismatch",
             Self::VerificationError { .. } => "VerificationError",
             Self::VramDeallocated { .. } => "VramDeallocated",
             Self::PolicyViolation { .. } => "PolicyViolation",
@@ -310,7 +356,26 @@ impl AuditEvent {
             Self::GroupSealAborted { .. } => "GroupSealAborted",
             Self::GroupVerificationFailed { .. } => "GroupVerificationFailed",
             Self::GroupMemberQuarantined { .. } => "GroupMemberQuarantined",
+            Self::RefusalsSuppressed { .. } => "RefusalsSuppressed",
         }
+    }
+
+    /// Whether the event is a critical finding: the evidence an in-memory sink keeps apart
+    /// from ordinary records, so that later noise can never evict it.
+    pub fn is_critical(&self) -> bool {
+        matches!(
+            self,
+            Self::SealVerificationFailed {
+                severity: Severity::Critical,
+                ..
+            } | Self::PolicyViolation {
+                severity: Severity::Critical,
+                ..
+            } | Self::GroupVerificationFailed {
+                severity: Severity::Critical,
+                ..
+            }
+        )
     }
 
     /// The event as one compact JSON object, `type` first.
@@ -354,6 +419,23 @@ fn capped(value: &str) -> String {
 
 fn sanitized<S: Serializer>(value: &str, serializer: S) -> Result<S::Ok, S::Error> {
     serializer.serialize_str(&capped(value))
+}
+
+/// A provenance record with every member sanitised and capped (a resource name comes from a
+/// publisher's manifest).
+fn sanitized_provenance<S: Serializer>(
+    value: &Option<Provenance>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeStruct;
+    let Some(p) = value else {
+        return serializer.serialize_none();
+    };
+    let mut s = serializer.serialize_struct("Provenance", 3)?;
+    s.serialize_field("resource", &capped(&p.resource))?;
+    s.serialize_field("model_subject_sha256", &capped(&p.model_subject_sha256))?;
+    s.serialize_field("publisher_keyid", &capped(&p.publisher_keyid))?;
+    s.end()
 }
 
 #[cfg(test)]

@@ -120,6 +120,12 @@ pub enum HeadProblem {
         /// The head's seq.
         head_seq: u64,
     },
+    /// The head has seq 0, which stands only for an empty log with a MAC of 64 zeros; this log
+    /// has records, or the head another MAC. Such a head vouches for nothing.
+    ZeroHead {
+        /// The last verified seq (0 when the log is empty).
+        last_seq: u64,
+    },
 }
 
 impl fmt::Display for HeadProblem {
@@ -134,6 +140,15 @@ impl fmt::Display for HeadProblem {
                 f,
                 "the record at seq {head_seq} has another MAC than the head: \
                  the log was rewritten, or the head is from another log"
+            ),
+            Self::ZeroHead { last_seq: 0 } => f.write_str(
+                "the head has seq 0 but its MAC is not 64 zeros: \
+                 seq 0 stands only for an empty log with an all-zero MAC",
+            ),
+            Self::ZeroHead { last_seq } => write!(
+                f,
+                "the head has seq 0 (an empty log) but the log goes to seq {last_seq}: \
+                 a seq-0 head vouches for no record"
             ),
         }
     }
@@ -236,7 +251,10 @@ fn head_problem(
     mac_at_head: Option<&[u8; 32]>,
 ) -> Option<HeadProblem> {
     if head.seq == 0 {
-        return None;
+        // Seq 0 names the empty log, whose chain starts from a MAC of 64 zeros. Anything else
+        // under seq 0 would vouch for nothing while passing every log, an emptied one included.
+        let zero_mac = head.mac.len() == 64 && head.mac.bytes().all(|b| b == b'0');
+        return (last_seq != 0 || !zero_mac).then_some(HeadProblem::ZeroHead { last_seq });
     }
     match mac_at_head {
         None => Some(HeadProblem::EndsBeforeHead {
@@ -510,13 +528,27 @@ mod tests {
             Some(HeadProblem::DiffersAtHead { head_seq: 6 })
         );
         assert!(!r.is_intact());
-        // The empty head (seq 0) is reached by any log.
+        // A seq-0 head stands for the empty log only: it is refused for a log with records,
+        // whatever its MAC, and for the empty log unless its MAC is 64 zeros.
         let zero = AuditHead::new(0, &[0u8; 32]);
+        let r = verify_log_to_head(&path, &token(), &zero).unwrap();
+        assert_eq!(r.head_problem, Some(HeadProblem::ZeroHead { last_seq: 6 }));
+        assert!(!r.is_intact());
+        let any = AuditHead::new(0, &[0xab; 32]);
+        assert!(
+            !verify_log_to_head(&path, &token(), &any)
+                .unwrap()
+                .is_intact()
+        );
+        std::fs::write(&path, "").unwrap();
         assert!(
             verify_log_to_head(&path, &token(), &zero)
                 .unwrap()
                 .is_intact()
         );
+        let r = verify_log_to_head(&path, &token(), &any).unwrap();
+        assert_eq!(r.head_problem, Some(HeadProblem::ZeroHead { last_seq: 0 }));
+        assert!(r.head_problem.unwrap().to_string().contains("seq 0"));
     }
 
     #[test]

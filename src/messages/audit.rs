@@ -4,6 +4,7 @@ use chrono::{DateTime, Utc};
 use ractor::RpcReplyPort;
 
 use crate::audit::events::AuditEvent;
+use crate::audit::refusals::RefusalReason;
 use crate::error::VramError;
 
 /// Counters the audit actor keeps (also exported as metrics).
@@ -20,12 +21,20 @@ pub struct AuditStats {
     /// Records an in-memory sink let go to stay within `Config::audit_memory_lines` (always 0
     /// for a file sink, which keeps everything).
     pub evicted: u64,
+    /// Refusals counted instead of written one record each (`audit::refusals`).
+    pub suppressed: u64,
 }
 
 /// Messages handled by `AuditActor`.
 pub enum AuditMsg {
     /// Record an event (cast; never waits on the sink).
     Emit(DateTime<Utc>, AuditEvent),
+    /// A refusal of a repeating kind (cast): its record, if any, is written only when it is the
+    /// first of its reason in the window; otherwise it is counted into that reason's summary
+    /// (`audit::refusals`).
+    Refusal(DateTime<Utc>, RefusalReason, Option<Box<AuditEvent>>),
+    /// Internal: a refusal window may have ended; write its summary.
+    RefusalsDue,
     /// Write everything emitted before this message and make it durable (fsync).
     Flush(RpcReplyPort<Result<AuditStats, VramError>>),
     /// Like `Flush`, then the newest durable record's seq and MAC.

@@ -1,6 +1,5 @@
 //! Messages for a device's `GpuActor`: everything that touches that device's memory.
 
-use std::any::Any;
 use std::time::Instant;
 
 use ractor::RpcReplyPort;
@@ -49,10 +48,27 @@ pub struct SealMeta {
     pub handle_id: u64,
     /// Tensor layout, when the source is a safetensors file.
     pub tensors: Option<std::sync::Arc<crate::seal::tensors::TensorMap>>,
+    /// The signed-model file the bytes must be, when the caller asked.
+    pub provenance: Option<SignedSource>,
 }
 
-/// The closure an `execute` call runs on the device's actor, type-erased.
-pub type ExecuteFn = Box<dyn FnOnce(&DeviceView) -> Box<dyn Any + Send> + Send>;
+/// The file of a verified model signature a seal's bytes must be.
+#[derive(Debug, Clone)]
+pub struct SignedSource {
+    /// What the seal records on success.
+    pub provenance: crate::provenance::Provenance,
+    /// The SHA-256 the manifest lists for the file (lowercase hex).
+    pub sha256: String,
+}
+
+/// What a device hands out for a lease: a view of the shard's memory (which keeps that memory
+/// alive) and the shard's lease marker (which keeps it counted as used after a release).
+pub struct LeaseGrant {
+    /// The shard's memory.
+    pub view: DeviceView,
+    /// A clone of the shard table entry's marker.
+    pub marker: std::sync::Arc<()>,
+}
 
 /// What a residency check compares against.
 pub enum ResidencyQuery {
@@ -133,11 +149,11 @@ pub enum GpuMsg {
         draft: Box<AttestDraft>,
         reply: RpcReplyPort<Result<crate::attestation::Attestation, VramError>>,
     },
-    /// Run a closure against the shard's device memory.
-    Execute {
+    /// Hand out a view of a resident, unquarantined shard for a lease (the facade verified it
+    /// just before). The caller's code then runs on the caller's own task, never here.
+    Lease {
         shard: ShardRef,
-        job: ExecuteFn,
-        reply: RpcReplyPort<Result<Box<dyn Any + Send>, VramError>>,
+        reply: RpcReplyPort<Result<LeaseGrant, VramError>>,
     },
     /// Free a shard. `reply` is `None` when the last handle was dropped.
     Release {

@@ -34,4 +34,12 @@ pub enum SealKeeperMsg {
         statement: Vec<u8>,
         reply: RpcReplyPort<String>,
     },
+    /// Sign `PAE(payload_type, payload)` with the identity key (DSSE v1, ECDSA P-256 with
+    /// SHA-256, RFC 6979); replies with the DER signature. The payload type is one of the
+    /// crate's own constants, so the key signs only the kinds of document the crate defines.
+    SignDsse {
+        payload_type: &'static str,
+        payload: Vec<u8>,
+        reply: RpcReplyPort<Vec<u8>>,
+    },
 }

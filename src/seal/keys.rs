@@ -64,12 +64,17 @@ impl WorkerToken {
     }
 
     fn derive(&self, info: &[u8]) -> Zeroizing<[u8; 32]> {
+        self.expand(info)
+    }
+
+    /// HKDF-SHA256(salt none, ikm = token, `info`, L = N).
+    pub(super) fn expand<const N: usize>(&self, info: &[u8]) -> Zeroizing<[u8; N]> {
         let hk = Hkdf::<Sha256>::new(None, &self.bytes);
         // The output is written straight into zeroizing memory, so no copy of the key is left
-        // behind on the stack. 32 bytes is far below HKDF-SHA256's 255 × 32 limit, so `expand`
-        // cannot fail; if it ever did, the buffer would stay all zeros (a key nobody else
-        // derives, so nothing would verify), which is safe rather than silently weak.
-        let mut okm = Zeroizing::new([0u8; 32]);
+        // behind on the stack. The lengths used (32, 48) are far below HKDF-SHA256's 255 × 32
+        // limit, so `expand` cannot fail; if it ever did, the buffer would stay all zeros (a key
+        // nobody else derives, so nothing would verify), which is safe rather than silently weak.
+        let mut okm = Zeroizing::new([0u8; N]);
         let _cannot_fail = hk.expand(info, &mut *okm);
         okm
     }

@@ -1,19 +1,35 @@
-//! Admission to each device's mailbox: how many requests may be in flight on a device, who
-//! waits, and the calls that go through it (or, for releases and resets, around it).
+//! Admission to each device's mailbox, with a deadline (load shedding): how many requests may be
+//! in flight on a device, who waits and for how long, and the calls that go through it (or, for
+//! releases, resets and status queries, around it).
+//!
+//! Each device admits at most `Config::device_queue_limit` requests at once; callers beyond
+//! that wait, in arrival order, for a slot, but at most `Config::admission_timeout`: then they
+//! get `VramError::Busy { device }` (retriable, counted in `vram_admission_busy_total`, not
+//! audited), so a flood of callers gets a quick answer instead of queueing without end. A
+//! request holds its slot until the device has answered it, which is after all its work,
+//! off-actor hashing included: the wait for the answer runs in a task of its own that owns the
+//! slot, so a caller that gives up (a dropped future, an HTTP client gone) does not free a
+//! slot while the work it asked for still runs. Each device has its own admission, so a flood
+//! on one never delays another.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use tokio::sync::OwnedSemaphorePermit;
 
 use crate::actors::ask;
 use crate::error::VramError;
 use crate::messages::gpu::GpuMsg;
+use crate::telemetry::ADMISSION_BUSY_TOTAL;
 use crate::types::{DeviceLoad, StopCause};
 use crate::validation;
 
 use super::*;
 
 impl VramResidency {
-    /// Calls a device actor once it has room for another request (waiting for it if not).
+    /// Calls a device actor once it has room for another request: waits for a slot at most
+    /// `Config::admission_timeout` (then `Busy`), and holds it until the device has answered.
     pub(super) async fn ask_gpu<T: Send + 'static>(
         &self,
         device: u32,
@@ -24,12 +40,20 @@ impl VramResidency {
             .ok()
             .and_then(|i| self.inner.admission.get(i))
             .ok_or_else(|| VramError::Internal("no admission for a valid device".into()))?;
-        let _permit = admission.enter().await?;
-        self.ask_gpu_now(device, build).await
+        let slot = admission.enter(device).await?;
+        let gpu = self.gpu(device)?;
+        let (port, answer) = ractor::concurrency::oneshot();
+        let inner = Arc::clone(&self.inner);
+        if gpu.cast(build(port.into())).is_err() {
+            return Err(device_gone(&inner, device));
+        }
+        let gone = move || device_gone(&inner, device);
+        answer_holding_slot(slot, answer, self.inner.call_timeout, gone).await
     }
 
-    /// Calls a device actor without waiting for room: for releases and resets, which must
-    /// always get through (they are what frees a flooded device).
+    /// Calls a device actor without waiting for room: for releases, resets and status queries,
+    /// which must always get through (releases and resets are what frees a flooded device; the
+    /// actor answers status queries between requests, hashing runs off it).
     pub(super) async fn ask_gpu_now<T: Send + 'static>(
         &self,
         device: u32,
@@ -42,19 +66,7 @@ impl VramResidency {
             build,
             self.inner.call_timeout,
             "the device actor",
-            move || {
-                if inner.shut_down.load(Ordering::Acquire) {
-                    return VramError::ShuttingDown;
-                }
-                // The actor went away mid-call: it crashed (and is being replaced, or already
-                // was) or it stopped for good; the directory says which.
-                let cause = inner
-                    .directory
-                    .gpu(device)
-                    .err()
-                    .unwrap_or(StopCause::Restarting);
-                VramError::DeviceStopped { device, cause }
-            },
+            move || device_gone(&inner, device),
         )
         .await
     }
@@ -71,35 +83,100 @@ impl VramResidency {
     }
 }
 
+/// The error for a device actor that went away mid-call: it crashed (and is being replaced,
+/// or already was) or it stopped for good, as the directory says; or the system is shutting
+/// down.
+fn device_gone(inner: &Inner, device: u32) -> VramError {
+    if inner.shut_down.load(Ordering::Acquire) {
+        return VramError::ShuttingDown;
+    }
+    let cause = inner
+        .directory
+        .gpu(device)
+        .err()
+        .unwrap_or(StopCause::Restarting);
+    VramError::DeviceStopped { device, cause }
+}
+
+/// Waits for a device's answer while holding its slot. The slot stays taken until the device
+/// is done with the request, whoever stops waiting first: a task of its own owns it. When the
+/// caller gives up (its future dropped) or the call timeout passes, that task closes the reply
+/// port, so the device sees nobody is waiting (a seal it finishes then is released, not handed
+/// to nobody), and frees the slot only once the device has let go of the port.
+async fn answer_holding_slot<T: Send + 'static>(
+    slot: OwnedSemaphorePermit,
+    mut answer: ractor::concurrency::OneshotReceiver<T>,
+    timeout: Duration,
+    gone: impl FnOnce() -> VramError + Send + 'static,
+) -> Result<T, VramError> {
+    enum Ended<T> {
+        Answered(Result<T, tokio::sync::oneshot::error::RecvError>),
+        CallerLeft,
+        TimedOut,
+    }
+    let (mut to_caller, from_waiter) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let ended = tokio::select! {
+            answered = &mut answer => Ended::Answered(answered),
+            () = to_caller.closed() => Ended::CallerLeft,
+            () = tokio::time::sleep(timeout) => Ended::TimedOut,
+        };
+        match ended {
+            Ended::Answered(answered) => {
+                drop(slot);
+                // The actor dropped the reply port unanswered: it went away mid-call.
+                let _ = to_caller.send(answered.map_err(|_| gone()));
+            }
+            Ended::CallerLeft | Ended::TimedOut => {
+                let _ = to_caller.send(Err(VramError::Timeout("the device actor".to_string())));
+                answer.close();
+                // Resolves when the device drops the port: its work for this request is over.
+                let _ = answer.await;
+                drop(slot);
+            }
+        }
+    });
+    from_waiter
+        .await
+        .unwrap_or_else(|_| Err(VramError::Internal("a device call's waiter failed".into())))
+}
+
 /// Admission to one device's mailbox: at most `limit` requests in flight; callers beyond that
-/// wait (in arrival order) for a permit. The permit is held until the reply arrives, so the
-/// mailbox never holds more than `limit` caller requests (plus the actor's own internal
-/// messages, one per request at most). Each device has its own, so a flood on one never
-/// delays another.
+/// wait (in arrival order) for a permit, at most `timeout`. The permit is held until the reply
+/// arrives, so the mailbox never holds more than `limit` caller requests (plus the actor's own
+/// internal messages, one per request at most).
 pub(super) struct Admission {
     permits: Arc<tokio::sync::Semaphore>,
     limit: usize,
+    timeout: Duration,
     waiting: Arc<AtomicUsize>,
 }
 
 impl Admission {
-    pub(super) fn new(limit: usize) -> Self {
+    pub(super) fn new(limit: usize, timeout: Duration) -> Self {
         Self {
             permits: Arc::new(tokio::sync::Semaphore::new(limit)),
             limit,
+            timeout,
             waiting: Arc::new(AtomicUsize::new(0)),
         }
     }
 
-    /// Waits for room; the permit is given back when dropped.
-    async fn enter(&self) -> Result<tokio::sync::OwnedSemaphorePermit, VramError> {
+    /// Waits for a slot on `device`, at most the admission timeout; the slot is given back when
+    /// the permit is dropped.
+    async fn enter(&self, device: u32) -> Result<OwnedSemaphorePermit, VramError> {
         self.waiting.fetch_add(1, Ordering::Relaxed);
         let _still_waiting = DecrementOnDrop(&self.waiting);
-        let permit = Arc::clone(&self.permits)
-            .acquire_owned()
-            .await
-            .map_err(|_| VramError::ShuttingDown)?;
-        Ok(permit)
+        let acquire = Arc::clone(&self.permits).acquire_owned();
+        match tokio::time::timeout(self.timeout, acquire).await {
+            Ok(Ok(permit)) => Ok(permit),
+            Ok(Err(_)) => Err(VramError::ShuttingDown),
+            Err(_) => {
+                metrics::counter!(ADMISSION_BUSY_TOTAL, "gpu_device" => device.to_string())
+                    .increment(1);
+                Err(VramError::Busy { device })
+            }
+        }
     }
 
     fn load(&self) -> DeviceLoad {
@@ -111,8 +188,8 @@ impl Admission {
     }
 }
 
-/// Counts a caller out of the waiting line however its wait ends (admitted, or its future
-/// dropped).
+/// Counts a caller out of the waiting line however its wait ends (admitted, timed out, or its
+/// future dropped).
 struct DecrementOnDrop<'a>(&'a AtomicUsize);
 
 impl Drop for DecrementOnDrop<'_> {

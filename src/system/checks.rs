@@ -1,13 +1,13 @@
 //! Verification and attestation of single shards: the seal's signature through the seal keeper,
 //! the bytes through the device, peers' records (`verify_info`), `execute`, and `attest`.
 
-use std::any::Any;
 use std::sync::atomic::Ordering;
 
-use crate::actors::emit_audit;
 use crate::actors::gpu_actor::now_unix_nanos;
+use crate::actors::refuse_audit;
 use crate::attestation::{Attestation, check_nonce};
 use crate::audit::events::{AuditEvent, Severity};
+use crate::audit::refusals::RefusalReason;
 use crate::error::VramError;
 use crate::messages::gpu::{AttestDraft, GpuMsg, ResidencyQuery};
 use crate::messages::seal_keeper::SealKeeperMsg;
@@ -38,7 +38,9 @@ impl VramResidency {
     }
 
     /// Puts a failed signature or residency check on record as `SealVerificationFailed` with a
-    /// reason naming what failed. Recorded only: nothing is quarantined and no device stopped
+    /// reason naming what failed: the first of each kind in full, repeats counted into one
+    /// `RefusalsSuppressed` per minute (`audit::refusals`); a check of a shard already
+    /// quarantined is only counted. Recorded only: nothing is quarantined and no device stopped
     /// (nothing resident is known to be wrong). Failures that are not a verdict (shutdown,
     /// timeouts, a stopped or lost device) are not recorded here. Passing checks are counted in
     /// `vram_signature_checks_total{result="pass"}`, not written one line each.
@@ -49,15 +51,25 @@ impl VramResidency {
         signature: &Result<(), VramError>,
         residency: &Result<Result<(), VramError>, VramError>,
     ) {
-        let failed = match (signature, residency) {
-            (Err(VramError::SealVerificationFailed { .. }), _) => {
-                "the seal signature does not verify (forged or altered record)"
-            }
-            (_, Ok(Err(VramError::UnknownShard(_)))) => {
-                "residency mismatch: no shard resident here carries exactly this record"
-            }
-            (_, Ok(Err(VramError::SealVerificationFailed { .. }))) => {
-                "the shard is quarantined after an integrity failure"
+        let (failed, reason) = match (signature, residency) {
+            (Err(VramError::SealVerificationFailed { .. }), _) => (
+                "the seal signature does not verify (forged or altered record)",
+                RefusalReason::ForgedShardRecord,
+            ),
+            (_, Ok(Err(VramError::UnknownShard(_)))) => (
+                "residency mismatch: no shard resident here carries exactly this record",
+                RefusalReason::ResidencyMismatch,
+            ),
+            (
+                _,
+                Ok(Err(
+                    VramError::SealVerificationFailed { .. } | VramError::GroupQuarantined { .. },
+                )),
+            ) => {
+                // The quarantine is on record already: this refusal is only counted.
+                telemetry::record_signature_check(false);
+                refuse_audit(&self.inner.audit, RefusalReason::QuarantinedShard, None);
+                return;
             }
             (Ok(()), Ok(Ok(()))) => {
                 telemetry::record_signature_check(true);
@@ -71,9 +83,12 @@ impl VramResidency {
                 .merkle_root
                 .bytes()
                 .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
-        emit_audit(
+        // Forgeries and mismatches repeat as often as a peer sends them: the first of each
+        // reason is written in full, the rest are counted (`audit::refusals`).
+        refuse_audit(
             &self.inner.audit,
-            AuditEvent::SealVerificationFailed {
+            reason,
+            Some(AuditEvent::SealVerificationFailed {
                 shard_id: info.shard_id.clone(),
                 gpu_device: info.gpu_device,
                 reason: format!("{what}: {failed} (recorded only: nothing quarantined)"),
@@ -87,7 +102,7 @@ impl VramResidency {
                 bad_chunks: 0,
                 bad_tensors: Vec::new(),
                 severity: Severity::Critical,
-            },
+            }),
         );
     }
 
@@ -210,29 +225,6 @@ impl VramResidency {
             single_chunk_detection: 0.0,
             elapsed: started.elapsed(),
         })
-    }
-
-    /// Verifies the shard (per `Config::execute_verify`), then runs `f` on the device's actor
-    /// with a view of the shard's device memory. The only way to reach the weights' pointer.
-    pub async fn execute<R, F>(&self, shard: &SealedShard, f: F) -> Result<R, VramError>
-    where
-        F: FnOnce(&crate::shard::DeviceView) -> R + Send + 'static,
-        R: Send + 'static,
-    {
-        self.verify(shard, self.inner.execute_verify).await?;
-        let job: crate::messages::gpu::ExecuteFn =
-            Box::new(move |view| Box::new(f(view)) as Box<dyn Any + Send>);
-        let shard_ref = shard.inner.shard_ref();
-        let out = self
-            .ask_gpu(shard.device(), |reply| GpuMsg::Execute {
-                shard: shard_ref,
-                job,
-                reply,
-            })
-            .await??;
-        out.downcast::<R>()
-            .map(|b| *b)
-            .map_err(|_| VramError::Unsupported("execute result had an unexpected type".into()))
     }
 
     /// Verifies the shard (per `Config::execute_verify`) and signs a `vram-attest-v2` statement

@@ -10,8 +10,12 @@ mod admission;
 mod checks;
 mod release;
 mod sealing;
+mod signed;
 mod startup;
 mod status;
+
+pub use lease::ShardLease;
+pub(crate) mod lease;
 mod tensor_parallel;
 
 use admission::Admission;
@@ -55,6 +59,8 @@ struct Inner {
     shut_down: AtomicBool,
     backend_description: String,
     backend_kind: crate::gpu::BackendKind,
+    /// The identity key's public half (the private key lives in the seal keeper).
+    identity_public: crate::seal::identity::IdentityPublicKey,
 }
 
 impl std::fmt::Debug for VramResidency {

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::error::VramError;
-use crate::messages::gpu::{GpuMsg, SealJob, SealMeta};
+use crate::messages::gpu::{GpuMsg, SealJob, SealMeta, SignedSource};
 use crate::seal::tensors::TensorMap;
 use crate::shard::{SealRequest, SealSource, SealedShard, ShardHandle};
 use crate::telemetry::{self};
@@ -32,6 +32,7 @@ impl VramResidency {
             expected_sha256,
             tensor_parallel,
             progress,
+            provenance,
         } = request;
         validation::validate_identifier("shard_id", &shard_id)?;
         validation::validate_model_ref(&model_ref)?;
@@ -42,6 +43,16 @@ impl VramResidency {
         if let Some((i, t)) = tensor_parallel {
             validation::validate_tensor_parallel(i, t)?;
         }
+        let provenance = provenance
+            .map(|(signature, resource)| {
+                signature
+                    .provenance_of(&resource)
+                    .map(|(provenance, file)| SignedSource {
+                        provenance,
+                        sha256: file.sha256.clone(),
+                    })
+            })
+            .transpose()?;
         // The file's metadata and its safetensors header are file I/O (and a large header is
         // CPU work to parse): both run off the runtime's worker threads.
         let (source, len, tensors) = tokio::task::spawn_blocking(move || inspect_source(source))
@@ -62,6 +73,7 @@ impl VramResidency {
                 tensor_parallel,
                 handle_id,
                 tensors,
+                provenance: provenance.clone(),
             },
             source,
             progress,
@@ -79,6 +91,7 @@ impl VramResidency {
                 handle_id,
                 directory: self.inner.directory.clone(),
                 released: AtomicBool::new(false),
+                provenance: provenance.map(|p| p.provenance),
             }),
         })
     }

@@ -56,6 +56,8 @@ impl VramResidency {
     /// `AuditUnavailable` if the audit log cannot be opened (or does not verify).
     pub async fn start(mut config: Config) -> Result<Self, VramError> {
         let token = config.take_token()?;
+        let identity = config.take_identity(&token)?;
+        let identity_public = identity.public()?;
         let backend_description = config.backend_description();
         let (device_count, factory): (u32, BackendFactory) = match config.backend.clone() {
             BackendChoice::Simulated { count, capacity } => (
@@ -85,6 +87,7 @@ impl VramResidency {
                 scrub_bytes_per_sec: config.scrub_bytes_per_sec,
             },
             token,
+            identity,
             audit_sink: config.audit.clone(),
             audit_batch_size: config.audit_batch_size,
             audit_flush_interval: config.audit_flush_interval,
@@ -119,11 +122,12 @@ impl VramResidency {
                 fail_closed_audit: config.fail_closed_audit,
                 next_handle: AtomicU64::new(1),
                 admission: (0..device_count)
-                    .map(|_| Admission::new(config.device_queue_limit))
+                    .map(|_| Admission::new(config.device_queue_limit, config.admission_timeout))
                     .collect(),
                 shut_down: AtomicBool::new(false),
                 backend_description,
                 backend_kind,
+                identity_public,
             }),
         })
     }

@@ -11,9 +11,10 @@ use crate::validation;
 use super::*;
 
 impl VramResidency {
-    /// Memory figures of a device.
+    /// Memory figures of a device. A status query: it does not wait for a request slot, and
+    /// the device answers it between requests (hashing runs off its actor).
     pub async fn capacity(&self, device: u32) -> Result<VramCapacity, VramError> {
-        self.ask_gpu(device, |reply| GpuMsg::Capacity { reply })
+        self.ask_gpu_now(device, |reply| GpuMsg::Capacity { reply })
             .await?
     }
 
@@ -50,11 +51,15 @@ impl VramResidency {
             .map_err(|_| VramError::ShuttingDown)
     }
 
-    /// Status of every device.
+    /// Status of every device. A status query: it does not wait for request slots, and each
+    /// device answers it between requests (hashing runs off its actor).
     pub async fn devices(&self) -> Result<Vec<DeviceStatus>, VramError> {
         let mut out = Vec::new();
         for d in 0..self.inner.device_count {
-            out.push(self.ask_gpu(d, |reply| GpuMsg::Status { reply }).await?);
+            out.push(
+                self.ask_gpu_now(d, |reply| GpuMsg::Status { reply })
+                    .await?,
+            );
         }
         Ok(out)
     }

@@ -17,7 +17,8 @@
 //!   attestation runs on any part of a partly corrupted model; the failing member's device is
 //!   stopped (fail-closed, as for any failed verification), the others keep serving other
 //!   shards. The audit log gets `GroupVerificationFailed` next to the member's own
-//!   `SealVerificationFailed`, and one `GroupMemberQuarantined` per member quarantined.
+//!   `SealVerificationFailed`, and one `GroupMemberQuarantined` per member quarantined, once:
+//!   later refusals of the failed group are counted (`audit::refusals`), not written again.
 //! * Errors about one member are [`VramError::GroupMember`] (group, index, shard id and the
 //!   member's own error), except bad input, which stays `InvalidInput` with the part named in
 //!   its message.
@@ -25,10 +26,11 @@
 use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 
-use crate::actors::emit_audit;
 use crate::actors::gpu_actor::now_unix_nanos;
+use crate::actors::{emit_audit, refuse_audit};
 use crate::attestation::{Attestation, GroupAttestation};
 use crate::audit::events::{AuditEvent, Severity};
+use crate::audit::refusals::RefusalReason;
 use crate::error::VramError;
 use crate::messages::gpu::GpuMsg;
 use crate::messages::seal_keeper::SealKeeperMsg;
@@ -322,6 +324,22 @@ impl VramResidency {
         self.live()?;
         info.check_structure()?;
         if !self.check_group_signature(info).await? {
+            // On record once per window; repeats are counted (a forger chooses how often).
+            let record = AuditEvent::GroupVerificationFailed {
+                group_id: info.group_id.clone(),
+                failed_shard_id: String::new(),
+                gpu_device: u32::MAX,
+                reason: "a peer's GroupInfo (verify_group_info): the group signature does not \
+                         verify (forged or altered record; recorded only: nothing quarantined)"
+                    .into(),
+                total_shards: u32::try_from(info.members.len()).unwrap_or(u32::MAX),
+                severity: Severity::Critical,
+            };
+            refuse_audit(
+                &self.inner.audit,
+                RefusalReason::ForgedGroupRecord,
+                Some(record),
+            );
             return Err(VramError::seal_signature_failed(info.group_id.clone()));
         }
         let mut reports = Vec::with_capacity(info.members.len());
@@ -480,6 +498,11 @@ impl VramResidency {
         err: &VramError,
     ) {
         let group_id = group.group_id().to_string();
+        if group.inner.failed.swap(true, Ordering::AcqRel) {
+            // Already failed and quarantined (its failure is on record): a refusal, counted.
+            refuse_audit(&self.inner.audit, RefusalReason::QuarantinedGroup, None);
+            return;
+        }
         emit_audit(
             &self.inner.audit,
             AuditEvent::GroupVerificationFailed {

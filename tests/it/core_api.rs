@@ -1357,9 +1357,15 @@ async fn eight_restarts_in_a_minute_then_the_device_is_left_crashed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_on_one_device_waits_for_room_while_another_keeps_answering() {
-    let system = VramResidency::start(common::config(2, 4 * MIB).device_queue_limit(4))
-        .await
-        .unwrap();
+    // Back-pressure without shedding: every caller waits as long as it takes (the flood takes
+    // longer than the default admission timeout).
+    let system = VramResidency::start(
+        common::config(2, 4 * MIB)
+            .device_queue_limit(4)
+            .admission_timeout(Duration::from_secs(600)),
+    )
+    .await
+    .unwrap();
     let shard = system
         .seal(SealRequest::new("flooded", "m", 0, pattern(64 << 10)))
         .await

@@ -6,7 +6,8 @@
 //! ```text
 //!  0  text, types           plain values and the sanitiser
 //!  1  error                 the one error type
-//!  2  validation, telemetry input rules; the crate's metric names and recorders
+//!  2  validation, telemetry input rules; the crate's metric names and recorders;
+//!     provenance            signed model releases, DSSE
 //!  3  seal                  digest, Merkle tree, claims, keys
 //!  4  audit, gpu, attestation   log format/writer/verifier; device backends; attestations
 //!  5  config
@@ -35,6 +36,7 @@ pub(crate) const LAYERS: &[(&str, u32)] = &[
     ("error", 1),
     ("validation", 2),
     ("telemetry", 2),
+    ("provenance", 2),
     ("seal", 3),
     ("audit", 4),
     ("gpu", 4),

@@ -16,6 +16,7 @@ mod groups;
 mod layering;
 mod leaf_kernel_host;
 mod parsers_prop;
+mod serving;
 mod tensor_localisation;
 mod trust;
 mod unsafe_scope;

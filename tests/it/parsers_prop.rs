@@ -1,10 +1,13 @@
 //! Property tests over every parser that reads bytes someone else wrote, through the public
 //! API: `ShardInfo` JSON and its signature, attestation JSON (`vram-attest-v2`) and
-//! `verify_attestation`, audit
-//! log lines (`parse_record`, `split_record`, `verify_lines`) and safetensors headers
-//! (`TensorMap::parse`). For each: arbitrary input never panics; a valid value round-trips;
-//! any single change to a signed value is caught; text from the input comes back sanitised.
-//! (The command line's own parsers — sizes, hex — are tested in `src/cli/`.)
+//! `verify_attestation`, audit log lines (`parse_record`, `split_record`, `verify_lines`),
+//! safetensors headers (`TensorMap::parse`), model-signing bundles
+//! (`ModelSignature::from_bundle`), signed attestations (`verify_signed_attestation`,
+//! `vram-attest-v3`), the attest server's bearer credential (`examples/support/bearer.rs`) and
+//! the counts of coalesced refusals (`audit::refusals`). For each: arbitrary input never panics;
+//! a valid value round-trips; any single change to a signed value is caught; text from the input
+//! comes back sanitised. (The command line's own parsers — sizes, hex — are tested in
+//! `cli/src/cli/`.)
 #![allow(
     clippy::unwrap_used,
     clippy::indexing_slicing,
@@ -12,14 +15,17 @@
 )] // test code fails loudly
 
 use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
 
 use hmac::Mac;
 use proptest::prelude::*;
 use safetensors::tensor::{Dtype, TensorView};
 use vram_residency::attestation::{ATTEST_FORMAT, MIN_NONCE_BYTES, StatementFields, statement};
+use vram_residency::audit::events::AuditEvent;
 use vram_residency::audit::format::{
     ChainState, MAC_TAIL_LEN, encode_record, parse_record, parse_record_bytes, split_record,
 };
+use vram_residency::audit::refusals::{Decision, RefusalCoalescer, RefusalReason};
 use vram_residency::audit::verify_lines;
 use vram_residency::seal::claims::{self, SEAL_FORMAT};
 use vram_residency::seal::keys::{AttestKey, AuditKey, SealKey};
@@ -727,6 +733,326 @@ proptest! {
         let short = &bytes[..cut.index(bytes.len() + 1)];
         if let Some(map) = TensorMap::parse(short, total) {
             check_map(&map, total)?;
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Model-signing bundles and vram-attest-v3 (issue 20).
+
+const MODEL_BUNDLE: &[u8] = include_bytes!("../fixtures/model-signing/model-p256.sig");
+const PUBLISHER_KEY: &[u8] =
+    include_bytes!("../fixtures/model-signing/keys/publisher-p256.pub.pem");
+
+fn v3_vector() -> (String, String, Vec<u8>) {
+    let v: serde_json::Value =
+        serde_json::from_str(include_str!("../vectors/attest-v3.json")).unwrap();
+    let case = &v["attestations"][0];
+    (
+        case["bundle_json"].as_str().unwrap().to_owned(),
+        v["identity"]["public_key_pem"].as_str().unwrap().to_owned(),
+        hex::decode(case["nonce"].as_str().unwrap()).unwrap(),
+    )
+}
+
+/// An accepted model signature is internally consistent: its subject is SHA-256 over its
+/// resources' digests, each a 64-hex SHA-256 under a clean, unique name.
+fn consistent(sig: &vram_residency::ModelSignature) -> Result<(), TestCaseError> {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    let mut names = std::collections::HashSet::new();
+    for r in sig.resources() {
+        prop_assert_eq!(r.sha256.len(), 64);
+        prop_assert!(is_clean(&r.name) && names.insert(r.name.clone()));
+        h.update(hex::decode(&r.sha256).unwrap());
+    }
+    prop_assert_eq!(sig.subject_sha256(), hex::encode(h.finalize()));
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    #[test]
+    fn model_bundles_from_any_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..2048)) {
+        if let Ok(sig) = vram_residency::ModelSignature::from_bundle(&bytes, PUBLISHER_KEY) {
+            consistent(&sig)?;
+        }
+    }
+
+    /// One byte of the real bundle changed: refused with `ModelSignatureInvalid` (never a
+    /// panic, never another error), unless the change leaves the signed content as it was
+    /// (a byte of the untrusted hint or key id, or JSON whitespace).
+    #[test]
+    fn any_byte_edit_of_a_model_bundle_is_refused_or_harmless(at in any::<prop::sample::Index>(), with in any::<u8>()) {
+        let Some(text) = one_byte_changed(MODEL_BUNDLE, at, with) else { return Ok(()); };
+        match vram_residency::ModelSignature::from_bundle(text.as_bytes(), PUBLISHER_KEY) {
+            Ok(sig) => {
+                consistent(&sig)?;
+                let original = vram_residency::ModelSignature::from_bundle(MODEL_BUNDLE, PUBLISHER_KEY).unwrap();
+                prop_assert_eq!(sig, original);
+            }
+            Err(vram_residency::VramError::ModelSignatureInvalid(reason)) => prop_assert!(is_clean(&reason)),
+            Err(other) => prop_assert!(false, "{other:?}"),
+        }
+    }
+
+    #[test]
+    fn truncated_model_bundles_are_refused(cut in 0usize..1807) {
+        let cut = cut.min(MODEL_BUNDLE.len() - 1);
+        prop_assert!(matches!(
+            vram_residency::ModelSignature::from_bundle(&MODEL_BUNDLE[..cut], PUBLISHER_KEY),
+            Err(vram_residency::VramError::ModelSignatureInvalid(_))
+        ));
+    }
+
+    /// One byte of a v3 attestation's JSON changed: `AttestationInvalid` (or a JSON error
+    /// before that), never a pass with other content, never a panic.
+    #[test]
+    fn any_byte_edit_of_a_v3_attestation_is_refused_or_harmless(at in any::<prop::sample::Index>(), with in any::<u8>()) {
+        let (bundle, pem, nonce) = v3_vector();
+        let Some(text) = one_byte_changed(bundle.as_bytes(), at, with) else { return Ok(()); };
+        let Ok(att) = serde_json::from_str::<vram_residency::SignedAttestation>(&text) else { return Ok(()); };
+        let original: vram_residency::SignedAttestation = serde_json::from_str(&bundle).unwrap();
+        let policy = vram_residency::AttestationPolicy::default();
+        match vram_residency::verify_signed_attestation(&att, &pem, &nonce, &policy) {
+            Ok(_) => prop_assert_eq!(
+                att.bundle.dsse_envelope.as_ref().map(|e| (&e.payload, &e.signatures[0].sig)),
+                original.bundle.dsse_envelope.as_ref().map(|e| (&e.payload, &e.signatures[0].sig))
+            ),
+            Err(vram_residency::VramError::AttestationInvalid(reason)) => prop_assert!(is_clean(&reason)),
+            Err(other) => prop_assert!(false, "{other:?}"),
+        }
+    }
+
+    #[test]
+    fn v3_attestations_from_any_json_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..1024)) {
+        let (_, pem, nonce) = v3_vector();
+        if let Ok(att) = serde_json::from_slice::<vram_residency::SignedAttestation>(&bytes) {
+            let r = vram_residency::verify_signed_attestation(&att, &pem, &nonce, &Default::default());
+            prop_assert!(r.is_err());
+        }
+    }
+}
+
+/// A JSON value with one random edit somewhere inside: a member removed, a value replaced by
+/// another type, a string or number changed, an array entry duplicated or dropped.
+fn edit_json(value: &mut serde_json::Value, path: &[prop::sample::Index], kind: u8, seed: u64) {
+    use serde_json::Value;
+    // Walk down read-only to name the spot (a JSON pointer), then edit it.
+    let mut pointer = String::new();
+    let mut here = &*value;
+    for i in path {
+        match here {
+            Value::Object(map) if !map.is_empty() => {
+                let key = map.keys().nth(i.index(map.len())).unwrap();
+                pointer.push('/');
+                pointer.push_str(&key.replace('~', "~0").replace('/', "~1"));
+                here = &map[key];
+            }
+            Value::Array(items) if !items.is_empty() => {
+                let n = i.index(items.len());
+                pointer.push_str(&format!("/{n}"));
+                here = &items[n];
+            }
+            _ => break,
+        }
+    }
+    let at = value.pointer_mut(&pointer).unwrap();
+    *at = match (kind % 6, &*at) {
+        (0, _) => Value::Null,
+        (1, Value::String(s)) => Value::String(format!("{s}{}", seed % 10)),
+        (1, Value::Number(n)) => Value::from(n.as_u64().unwrap_or(0).wrapping_add(seed % 3 + 1)),
+        (2, _) => Value::from(seed),
+        (3, _) => Value::String("x".repeat((seed % 70) as usize)),
+        (4, Value::Array(items)) => {
+            let mut items = items.clone();
+            if let Some(first) = items.first().cloned() {
+                items.push(first);
+            }
+            Value::Array(items)
+        }
+        (5, Value::Object(map)) => {
+            let mut map = map.clone();
+            if let Some(k) = map.keys().next().cloned() {
+                map.remove(&k);
+            }
+            Value::Object(map)
+        }
+        _ => serde_json::json!({"unexpected": true}),
+    };
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    /// A v3 statement edited anywhere and re-signed with the right key (so the signature
+    /// passes and the statement checks are what decide): never a panic, and every refusal is
+    /// `AttestationInvalid`.
+    #[test]
+    fn resigned_edits_of_a_v3_statement_never_panic(
+        path in prop::collection::vec(any::<prop::sample::Index>(), 0..6),
+        kind in any::<u8>(),
+        seed in any::<u64>(),
+    ) {
+        use vram_residency::attestation::signed::assemble;
+        use vram_residency::seal::identity::IdentityKey;
+        let v: serde_json::Value =
+            serde_json::from_str(include_str!("../vectors/attest-v3.json")).unwrap();
+        let case = &v["attestations"][0];
+        let mut statement: serde_json::Value =
+            serde_json::from_str(case["payload"].as_str().unwrap()).unwrap();
+        edit_json(&mut statement, &path, kind, seed);
+        let payload = serde_json::to_vec(&statement).unwrap();
+        let token = WorkerToken::new(v["token"].as_str().unwrap().as_bytes().to_vec()).unwrap();
+        let key = IdentityKey::derive(&token).unwrap();
+        let public = key.public().unwrap();
+        let att = assemble(&payload, &key.sign_dsse("application/vnd.in-toto+json", &payload), &public.key_id);
+        let nonce = hex::decode(case["nonce"].as_str().unwrap()).unwrap();
+        match vram_residency::verify_signed_attestation(&att, &public.pem, &nonce, &Default::default()) {
+            Ok(claims) => {
+                prop_assert_eq!(claims.shard.shard_id.as_str(), statement["subject"][0]["name"].as_str().unwrap());
+                prop_assert_eq!(claims.nonce.as_str(), case["nonce"].as_str().unwrap());
+            }
+            Err(vram_residency::VramError::AttestationInvalid(reason)) => prop_assert!(is_clean(&reason), "{reason}"),
+            Err(other) => prop_assert!(false, "{other:?}"),
+        }
+    }
+
+    /// A model-signing statement edited anywhere and re-signed with the publisher's key: never
+    /// a panic; accepted only when still consistent, else `ModelSignatureInvalid`.
+    #[test]
+    fn resigned_edits_of_a_model_statement_never_panic(
+        path in prop::collection::vec(any::<prop::sample::Index>(), 0..6),
+        kind in any::<u8>(),
+        seed in any::<u64>(),
+    ) {
+        use base64::Engine;
+        use base64::engine::general_purpose::STANDARD;
+        use p256::ecdsa::signature::Signer;
+        use p256::pkcs8::DecodePrivateKey;
+        let mut bundle: serde_json::Value = serde_json::from_slice(MODEL_BUNDLE).unwrap();
+        let payload = STANDARD.decode(bundle["dsseEnvelope"]["payload"].as_str().unwrap()).unwrap();
+        let mut statement: serde_json::Value = serde_json::from_slice(&payload).unwrap();
+        edit_json(&mut statement, &path, kind, seed);
+        let payload = serde_json::to_vec(&statement).unwrap();
+        let key = p256::ecdsa::SigningKey::from_pkcs8_pem(include_str!(
+            "../fixtures/model-signing/keys/publisher-p256.key.pem"
+        ))
+        .unwrap();
+        let pae = [
+            format!("DSSEv1 28 application/vnd.in-toto+json {} ", payload.len()).into_bytes(),
+            payload.clone(),
+        ]
+        .concat();
+        let sig: p256::ecdsa::DerSignature = key.sign(&pae);
+        bundle["dsseEnvelope"]["payload"] = STANDARD.encode(&payload).into();
+        bundle["dsseEnvelope"]["signatures"][0]["sig"] = STANDARD.encode(sig.as_bytes()).into();
+        match vram_residency::ModelSignature::from_bundle(&serde_json::to_vec(&bundle).unwrap(), PUBLISHER_KEY) {
+            Ok(sig) => consistent(&sig)?,
+            Err(vram_residency::VramError::ModelSignatureInvalid(reason)) => prop_assert!(is_clean(&reason), "{reason}"),
+            Err(other) => prop_assert!(false, "{other:?}"),
+        }
+    }
+}
+
+// The attest server's challenger credential (`examples/support/bearer.rs`), and repeated
+// refusals counted into `RefusalsSuppressed` summaries (`audit::refusals`).
+
+#[path = "../../examples/support/bearer.rs"]
+mod bearer;
+
+const REASONS: [RefusalReason; 5] = [
+    RefusalReason::ForgedShardRecord,
+    RefusalReason::ResidencyMismatch,
+    RefusalReason::ForgedGroupRecord,
+    RefusalReason::QuarantinedShard,
+    RefusalReason::QuarantinedGroup,
+];
+
+proptest! {
+    #![proptest_config(config())]
+
+    /// `Bearer <b64token>` parses to exactly that token, in any case of the scheme and after any
+    /// number of spaces; a token with anything after it, or glued to the scheme, does not; any
+    /// bytes never panic, and a token found is the header's tail.
+    #[test]
+    fn bearer_headers_parse_exactly(
+        token in "[A-Za-z0-9._~+/-]{1,64}={0,3}",
+        scheme in "[Bb][Ee][Aa][Rr][Ee][Rr]",
+        spaces in 1usize..4,
+        junk in any::<Vec<u8>>(),
+    ) {
+        let header = format!("{scheme}{}{token}", " ".repeat(spaces));
+        prop_assert_eq!(bearer::bearer_token(header.as_bytes()), Some(token.as_bytes()));
+        prop_assert!(bearer::authorized(Some(header.as_bytes()), token.as_bytes()));
+        let longer = format!("{token}x");
+        prop_assert!(!bearer::authorized(Some(header.as_bytes()), longer.as_bytes()));
+        prop_assert!(!bearer::authorized(Some(header.as_bytes()), &token.as_bytes()[1..]));
+        for refused in [
+            format!("{header} x"),
+            format!("{header}\n"),
+            format!("{scheme}{token}"),
+            format!("Basic {token}"),
+        ] {
+            prop_assert_eq!(bearer::bearer_token(refused.as_bytes()), None);
+        }
+        if let Some(found) = bearer::bearer_token(&junk) {
+            prop_assert!(!found.is_empty() && junk.ends_with(found));
+        }
+    }
+
+    /// Whatever the sequence of refusals: each is either written in full (only when it has a
+    /// record) or counted; every counted one is in exactly one summary; and per reason, full
+    /// records and summaries are at most one per window (plus the final drain). The summaries
+    /// survive the audit log format with their counts.
+    #[test]
+    fn refusals_are_counted_once_and_bounded(
+        steps in prop::collection::vec((0usize..5, any::<bool>(), 0u64..40_000), 1..300),
+    ) {
+        let window = Duration::from_secs(60);
+        let mut coalescer = RefusalCoalescer::new(window);
+        let started = Instant::now();
+        let mut now = started;
+        let (mut recorded, mut counted) = ([0u64; 5], [0u64; 5]);
+        let mut summaries = Vec::new();
+        for (reason, has_record, millis) in steps {
+            now += Duration::from_millis(millis);
+            summaries.extend(coalescer.due(now));
+            match coalescer.refuse(REASONS[reason], has_record, chrono::Utc::now(), now) {
+                Decision::Record => {
+                    prop_assert!(has_record);
+                    recorded[reason] += 1;
+                }
+                Decision::Count => counted[reason] += 1,
+            }
+        }
+        summaries.extend(coalescer.drain(now));
+        prop_assert_eq!(coalescer.total_counted(), counted.iter().sum::<u64>());
+        let windows = now.duration_since(started).as_secs() / window.as_secs();
+        let key = AuditKey::derive(&token());
+        let mut chain = ChainState::genesis();
+        let mut summed = [0u64; 5];
+        let mut per_reason = [0u64; 5];
+        for summary in &summaries {
+            let AuditEvent::RefusalsSuppressed { reason, count, .. } = summary else {
+                panic!("not a summary: {summary:?}");
+            };
+            let r = REASONS.iter().position(|x| x.as_str() == reason).unwrap();
+            prop_assert!(*count > 0);
+            summed[r] += count;
+            per_reason[r] += 1;
+            let line = encode_record(&key, &mut chain, "2026-12-03T10:00:00.000000000Z", "w", &summary.to_json());
+            let parsed = parse_record(&line).unwrap();
+            prop_assert_eq!(parsed.event_type.as_str(), "RefusalsSuppressed");
+            let event: serde_json::Value = serde_json::from_str(parsed.event_json).unwrap();
+            prop_assert_eq!(event["count"].as_u64(), Some(*count));
+            prop_assert_eq!(RefusalReason::parse(event["reason"].as_str().unwrap()), Some(REASONS[r]));
+        }
+        prop_assert_eq!(summed, counted);
+        for r in 0..5 {
+            prop_assert!(recorded[r] <= 1 + windows, "{} records in {} windows", recorded[r], windows);
+            prop_assert!(per_reason[r] <= 2 + windows, "{} summaries in {} windows", per_reason[r], windows);
         }
     }
 }

@@ -274,13 +274,13 @@ async fn replayed_stale_weak_and_simulated_attestations_are_refused_by_policy() 
     tokio::time::sleep(Duration::from_millis(30)).await;
     let strict = AttestationPolicy::default().max_age(Duration::from_millis(10));
     let err = verify_attestation_with(&att, &token(), NONCE, &strict).unwrap_err();
-    assert!(matches!(err, VramError::PolicyViolation(_)), "{err}");
+    assert!(matches!(err, VramError::AttestationInvalid(_)), "{err}");
     assert!(err.to_string().contains("stale"), "{err}");
 
     // Simulated device: refused when device memory is required.
     let device = AttestationPolicy::default().require_device_memory(true);
     let err = verify_attestation_with(&att, &token(), NONCE, &device).unwrap_err();
-    assert!(matches!(err, VramError::PolicyViolation(_)), "{err}");
+    assert!(matches!(err, VramError::AttestationInvalid(_)), "{err}");
     system.shutdown().await.unwrap();
 
     // Weak mode: a worker that verifies by sampling (or by signature only) before attesting
@@ -300,7 +300,7 @@ async fn replayed_stale_weak_and_simulated_attestations_are_refused_by_policy() 
         let full = AttestationPolicy::default().require_mode(VerifyMode::Full);
         let err = verify_attestation_with(&att, &token(), NONCE, &full).unwrap_err();
         assert!(
-            matches!(err, VramError::PolicyViolation(_)),
+            matches!(err, VramError::AttestationInvalid(_)),
             "{mode}: {err}"
         );
         let sampled_8 =

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 use vram_residency::AuditHead;
-use vram_residency::audit::{self, AuditReport, LogStatus, ProblemKind};
+use vram_residency::audit::{self, AuditReport, HeadProblem, LogStatus, ProblemKind};
 use vram_residency::validation;
 
 use super::Global;
@@ -117,6 +117,10 @@ pub fn check_intact(shown: &str, report: &AuditReport) -> Result<(), CliError> {
     let Some(problem) = &report.first_problem else {
         return match &report.head_problem {
             None => Ok(()),
+            Some(h @ HeadProblem::ZeroHead { .. }) => Err(CliError::integrity(format!(
+                "audit log {shown} is not intact: {h}"
+            ))
+            .hint("pass the head the worker reported (VramResidency::audit_head, an attestation's audit_head)")),
             Some(h) => Err(
                 CliError::integrity(format!("audit log {shown} is not intact: {h}")).hint(
                     "the head was kept elsewhere: a log that stops short of it was cut; \

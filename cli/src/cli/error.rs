@@ -133,6 +133,7 @@ impl From<VramError> for CliError {
         match e.innermost() {
             VramError::InvalidInput(m) => Self::usage(m.clone()),
             _ if e.is_integrity_failure() => Self::integrity(e.to_string()),
+            VramError::AttestationInvalid(_) => Self::integrity(e.to_string()),
             VramError::DeviceStopped { .. } => Self::env(e.to_string()).hint(
                 "the device stopped after an integrity failure; investigate, then reset it",
             ),

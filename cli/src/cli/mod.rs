@@ -10,11 +10,14 @@ pub mod bench;
 pub mod demo;
 pub mod devices;
 pub mod error;
+pub mod identity;
 pub mod logging;
 pub mod progress;
+pub mod provenance;
 pub mod seal;
 pub mod token;
 pub mod untrusted;
+pub mod verify_attestation;
 pub mod verify_info;
 
 use std::path::PathBuf;
@@ -39,7 +42,8 @@ Exit codes:
   0  success
   2  usage error: bad arguments, bad hex, device out of range, missing input file
   3  integrity failure: verification failed, digest mismatch, audit log not intact,
-     seal signature does not match
+     seal signature does not match, provenance mismatch, model signature or
+     attestation refused
   4  environment problem: unreadable or insecure token file, I/O error, device or
      backend error, not enough device memory
 
@@ -149,6 +153,24 @@ pub enum Command {
     #[command(name = "verify-info", after_help = AFTER_HELP)]
     VerifyInfo(verify_info::VerifyInfoArgs),
 
+    /// Check an attestation a worker sent for a challenge; one line, exit 0 or 3.
+    ///
+    /// A vram-attest-v3 bundle (shard or group) is checked with --public-key alone (the
+    /// worker's identity key, from `identity`); a vram-attest-v2 attestation or group
+    /// attestation with the worker token. --expect-shard and --expect-digest pin what was
+    /// asked; --max-age, --require-mode, --require-device-memory, --min-audit-seq and
+    /// --require-provenance add requirements. No age limit unless --max-age is given.
+    #[command(name = "verify-attestation", after_help = AFTER_HELP)]
+    VerifyAttestation(verify_attestation::VerifyAttestationArgs),
+
+    /// Print the worker's identity public key (PEM, ECDSA P-256) for challengers.
+    ///
+    /// Derived from the worker token (or read from --identity-key-file). Challengers check
+    /// vram-attest-v3 attestations with it alone; it cannot sign. The key id (SHA-256 of the
+    /// SPKI DER) goes to stderr.
+    #[command(after_help = AFTER_HELP)]
+    Identity(identity::IdentityArgs),
+
     /// Work with vram-audit-v1 audit logs.
     #[command(subcommand)]
     Audit(AuditCommand),
@@ -203,6 +225,8 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Demo(args) => demo::run(&global, args).await,
         Command::Seal(args) => seal::run(&global, args).await,
         Command::VerifyInfo(args) => verify_info::run(&global, args),
+        Command::VerifyAttestation(args) => verify_attestation::run(&global, args),
+        Command::Identity(args) => identity::run(&global, args),
         Command::Audit(AuditCommand::Verify(args)) => audit::run_verify(&global, args),
         Command::Devices(args) => devices::run(&global, args).await,
         Command::Bench(args) => bench::run(args).await,

@@ -58,6 +58,22 @@ pub struct SealArgs {
     #[arg(long, value_name = "HEX")]
     pub expected_sha256: Option<String>,
 
+    /// A model-signing bundle (`model_signing sign key` output) for the model these files
+    /// belong to: each file must be the resource of that name in the signed manifest, or the
+    /// seal fails (exit 3). Needs --publisher-key.
+    #[arg(long, value_name = "BUNDLE", requires = "publisher_key")]
+    pub model_signature: Option<PathBuf>,
+
+    /// The publisher's public key (PEM, ECDSA P-256 or P-384) that must have signed
+    /// --model-signature.
+    #[arg(long, value_name = "PEM", requires = "model_signature")]
+    pub publisher_key: Option<PathBuf>,
+
+    /// With --model-signature: the file's name in the signed manifest (default: the file's
+    /// name; one FILE only).
+    #[arg(long, value_name = "NAME", requires = "model_signature")]
+    pub resource: Option<String>,
+
     /// Merkle leaf size in bytes: a power of two from 4096 to 67108864 (default 1 MiB).
     #[arg(long, value_name = "BYTES")]
     pub chunk_size: Option<u64>,
@@ -103,6 +119,23 @@ pub async fn run(global: &Global, args: SealArgs) -> Result<(), CliError> {
                 .map_err(|e| e.hint("give the 64 hex characters that sha256sum prints"))?,
         ),
     };
+    if args.resource.is_some() && args.files.len() > 1 {
+        return Err(CliError::usage(
+            "--resource applies to a single FILE; each of several files is its own file name in the manifest",
+        ));
+    }
+    // Checked before anything starts: a refused signature allocates nothing.
+    let signature = match (&args.model_signature, &args.publisher_key) {
+        (Some(bundle), Some(key)) => {
+            let resources: Vec<String> = args
+                .files
+                .iter()
+                .map(|f| super::provenance::resource_name(args.resource.as_deref(), f))
+                .collect();
+            Some(super::provenance::load(bundle, key, &resources)?)
+        }
+        _ => None,
+    };
     if let Some(c) = args.chunk_size {
         validation::validate_chunk_size(c)?;
     }
@@ -139,9 +172,13 @@ pub async fn run(global: &Global, args: SealArgs) -> Result<(), CliError> {
         config = config.audit_log(p.clone());
     }
     let system = VramResidency::start(config).await?;
+    let signed = signature.map(|s| super::provenance::Signed {
+        signature: s,
+        resource: args.resource.clone(),
+    });
     let result = match &args.group {
-        Some(group_id) => seal_group(&system, &args, group_id, expected).await,
-        None => seal_all(&system, &args, expected).await,
+        Some(group_id) => seal_group(&system, &args, group_id, expected, signed.as_ref()).await,
+        None => seal_all(&system, &args, expected, signed.as_ref()).await,
     };
     let shut = system.shutdown().await;
     result?;
@@ -165,6 +202,7 @@ async fn seal_all(
     system: &VramResidency,
     args: &SealArgs,
     expected: Option<String>,
+    signed: Option<&super::provenance::Signed>,
 ) -> Result<(), CliError> {
     validation::validate_device(args.device, system.device_count()).map_err(|e| {
         CliError::from(e).hint(format!(
@@ -185,6 +223,9 @@ async fn seal_all(
             .on_progress(progress::seal_callback(&bar));
         if let Some(h) = &expected {
             request = request.expected_sha256(h.clone());
+        }
+        if let Some(s) = signed {
+            request = s.apply(request, path);
         }
         let sealed = system.seal(request).await;
         bar.finish_and_clear();
@@ -234,6 +275,7 @@ async fn seal_group(
     args: &SealArgs,
     group_id: &str,
     expected: Option<String>,
+    signed: Option<&super::provenance::Signed>,
 ) -> Result<(), CliError> {
     for &device in &args.group_devices {
         validation::validate_device(device, system.device_count()).map_err(|e| {
@@ -272,6 +314,9 @@ async fn seal_group(
             .on_progress(progress::seal_callback(&bar));
         if let Some(h) = &expected {
             part = part.expected_sha256(h.clone());
+        }
+        if let Some(s) = signed {
+            part = s.apply(part, path);
         }
         bars.push(bar);
         request = request.part(part);

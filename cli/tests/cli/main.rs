@@ -6,4 +6,6 @@ mod support;
 mod basics;
 mod bench;
 mod groups;
+mod hostile;
+mod provenance;
 mod trust;

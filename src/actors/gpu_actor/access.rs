@@ -10,7 +10,7 @@
 //! the device can interleave with it; a panic in the caller's closure is caught and reported
 //! without taking the device down.
 
-use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
 
 use super::GpuState;
 use super::verify::quarantined;
@@ -19,7 +19,7 @@ use crate::attestation::{ATTEST_FORMAT, Attestation, StatementFields, device_id,
 use crate::audit::events::AuditEvent;
 use crate::error::VramError;
 use crate::gpu::DeviceView;
-use crate::messages::gpu::{AttestDraft, ExecuteFn, ResidencyQuery, ShardRef};
+use crate::messages::gpu::{AttestDraft, LeaseGrant, ResidencyQuery, ShardRef};
 use crate::messages::seal_keeper::SealKeeperMsg;
 use crate::seal::claims::ShardInfo;
 
@@ -95,18 +95,17 @@ impl GpuState {
         })
     }
 
-    pub(super) fn execute(
-        &mut self,
-        shard: &ShardRef,
-        job: ExecuteFn,
-    ) -> Result<Box<dyn std::any::Any + Send>, VramError> {
+    /// A view of the shard's memory for a lease, with the shard's lease marker. The view's
+    /// reader keeps the memory alive, so a release while the lease lives frees nothing under
+    /// it; the marker keeps the bytes counted as used until the last lease drops.
+    pub(super) fn lease(&mut self, shard: &ShardRef) -> Result<LeaseGrant, VramError> {
         self.accepting_work()?;
         let entry = self.table.get(shard)?;
         if let Some(bad) = &entry.quarantine {
             return Err(quarantined(&shard.shard_id, bad));
         }
-        let allocation = entry.allocation;
-        let len = entry.info.vram_bytes;
+        let (allocation, len) = (entry.allocation, entry.info.vram_bytes);
+        let marker = Arc::clone(&entry.lease_marker);
         let address = self.backend.device_address(allocation);
         let reader = self.backend.reader(allocation);
         let (address, reader) = match (address, reader) {
@@ -120,11 +119,6 @@ impl GpuState {
             address,
             reader,
         };
-        // The closure is the caller's code: a panic in it must not take the device down.
-        std::panic::catch_unwind(AssertUnwindSafe(|| job(&view))).map_err(|_| {
-            VramError::ExecutionPanicked {
-                shard_id: shard.shard_id.clone(),
-            }
-        })
+        Ok(LeaseGrant { view, marker })
     }
 }

@@ -110,8 +110,8 @@ impl Actor for GpuActor {
                 let r = state.attest(shard, info, *draft).await;
                 let _ = reply.send(r);
             }
-            GpuMsg::Execute { shard, job, reply } => {
-                let _ = reply.send(state.execute(&shard, job));
+            GpuMsg::Lease { shard, reply } => {
+                let _ = reply.send(state.lease(&shard));
             }
             GpuMsg::Release { shard, reply } => state.release_request(shard, reply),
             GpuMsg::Capacity { reply } => {

@@ -143,6 +143,25 @@ impl GpuState {
                 actual: digest_hex,
             });
         }
+        if let Some(signed) = &meta.provenance
+            && signed.sha256 != digest_hex
+        {
+            self.audit(AuditEvent::ProvenanceMismatch {
+                shard_id: meta.shard_id.clone(),
+                gpu_device: device,
+                resource: signed.provenance.resource.clone(),
+                expected_digest: signed.sha256.clone(),
+                actual_digest: digest_hex.clone(),
+                model_subject_sha256: signed.provenance.model_subject_sha256.clone(),
+                publisher_keyid: signed.provenance.publisher_keyid.clone(),
+                severity: crate::audit::events::Severity::Critical,
+            });
+            return Err(VramError::ProvenanceMismatch {
+                resource: crate::text::sanitize(&signed.provenance.resource),
+                expected: signed.sha256.clone(),
+                actual: digest_hex,
+            });
+        }
         let (shard_index, total_shards) = meta.tensor_parallel.unzip();
         let mut info = ShardInfo {
             format: SEAL_FORMAT.to_string(),
@@ -180,6 +199,7 @@ impl GpuState {
             quarantine: None,
             in_flight: 0,
             pending_release: Vec::new(),
+            lease_marker: Arc::new(()),
         });
         self.audit(AuditEvent::VramSealed {
             shard_id: info.shard_id.clone(),
@@ -188,6 +208,7 @@ impl GpuState {
             digest: info.digest.clone(),
             merkle_root: info.merkle_root.clone(),
             model_ref: info.model_ref.clone(),
+            provenance: meta.provenance.as_ref().map(|s| s.provenance.clone()),
         });
         Ok(info)
     }

@@ -5,7 +5,7 @@
 //! it returns exactly to its starting value when every shard is gone.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use ractor::RpcReplyPort;
 
@@ -62,6 +62,9 @@ pub struct ShardEntry {
     pub in_flight: u32,
     /// Releases waiting for those verifications to finish.
     pub pending_release: Vec<PendingRelease>,
+    /// Cloned into every lease of the shard: while a clone lives after the shard's release,
+    /// its memory is still held (and counted as used).
+    pub lease_marker: Arc<()>,
 }
 
 /// The shards on one device.
@@ -69,12 +72,19 @@ pub struct ShardEntry {
 pub struct ShardTable {
     entries: BTreeMap<String, ShardEntry>,
     used_bytes: u64,
+    /// Shards released while leased: their memory stays held until the last lease drops.
+    held_by_leases: Vec<(Weak<()>, u64)>,
 }
 
 impl ShardTable {
     /// Bytes held by resident shards.
     pub fn used_bytes(&self) -> u64 {
-        self.used_bytes
+        self.held_by_leases
+            .iter()
+            .filter(|(lease, _)| lease.strong_count() > 0)
+            .fold(self.used_bytes, |sum, (_, bytes)| {
+                sum.saturating_add(*bytes)
+            })
     }
 
     /// Number of resident shards.
@@ -100,6 +110,13 @@ impl ShardTable {
     pub fn remove(&mut self, shard_id: &str) -> Option<ShardEntry> {
         let e = self.entries.remove(shard_id)?;
         self.used_bytes = self.used_bytes.saturating_sub(e.info.vram_bytes);
+        self.held_by_leases
+            .retain(|(lease, _)| lease.strong_count() > 0);
+        // One reference is the entry's own; any other is a lease that keeps the memory.
+        if Arc::strong_count(&e.lease_marker) > 1 {
+            self.held_by_leases
+                .push((Arc::downgrade(&e.lease_marker), e.info.vram_bytes));
+        }
         Some(e)
     }
 

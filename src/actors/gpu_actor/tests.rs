@@ -47,7 +47,8 @@ async fn spawn_gpu_on(backend: Box<dyn crate::gpu::DeviceBackend>) -> ActorRef<G
     )
     .await
     .unwrap();
-    let (keeper, _) = Actor::spawn(None, SealKeeper, token()).await.unwrap();
+    let keeper_args = crate::actors::seal_keeper::SealKeeperArgs::derived(token()).unwrap();
+    let (keeper, _) = Actor::spawn(None, SealKeeper, keeper_args).await.unwrap();
     let (gpu, _) = Actor::spawn(
         None,
         GpuActor,
@@ -95,6 +96,7 @@ async fn seal(
             tensor_parallel: None,
             handle_id,
             tensors: None,
+            provenance: None,
         },
         source: SealSource::Bytes((0..len).map(|i| (i % 251) as u8).collect()),
         progress: None,
@@ -575,6 +577,7 @@ async fn a_panicking_upload_crashes_the_device_actor_not_the_process() {
             tensor_parallel: None,
             handle_id: 1,
             tensors: None,
+            provenance: None,
         },
         source: SealSource::Bytes(vec![7u8; 20_000]),
         progress: None,

@@ -158,7 +158,14 @@ impl GpuState {
             Err(e) => return Err((e, reply)),
         };
         if let Some(bad) = &entry.quarantine {
-            return Err((quarantined(&shard.shard_id, bad), reply));
+            // Its failure is on record; this refusal (and every later one) is only counted.
+            let refused = quarantined(&shard.shard_id, bad);
+            crate::actors::refuse_audit(
+                &self.args.audit,
+                crate::audit::refusals::RefusalReason::QuarantinedShard,
+                None,
+            );
+            return Err((refused, reply));
         }
         let n = leaf_count(entry.info.vram_bytes, entry.info.chunk_size);
         // A plan that reads nothing (or a sample of nothing, which the facade refuses) hashes
@@ -305,6 +312,11 @@ impl GpuState {
         let Ok(entry) = self.table.get_mut(shard) else {
             return VramError::UnknownShard(shard.shard_id.clone());
         };
+        if let Some(found) = &entry.quarantine {
+            // Two checks were in flight when the shard went bad: the first one quarantined it
+            // and put it on record; the failure is audited once, at that transition.
+            return quarantined(&shard.shard_id, found);
+        }
         let (len, chunk) = (entry.info.vram_bytes, entry.info.chunk_size);
         let mut spans: Vec<ChunkSpan> = bad
             .iter()

@@ -57,9 +57,10 @@ pub(super) fn check_worker_id(worker_id: &str) -> Result<(), AuditLogError> {
             "must not be empty",
         )));
     }
-    if worker_id.chars().any(char::is_control) {
-        return Err(AuditLogError::InvalidWorkerId(String::from(
-            "must not contain control characters",
+    if let Some(c) = worker_id.chars().find(|c| crate::text::is_invisible(*c)) {
+        return Err(AuditLogError::InvalidWorkerId(format!(
+            "must not contain control or invisible characters (found U+{:04X})",
+            u32::from(c)
         )));
     }
     if worker_id.len() > 256 {

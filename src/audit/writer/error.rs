@@ -76,6 +76,11 @@ pub enum AuditLogError {
         /// Why.
         reason: String,
     },
+    /// The log file is not one this worker may adopt: a symlink, not a regular file, owned
+    /// by another user, or writable by group or others. The message says which, like the token
+    /// file's refusals.
+    #[error("{0}")]
+    Refused(String),
     /// The worker id cannot be used in records.
     #[error("invalid audit worker id: {0}")]
     InvalidWorkerId(String),

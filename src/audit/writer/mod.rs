@@ -1,7 +1,9 @@
 //! The `vram-audit-v1` file writer: appends HMAC-chained records to a log file synchronously
 //! (plain `std::fs`), crash-safely, and continues an existing log's chain when reopened.
 //!
-//! * [`AuditLogWriter::open`] creates the file (mode `0o600` on Unix) or, if it exists, walks its
+//! * [`AuditLogWriter::open`] opens the file without following a symlink and creates it with mode
+//!   `0o600` (Unix); an existing file must be a regular file owned by this user that group and
+//!   others cannot write (the token file's rules, `validation::owner_only`). It then walks its
 //!   whole chain with the key first. A log that does not verify is refused — we never append to a
 //!   log we cannot vouch for — except for a *torn tail* (an incomplete final line left by a crash),
 //!   which is cut off and reported in [`OpenReport::torn_tail_bytes`] with the SHA-256 of the
@@ -35,6 +37,7 @@ use crate::audit::events::AuditEvent;
 use crate::audit::format::ChainState;
 use crate::audit::verify::{ProblemKind, scan};
 use crate::seal::keys::AuditKey;
+use crate::validation::owner_only;
 
 mod batch;
 mod error;
@@ -136,7 +139,10 @@ impl AuditLogWriter {
             use std::os::unix::fs::OpenOptionsExt;
             opts.mode(0o600);
         }
-        let mut file = opts.open(path).map_err(io_err("open"))?;
+        // Not through a symlink, and not a file someone else owns or may write: the log is
+        // evidence, and an existing one is adopted only if nobody else can rewrite it.
+        let (mut file, _) = owner_only::open(path, &owner_only::AUDIT_LOG, &mut opts)
+            .map_err(AuditLogError::Refused)?;
         let scanned = scan(BufReader::new(&file), &key).map_err(io_err("read"))?;
         let mut len = scanned.verified_len;
         let mut torn_tail_bytes = None;

@@ -1,0 +1,162 @@
+//! Serving from sealed weights: a [`ShardLease`] is a verified, owned hold on one shard's device
+//! memory that an inference worker keeps for as long as a request (or a batch) needs it, and
+//! `execute` is a convenience built on one.
+//!
+//! The device actor only hands out a view of the memory (a reader that keeps it alive, and the
+//! shard's lease marker that keeps it counted as used); the caller's code runs on the caller's
+//! side, never on an actor, so a long forward pass never holds up another request to the same
+//! device. A release while leases live returns at once: the memory is freed, and its bytes stop
+//! counting in `capacity`, when the last lease drops. A quarantine or a failed scrub after the
+//! lease was taken does not pull the memory from under it; [`ShardLease::check`] re-verifies on
+//! demand.
+
+use std::fmt;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crate::error::VramError;
+use crate::gpu::{DevicePtr, DeviceView};
+use crate::messages::gpu::GpuMsg;
+use crate::shard::{SealedShard, VerifyMode, VerifyReport};
+
+use super::VramResidency;
+
+/// A verified hold on one shard's device memory (see the [module docs](self)). `'static`,
+/// `Send` and `Sync`: move it into a task or share it behind an `Arc`.
+pub struct ShardLease {
+    system: VramResidency,
+    shard: SealedShard,
+    view: DeviceView,
+    /// Keeps the bytes counted as used after a release, until the last lease drops.
+    _marker: Arc<()>,
+}
+
+impl ShardLease {
+    /// The shard id.
+    pub fn shard_id(&self) -> &str {
+        self.view.shard_id()
+    }
+
+    /// The device the shard is on.
+    pub fn gpu_device(&self) -> u32 {
+        self.view.gpu_device()
+    }
+
+    /// The shard's length in bytes.
+    pub fn len(&self) -> u64 {
+        self.view.len()
+    }
+
+    /// Whether the shard is empty (never, for a sealed shard).
+    pub fn is_empty(&self) -> bool {
+        self.view.is_empty()
+    }
+
+    /// The sealed shard this lease holds.
+    pub fn shard(&self) -> &SealedShard {
+        &self.shard
+    }
+
+    /// Copies `buf.len()` bytes at `offset` (from the shard's first byte) into `buf`.
+    pub fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), VramError> {
+        self.view.read(offset, buf)
+    }
+
+    /// The weights' device address, for kernel launches, borrow-bound to this lease: the memory
+    /// stays allocated while the lease lives. Never log it. Work launched on it must finish
+    /// before the lease drops.
+    pub fn device_ptr(&self) -> DevicePtr<'_> {
+        self.view.device_ptr()
+    }
+
+    /// The lease's memory as a [`DeviceView`] (what an `execute` closure gets).
+    pub fn view(&self) -> &DeviceView {
+        &self.view
+    }
+
+    /// Verifies the shard again, now, in `mode` (a failure quarantines it, as any
+    /// verification does; the lease's memory stays held either way).
+    pub async fn check(&self, mode: VerifyMode) -> Result<VerifyReport, VramError> {
+        self.system.verify(&self.shard, mode).await
+    }
+}
+
+impl fmt::Debug for ShardLease {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ShardLease")
+            .field("shard_id", &self.shard_id())
+            .field("gpu_device", &self.gpu_device())
+            .field("len", &self.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Set when the caller's future is dropped, so that queued caller code does not start.
+struct CallerGone(Arc<AtomicBool>);
+
+impl Drop for CallerGone {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Release);
+    }
+}
+
+impl VramResidency {
+    /// Verifies the shard in `mode`, then leases its device memory: the lease keeps the memory
+    /// alive and counted as used until it drops, even after `release` (see [`ShardLease`]).
+    /// Refused like `execute` on a quarantined shard or a stopped or lost device.
+    pub async fn lease(
+        &self,
+        shard: &SealedShard,
+        mode: VerifyMode,
+    ) -> Result<ShardLease, VramError> {
+        self.verify(shard, mode).await?;
+        let shard_ref = shard.inner.shard_ref();
+        let grant = self
+            .ask_gpu(shard.device(), |reply| GpuMsg::Lease {
+                shard: shard_ref,
+                reply,
+            })
+            .await??;
+        Ok(ShardLease {
+            system: self.clone(),
+            shard: shard.clone(),
+            view: grant.view,
+            _marker: grant.marker,
+        })
+    }
+
+    /// Verifies the shard (per `Config::execute_verify`), leases it, and runs `f` with a view of
+    /// its device memory on the blocking thread pool, never on an actor: a long closure holds
+    /// up neither the device's other requests nor the caller's runtime. What it costs: one
+    /// verification (a full re-hash by default; choose `Config::execute_verify`), one device
+    /// round trip for the lease and one hop to the blocking pool. If the caller's future is
+    /// dropped before `f` starts, `f` never runs. A worker serving many requests from one
+    /// shard should take a [`ShardLease`] once and use it directly instead.
+    pub async fn execute<R, F>(&self, shard: &SealedShard, f: F) -> Result<R, VramError>
+    where
+        F: FnOnce(&DeviceView) -> R + Send + 'static,
+        R: Send + 'static,
+    {
+        let lease = self.lease(shard, self.inner.execute_verify).await?;
+        let gone = Arc::new(AtomicBool::new(false));
+        let _guard = CallerGone(Arc::clone(&gone));
+        let shard_id = lease.shard_id().to_string();
+        let job = tokio::task::spawn_blocking(move || {
+            if gone.load(Ordering::Acquire) {
+                return None;
+            }
+            // The closure is the caller's code: a panic in it is its error, not ours.
+            Some(std::panic::catch_unwind(AssertUnwindSafe(|| {
+                f(lease.view())
+            })))
+        });
+        match job.await {
+            Ok(Some(Ok(out))) => Ok(out),
+            Ok(Some(Err(_))) | Err(_) => Err(VramError::ExecutionPanicked { shard_id }),
+            Ok(None) => Err(VramError::Internal(
+                "execute's closure was skipped although its caller is still waiting".into(),
+            )),
+        }
+    }
+}
