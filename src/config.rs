@@ -485,7 +485,7 @@ pub fn read_token_file(path: &Path) -> Result<WorkerToken, VramError> {
 /// Reads an identity key file (PKCS#8 PEM P-256) with the checks of [`read_token_file`].
 pub fn read_identity_key_file(path: &Path) -> Result<IdentityKey, VramError> {
     let what = format!("identity key file {}", crate::validation::shown_path(path));
-    let pem = read_owner_only_file(path, "identity key file")?;
+    let pem = read_owner_only_file(path, &validation::owner_only::IDENTITY_KEY_FILE)?;
     IdentityKey::from_pkcs8_pem(&what, &pem)
 }
 
@@ -494,20 +494,21 @@ pub fn read_identity_key_file(path: &Path) -> Result<IdentityKey, VramError> {
 /// trailing newline (`\n` or `\r\n`) removed. For other credentials kept like the worker token,
 /// such as a challenger's bearer token (`examples/attest_server.rs`).
 pub fn read_secret_file(path: &Path) -> Result<zeroize::Zeroizing<Vec<u8>>, VramError> {
-    read_owner_only_file(path, "token file")
+    read_owner_only_file(path, &validation::owner_only::TOKEN_FILE)
 }
 
-/// [`read_secret_file`] for a file that `what` names in errors ("token file", "identity key
-/// file").
-fn read_owner_only_file(path: &Path, what: &str) -> Result<zeroize::Zeroizing<Vec<u8>>, VramError> {
+/// [`read_secret_file`] under `rule`, which also names the file in errors ("token file",
+/// "identity key file").
+fn read_owner_only_file(
+    path: &Path,
+    rule: &validation::owner_only::Rule,
+) -> Result<zeroize::Zeroizing<Vec<u8>>, VramError> {
     use std::io::Read;
+    let what = rule.what;
     let shown = crate::validation::shown_path(path);
-    let (mut file, meta) = validation::owner_only::open(
-        path,
-        &validation::owner_only::TOKEN_FILE,
-        std::fs::OpenOptions::new().read(true),
-    )
-    .map_err(VramError::invalid)?;
+    let (mut file, meta) =
+        validation::owner_only::open(path, rule, std::fs::OpenOptions::new().read(true))
+            .map_err(VramError::invalid)?;
     if meta.len() > MAX_TOKEN_FILE_BYTES {
         return Err(VramError::invalid(format!(
             "{what} {shown} is {} bytes; a {what} holds at most {MAX_TOKEN_FILE_BYTES} bytes",
