@@ -35,6 +35,19 @@ impl VramResidency {
         device: u32,
         build: impl FnOnce(ractor::RpcReplyPort<T>) -> GpuMsg,
     ) -> Result<T, VramError> {
+        self.ask_gpu_or_undo(device, build, drop).await
+    }
+
+    /// [`VramResidency::ask_gpu`] for a request whose answer holds something that must not be
+    /// lost when its caller has gone: if the answer arrives after the caller gave up (or the
+    /// call timed out), `undo` gets it (a seal's undo releases the shard no handle will ever
+    /// release).
+    pub(super) async fn ask_gpu_or_undo<T: Send + 'static>(
+        &self,
+        device: u32,
+        build: impl FnOnce(ractor::RpcReplyPort<T>) -> GpuMsg,
+        undo: impl FnOnce(T) + Send + 'static,
+    ) -> Result<T, VramError> {
         validation::validate_device(device, self.inner.device_count)?;
         let admission = usize::try_from(device)
             .ok()
@@ -48,7 +61,7 @@ impl VramResidency {
             return Err(device_gone(&inner, device));
         }
         let gone = move || device_gone(&inner, device);
-        answer_holding_slot(slot, answer, self.inner.call_timeout, gone).await
+        answer_holding_slot(slot, answer, self.inner.call_timeout, gone, undo).await
     }
 
     /// Calls a device actor without waiting for room: for releases, resets and status queries,
@@ -100,14 +113,16 @@ fn device_gone(inner: &Inner, device: u32) -> VramError {
 
 /// Waits for a device's answer while holding its slot. The slot stays taken until the device
 /// is done with the request, whoever stops waiting first: a task of its own owns it. When the
-/// caller gives up (its future dropped) or the call timeout passes, that task closes the reply
-/// port, so the device sees nobody is waiting (a seal it finishes then is released, not handed
-/// to nobody), and frees the slot only once the device has let go of the port.
+/// caller gives up (its future dropped) or the call timeout passes, that task keeps waiting for
+/// the device's answer, hands it to `undo` (a seal finished for nobody is released, not
+/// leaked), and only then frees the slot. (Closing the reply port instead would free the slot
+/// at once: a closed oneshot receiver cannot tell when its sender is done.)
 async fn answer_holding_slot<T: Send + 'static>(
     slot: OwnedSemaphorePermit,
     mut answer: ractor::concurrency::OneshotReceiver<T>,
     timeout: Duration,
     gone: impl FnOnce() -> VramError + Send + 'static,
+    undo: impl FnOnce(T) + Send + 'static,
 ) -> Result<T, VramError> {
     enum Ended<T> {
         Answered(Result<T, tokio::sync::oneshot::error::RecvError>),
@@ -129,9 +144,10 @@ async fn answer_holding_slot<T: Send + 'static>(
             }
             Ended::CallerLeft | Ended::TimedOut => {
                 let _ = to_caller.send(Err(VramError::Timeout("the device actor".to_string())));
-                answer.close();
-                // Resolves when the device drops the port: its work for this request is over.
-                let _ = answer.await;
+                // Resolves when the device answers or drops the port: its work is over.
+                if let Ok(late) = answer.await {
+                    undo(late);
+                }
                 drop(slot);
             }
         }
