@@ -1,5 +1,5 @@
 //! The `.specs/design.md` §3 walk-through, runnable: start two simulated devices, seal a shard, verify it
-//! three ways, execute on it, attest it, catch an injected bit flip, release, shut down.
+//! three ways, lease it and execute on it, attest it, catch an injected bit flip, release, shut down.
 //!
 //! `cargo run --release --example quickstart`
 
@@ -50,6 +50,16 @@ async fn main() -> Result<(), VramError> {
         );
     }
     system.verify_info(info).await?;
+    let lease = system
+        .lease(&shard, VerifyMode::Sampled { chunks: 16 })
+        .await?;
+    let mut first = [0u8; 8];
+    lease.read(0, &mut first)?;
+    println!(
+        "leased {} verified bytes (first bytes {first:?})",
+        lease.len()
+    );
+    drop(lease);
     let out = system.execute(&shard, |view| view.len()).await?;
     println!("execute ran on a verified view of {out} bytes");
 

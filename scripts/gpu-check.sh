@@ -28,11 +28,11 @@ build() {
     test) dir=debug ;;
     *) echo "GPU_CHECK_PROFILE must be release or test" >&2; exit 2 ;;
   esac
-  cargo build --profile "$profile" --bin vram-residency
+  cargo build --profile "$profile" -p vram-residency-cli --bin vram-residency
   # The CUDA tests as one binary. cargo's own errors go to the terminal; only the JSON (stdout)
   # is searched for the binary's path.
   local test_bin
-  test_bin=$(cargo test --profile "$profile" --test cuda --no-run --message-format=json \
+  test_bin=$(cargo test --profile "$profile" -p vram-residency --test cuda --no-run --message-format=json \
     | grep '"name":"cuda"' | grep '"test":true' \
     | grep -o '"executable":"[^"]*"' | tail -1 | cut -d'"' -f4)
   [ -n "$test_bin" ] || { echo "could not find the cuda test binary" >&2; exit 1; }

@@ -482,44 +482,32 @@ pub fn read_token_file(path: &Path) -> Result<WorkerToken, VramError> {
     WorkerToken::new(std::mem::take(&mut *bytes))
 }
 
+/// Reads an identity key file (PKCS#8 PEM P-256) with the checks of [`read_token_file`].
+pub fn read_identity_key_file(path: &Path) -> Result<IdentityKey, VramError> {
+    let what = format!("identity key file {}", crate::validation::shown_path(path));
+    let pem = read_owner_only_file(path, &validation::owner_only::IDENTITY_KEY_FILE)?;
+    IdentityKey::from_pkcs8_pem(&what, &pem)
+}
+
 /// Reads a secret from a file under the token file's rules (see [`read_token_file`]: owner-only,
 /// no symlink, at most 64 KiB, one zeroizing buffer, refused if it grows while read), one
 /// trailing newline (`\n` or `\r\n`) removed. For other credentials kept like the worker token,
 /// such as a challenger's bearer token (`examples/attest_server.rs`).
 pub fn read_secret_file(path: &Path) -> Result<zeroize::Zeroizing<Vec<u8>>, VramError> {
-    let mut bytes = read_owner_only_file(path, "token file")?;
-    if bytes.last() == Some(&b'\n') {
-        bytes.pop();
-        if bytes.last() == Some(&b'\r') {
-            bytes.pop();
-        }
-    }
-    Ok(bytes)
+    read_owner_only_file(path, &validation::owner_only::TOKEN_FILE)
 }
 
-/// Reads an identity key file (PKCS#8 PEM P-256) with the checks of [`read_token_file`].
-pub fn read_identity_key_file(path: &Path) -> Result<IdentityKey, VramError> {
-    let what = format!("identity key file {}", crate::validation::shown_path(path));
-    let pem = read_owner_only_file(path, "identity key file")?;
-    IdentityKey::from_pkcs8_pem(&what, &pem)
-}
-
-/// Reads a secret file (`what` names it in errors: "token file", "identity key file") with the
-/// checks of [`read_token_file`] ([`validation::owner_only`]), into one zeroizing buffer sized
-/// from the file's length: a growing vector would leave copies of the secret behind in the
-/// memory it moved out of. A file over 64 KiB, or one that grows while it is read, is refused.
+/// [`read_secret_file`] under `rule`, which also names the file in errors ("token file",
+/// "identity key file").
 fn read_owner_only_file(
     path: &Path,
-    what: &'static str,
+    rule: &validation::owner_only::Rule,
 ) -> Result<zeroize::Zeroizing<Vec<u8>>, VramError> {
     use std::io::Read;
+    let what = rule.what;
     let shown = crate::validation::shown_path(path);
-    let rule = validation::owner_only::Rule {
-        what,
-        ..validation::owner_only::TOKEN_FILE
-    };
     let (mut file, meta) =
-        validation::owner_only::open(path, &rule, std::fs::OpenOptions::new().read(true))
+        validation::owner_only::open(path, rule, std::fs::OpenOptions::new().read(true))
             .map_err(VramError::invalid)?;
     if meta.len() > MAX_TOKEN_FILE_BYTES {
         return Err(VramError::invalid(format!(
@@ -550,5 +538,11 @@ fn read_owner_only_file(
         )));
     }
     bytes.truncate(filled);
+    if bytes.last() == Some(&b'\n') {
+        bytes.pop();
+        if bytes.last() == Some(&b'\r') {
+            bytes.pop();
+        }
+    }
     Ok(bytes)
 }

@@ -203,15 +203,6 @@ pub enum VramError {
     #[error("timed out waiting for {0}")]
     Timeout(String),
 
-    /// The device had no free slot for this request within `Config::admission_timeout`:
-    /// it is busy with others. Nothing was done; retry later (load shedding, counted in
-    /// `vram_admission_busy_total`, not audited).
-    #[error("device {device} is busy: no request slot became free within the admission timeout")]
-    Busy {
-        /// The device.
-        device: u32,
-    },
-
     /// The shard's bytes are not the file the signed model release lists: its SHA-256 differs
     /// from the resource's digest in the verified model-signing manifest. An integrity failure,
     /// audited critical; the allocation was freed and nothing was sealed.
@@ -239,6 +230,15 @@ pub enum VramError {
     /// evidence about the shard it names.
     #[error("attestation invalid: {0}")]
     AttestationInvalid(String),
+
+    /// The device had no free slot for this request within `Config::admission_timeout`:
+    /// it is busy with others. Nothing was done; retry later (load shedding, counted in
+    /// `vram_admission_busy_total`, not audited).
+    #[error("device {device} is busy: no request slot became free within the admission timeout")]
+    Busy {
+        /// The device.
+        device: u32,
+    },
 
     /// One member of a tensor-parallel group failed (`seal_group`, `verify_group`,
     /// `attest_group`); `cause` is that member's own error. Every part a failed `seal_group`

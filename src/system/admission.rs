@@ -9,10 +9,8 @@
 //! request holds its slot until the device has answered it, which is after all its work,
 //! off-actor hashing included: the wait for the answer runs in a task of its own that owns the
 //! slot, so a caller that gives up (a dropped future, an HTTP client gone) does not free a
-//! slot while the work it asked for still runs. (A seal is the exception: its caller's
-//! departure closes the reply port at once, so the device releases the shard it would have
-//! handed to nobody, and its slot is given back then.) Each device has its own admission, so a
-//! flood on one never delays another.
+//! slot while the work it asked for still runs. Each device has its own admission, so a flood
+//! on one never delays another.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -37,27 +35,18 @@ impl VramResidency {
         device: u32,
         build: impl FnOnce(ractor::RpcReplyPort<T>) -> GpuMsg,
     ) -> Result<T, VramError> {
-        self.ask_gpu_admitted(device, build, Left::WaitForDevice)
-            .await
+        self.ask_gpu_or_undo(device, build, drop).await
     }
 
-    /// [`VramResidency::ask_gpu`] for a request whose answer hands something over that the
-    /// device must take back when nobody receives it (a seal: the device releases a shard whose
-    /// caller left). When the caller leaves, the reply port is closed at once, so the device
-    /// sees it, and the slot is given back then.
-    pub(super) async fn ask_gpu_handing_over<T: Send + 'static>(
+    /// [`VramResidency::ask_gpu`] for a request whose answer holds something that must not be
+    /// lost when its caller has gone: if the answer arrives after the caller gave up (or the
+    /// call timed out), `undo` gets it (a seal's undo releases the shard no handle will ever
+    /// release).
+    pub(super) async fn ask_gpu_or_undo<T: Send + 'static>(
         &self,
         device: u32,
         build: impl FnOnce(ractor::RpcReplyPort<T>) -> GpuMsg,
-    ) -> Result<T, VramError> {
-        self.ask_gpu_admitted(device, build, Left::ClosePort).await
-    }
-
-    async fn ask_gpu_admitted<T: Send + 'static>(
-        &self,
-        device: u32,
-        build: impl FnOnce(ractor::RpcReplyPort<T>) -> GpuMsg,
-        left: Left,
+        undo: impl FnOnce(T) + Send + 'static,
     ) -> Result<T, VramError> {
         validation::validate_device(device, self.inner.device_count)?;
         let admission = usize::try_from(device)
@@ -72,7 +61,7 @@ impl VramResidency {
             return Err(device_gone(&inner, device));
         }
         let gone = move || device_gone(&inner, device);
-        answer_holding_slot(slot, answer, self.inner.call_timeout, gone, left).await
+        answer_holding_slot(slot, answer, self.inner.call_timeout, gone, undo).await
     }
 
     /// Calls a device actor without waiting for room: for releases, resets and status queries,
@@ -122,26 +111,18 @@ fn device_gone(inner: &Inner, device: u32) -> VramError {
     VramError::DeviceStopped { device, cause }
 }
 
-/// What the waiter does when the caller stops waiting (its future dropped) or the call timeout
-/// passes.
-#[derive(Clone, Copy)]
-enum Left {
-    /// Keep the slot until the device has answered (its work, off-actor hashing included, is
-    /// over), then drop the answer.
-    WaitForDevice,
-    /// Close the reply port, so the device sees that nobody is waiting and takes back what it
-    /// would have handed over, and give the slot back.
-    ClosePort,
-}
-
-/// Waits for a device's answer while holding its slot, in a task of its own, so that a caller
-/// that stops waiting does not free the slot while the device still works for it ([`Left`]).
+/// Waits for a device's answer while holding its slot. The slot stays taken until the device
+/// is done with the request, whoever stops waiting first: a task of its own owns it. When the
+/// caller gives up (its future dropped) or the call timeout passes, that task keeps waiting for
+/// the device's answer, hands it to `undo` (a seal finished for nobody is released, not
+/// leaked), and only then frees the slot. (Closing the reply port instead would free the slot
+/// at once: a closed oneshot receiver cannot tell when its sender is done.)
 async fn answer_holding_slot<T: Send + 'static>(
     slot: OwnedSemaphorePermit,
     mut answer: ractor::concurrency::OneshotReceiver<T>,
     timeout: Duration,
     gone: impl FnOnce() -> VramError + Send + 'static,
-    left: Left,
+    undo: impl FnOnce(T) + Send + 'static,
 ) -> Result<T, VramError> {
     enum Ended<T> {
         Answered(Result<T, tokio::sync::oneshot::error::RecvError>),
@@ -163,11 +144,9 @@ async fn answer_holding_slot<T: Send + 'static>(
             }
             Ended::CallerLeft | Ended::TimedOut => {
                 let _ = to_caller.send(Err(VramError::Timeout("the device actor".to_string())));
-                match left {
-                    Left::ClosePort => answer.close(),
-                    // Resolves when the device answers or drops the port: its work for this
-                    // request is over.
-                    Left::WaitForDevice => drop(answer.await),
+                // Resolves when the device answers or drops the port: its work is over.
+                if let Ok(late) = answer.await {
+                    undo(late);
                 }
                 drop(slot);
             }

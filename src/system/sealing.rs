@@ -5,7 +5,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::error::VramError;
-use crate::messages::gpu::{GpuMsg, SealJob, SealMeta, SignedSource};
+use crate::messages::gpu::{GpuMsg, SealJob, SealMeta, ShardRef, SignedSource};
+use crate::seal::claims::ShardInfo;
 use crate::seal::tensors::TensorMap;
 use crate::shard::{SealRequest, SealSource, SealedShard, ShardHandle};
 use crate::telemetry::{self};
@@ -79,11 +80,28 @@ impl VramResidency {
             progress,
             len,
         };
+        // A seal that finishes after its caller left is released: no handle will ever be.
+        let system = self.clone();
+        let undo = move |late: Result<ShardInfo, VramError>| {
+            if let (Ok(info), Ok(gpu)) = (late, system.gpu(device)) {
+                tracing::warn!(gpu_device = device, shard_id = %info.shard_id,
+                    "seal finished after its caller left; releasing it");
+                let shard = ShardRef {
+                    shard_id: info.shard_id,
+                    handle_id,
+                };
+                let _ = gpu.cast(GpuMsg::Release { shard, reply: None });
+            }
+        };
         let info = self
-            .ask_gpu_handing_over(device, |reply| GpuMsg::Seal {
-                job: Box::new(job),
-                reply,
-            })
+            .ask_gpu_or_undo(
+                device,
+                |reply| GpuMsg::Seal {
+                    job: Box::new(job),
+                    reply,
+                },
+                undo,
+            )
             .await??;
         Ok(SealedShard {
             inner: Arc::new(ShardHandle {

@@ -1,4 +1,5 @@
-//! Files only this user may change: the worker token file and the audit log.
+//! Files only this user may change: the worker token file, the identity key file and the audit
+//! log.
 //!
 //! A worker trusts what it reads from its token file and vouches for what it appends to its
 //! audit log, so neither may be a file that someone else can swap or rewrite. [`open`] opens the
@@ -34,6 +35,12 @@ pub const TOKEN_FILE: Rule = Rule {
     forbidden_mode: 0o077,
     forbidden_words: "readable by group or others",
     open_verb: "read",
+};
+
+/// The worker's identity key (PKCS#8 PEM): a secret, kept like the token.
+pub const IDENTITY_KEY_FILE: Rule = Rule {
+    what: "identity key file",
+    ..TOKEN_FILE
 };
 
 /// The audit log: evidence, so group and others must not be able to write it.

@@ -3,9 +3,9 @@
 //! `verify_attestation`, audit log lines (`parse_record`, `split_record`, `verify_lines`),
 //! safetensors headers (`TensorMap::parse`), model-signing bundles
 //! (`ModelSignature::from_bundle`), signed attestations (`verify_signed_attestation`,
-//! `vram-attest-v3`), the attest server's bearer credential (`examples/support/bearer.rs`) and the
-//! counts of coalesced refusals (`audit::refusals`). For each: arbitrary input never panics; a
-//! valid value round-trips; any single change to a signed value is caught; text from the input
+//! `vram-attest-v3`), the attest server's bearer credential (`examples/support/bearer.rs`) and
+//! the counts of coalesced refusals (`audit::refusals`). For each: arbitrary input never panics;
+//! a valid value round-trips; any single change to a signed value is caught; text from the input
 //! comes back sanitised. (The command line's own parsers — sizes, hex — are tested in
 //! `cli/src/cli/`.)
 #![allow(
@@ -737,20 +737,6 @@ proptest! {
     }
 }
 
-// The attest server's challenger credential (`examples/support/bearer.rs`), and repeated
-// refusals counted into `RefusalsSuppressed` summaries (`audit::refusals`).
-
-#[path = "../../examples/support/bearer.rs"]
-mod bearer;
-
-const REASONS: [RefusalReason; 5] = [
-    RefusalReason::ForgedShardRecord,
-    RefusalReason::ResidencyMismatch,
-    RefusalReason::ForgedGroupRecord,
-    RefusalReason::QuarantinedShard,
-    RefusalReason::QuarantinedGroup,
-];
-
 // ---------------------------------------------------------------------------------------------
 // Model-signing bundles and vram-attest-v3 (issue 20).
 
@@ -786,89 +772,6 @@ fn consistent(sig: &vram_residency::ModelSignature) -> Result<(), TestCaseError>
 
 proptest! {
     #![proptest_config(config())]
-
-    /// `Bearer <b64token>` parses to exactly that token, in any case of the scheme and after any
-    /// number of spaces; a token with anything after it, or glued to the scheme, does not; any
-    /// bytes never panic, and a token found is the header's tail.
-    #[test]
-    fn bearer_headers_parse_exactly(
-        token in "[A-Za-z0-9._~+/-]{1,64}={0,3}",
-        scheme in "[Bb][Ee][Aa][Rr][Ee][Rr]",
-        spaces in 1usize..4,
-        junk in any::<Vec<u8>>(),
-    ) {
-        let header = format!("{scheme}{}{token}", " ".repeat(spaces));
-        prop_assert_eq!(bearer::bearer_token(header.as_bytes()), Some(token.as_bytes()));
-        prop_assert!(bearer::authorized(Some(header.as_bytes()), token.as_bytes()));
-        let longer = format!("{token}x");
-        prop_assert!(!bearer::authorized(Some(header.as_bytes()), longer.as_bytes()));
-        prop_assert!(!bearer::authorized(Some(header.as_bytes()), &token.as_bytes()[1..]));
-        for refused in [
-            format!("{header} x"),
-            format!("{header}\n"),
-            format!("{scheme}{token}"),
-            format!("Basic {token}"),
-        ] {
-            prop_assert_eq!(bearer::bearer_token(refused.as_bytes()), None);
-        }
-        if let Some(found) = bearer::bearer_token(&junk) {
-            prop_assert!(!found.is_empty() && junk.ends_with(found));
-        }
-    }
-
-    /// Whatever the sequence of refusals: each is either written in full (only when it has a
-    /// record) or counted; every counted one is in exactly one summary; and per reason, full
-    /// records and summaries are at most one per window (plus the final drain). The summaries
-    /// survive the audit log format with their counts.
-    #[test]
-    fn refusals_are_counted_once_and_bounded(
-        steps in prop::collection::vec((0usize..5, any::<bool>(), 0u64..40_000), 1..300),
-    ) {
-        let window = Duration::from_secs(60);
-        let mut coalescer = RefusalCoalescer::new(window);
-        let started = Instant::now();
-        let mut now = started;
-        let (mut recorded, mut counted) = ([0u64; 5], [0u64; 5]);
-        let mut summaries = Vec::new();
-        for (reason, has_record, millis) in steps {
-            now += Duration::from_millis(millis);
-            summaries.extend(coalescer.due(now));
-            match coalescer.refuse(REASONS[reason], has_record, chrono::Utc::now(), now) {
-                Decision::Record => {
-                    prop_assert!(has_record);
-                    recorded[reason] += 1;
-                }
-                Decision::Count => counted[reason] += 1,
-            }
-        }
-        summaries.extend(coalescer.drain(now));
-        prop_assert_eq!(coalescer.total_counted(), counted.iter().sum::<u64>());
-        let windows = now.duration_since(started).as_secs() / window.as_secs();
-        let key = AuditKey::derive(&token());
-        let mut chain = ChainState::genesis();
-        let mut summed = [0u64; 5];
-        let mut per_reason = [0u64; 5];
-        for summary in &summaries {
-            let AuditEvent::RefusalsSuppressed { reason, count, .. } = summary else {
-                panic!("not a summary: {summary:?}");
-            };
-            let r = REASONS.iter().position(|x| x.as_str() == reason).unwrap();
-            prop_assert!(*count > 0);
-            summed[r] += count;
-            per_reason[r] += 1;
-            let line = encode_record(&key, &mut chain, "2026-12-03T10:00:00.000000000Z", "w", &summary.to_json());
-            let parsed = parse_record(&line).unwrap();
-            prop_assert_eq!(parsed.event_type.as_str(), "RefusalsSuppressed");
-            let event: serde_json::Value = serde_json::from_str(parsed.event_json).unwrap();
-            prop_assert_eq!(event["count"].as_u64(), Some(*count));
-            prop_assert_eq!(RefusalReason::parse(event["reason"].as_str().unwrap()), Some(REASONS[r]));
-        }
-        prop_assert_eq!(summed, counted);
-        for r in 0..5 {
-            prop_assert!(recorded[r] <= 1 + windows, "{} records in {} windows", recorded[r], windows);
-            prop_assert!(per_reason[r] <= 2 + windows, "{} summaries in {} windows", per_reason[r], windows);
-        }
-    }
 
     #[test]
     fn model_bundles_from_any_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..2048)) {
@@ -1049,6 +952,107 @@ proptest! {
             Ok(sig) => consistent(&sig)?,
             Err(vram_residency::VramError::ModelSignatureInvalid(reason)) => prop_assert!(is_clean(&reason), "{reason}"),
             Err(other) => prop_assert!(false, "{other:?}"),
+        }
+    }
+}
+
+// The attest server's challenger credential (`examples/support/bearer.rs`), and repeated
+// refusals counted into `RefusalsSuppressed` summaries (`audit::refusals`).
+
+#[path = "../../examples/support/bearer.rs"]
+mod bearer;
+
+const REASONS: [RefusalReason; 5] = [
+    RefusalReason::ForgedShardRecord,
+    RefusalReason::ResidencyMismatch,
+    RefusalReason::ForgedGroupRecord,
+    RefusalReason::QuarantinedShard,
+    RefusalReason::QuarantinedGroup,
+];
+
+proptest! {
+    #![proptest_config(config())]
+
+    /// `Bearer <b64token>` parses to exactly that token, in any case of the scheme and after any
+    /// number of spaces; a token with anything after it, or glued to the scheme, does not; any
+    /// bytes never panic, and a token found is the header's tail.
+    #[test]
+    fn bearer_headers_parse_exactly(
+        token in "[A-Za-z0-9._~+/-]{1,64}={0,3}",
+        scheme in "[Bb][Ee][Aa][Rr][Ee][Rr]",
+        spaces in 1usize..4,
+        junk in any::<Vec<u8>>(),
+    ) {
+        let header = format!("{scheme}{}{token}", " ".repeat(spaces));
+        prop_assert_eq!(bearer::bearer_token(header.as_bytes()), Some(token.as_bytes()));
+        prop_assert!(bearer::authorized(Some(header.as_bytes()), token.as_bytes()));
+        let longer = format!("{token}x");
+        prop_assert!(!bearer::authorized(Some(header.as_bytes()), longer.as_bytes()));
+        prop_assert!(!bearer::authorized(Some(header.as_bytes()), &token.as_bytes()[1..]));
+        for refused in [
+            format!("{header} x"),
+            format!("{header}\n"),
+            format!("{scheme}{token}"),
+            format!("Basic {token}"),
+        ] {
+            prop_assert_eq!(bearer::bearer_token(refused.as_bytes()), None);
+        }
+        if let Some(found) = bearer::bearer_token(&junk) {
+            prop_assert!(!found.is_empty() && junk.ends_with(found));
+        }
+    }
+
+    /// Whatever the sequence of refusals: each is either written in full (only when it has a
+    /// record) or counted; every counted one is in exactly one summary; and per reason, full
+    /// records and summaries are at most one per window (plus the final drain). The summaries
+    /// survive the audit log format with their counts.
+    #[test]
+    fn refusals_are_counted_once_and_bounded(
+        steps in prop::collection::vec((0usize..5, any::<bool>(), 0u64..40_000), 1..300),
+    ) {
+        let window = Duration::from_secs(60);
+        let mut coalescer = RefusalCoalescer::new(window);
+        let started = Instant::now();
+        let mut now = started;
+        let (mut recorded, mut counted) = ([0u64; 5], [0u64; 5]);
+        let mut summaries = Vec::new();
+        for (reason, has_record, millis) in steps {
+            now += Duration::from_millis(millis);
+            summaries.extend(coalescer.due(now));
+            match coalescer.refuse(REASONS[reason], has_record, chrono::Utc::now(), now) {
+                Decision::Record => {
+                    prop_assert!(has_record);
+                    recorded[reason] += 1;
+                }
+                Decision::Count => counted[reason] += 1,
+            }
+        }
+        summaries.extend(coalescer.drain(now));
+        prop_assert_eq!(coalescer.total_counted(), counted.iter().sum::<u64>());
+        let windows = now.duration_since(started).as_secs() / window.as_secs();
+        let key = AuditKey::derive(&token());
+        let mut chain = ChainState::genesis();
+        let mut summed = [0u64; 5];
+        let mut per_reason = [0u64; 5];
+        for summary in &summaries {
+            let AuditEvent::RefusalsSuppressed { reason, count, .. } = summary else {
+                panic!("not a summary: {summary:?}");
+            };
+            let r = REASONS.iter().position(|x| x.as_str() == reason).unwrap();
+            prop_assert!(*count > 0);
+            summed[r] += count;
+            per_reason[r] += 1;
+            let line = encode_record(&key, &mut chain, "2026-12-03T10:00:00.000000000Z", "w", &summary.to_json());
+            let parsed = parse_record(&line).unwrap();
+            prop_assert_eq!(parsed.event_type.as_str(), "RefusalsSuppressed");
+            let event: serde_json::Value = serde_json::from_str(parsed.event_json).unwrap();
+            prop_assert_eq!(event["count"].as_u64(), Some(*count));
+            prop_assert_eq!(RefusalReason::parse(event["reason"].as_str().unwrap()), Some(REASONS[r]));
+        }
+        prop_assert_eq!(summed, counted);
+        for r in 0..5 {
+            prop_assert!(recorded[r] <= 1 + windows, "{} records in {} windows", recorded[r], windows);
+            prop_assert!(per_reason[r] <= 2 + windows, "{} summaries in {} windows", per_reason[r], windows);
         }
     }
 }

@@ -1176,7 +1176,7 @@ mod vectors {
     };
 
     fn vectors() -> serde_json::Value {
-        serde_json::from_str(include_str!("vectors/attest-v3.json")).unwrap()
+        serde_json::from_str(include_str!("../vectors/attest-v3.json")).unwrap()
     }
 
     fn token(v: &serde_json::Value) -> WorkerToken {

@@ -14,7 +14,14 @@
 //! an attestation can never be replayed as a seal or the other way round; the format tag keeps
 //! v2 statements apart from v1 ones, which are refused by tag. A challenger holding the worker
 //! token checks an attestation with [`verify_attestation`] (signature and nonce) or
-//! [`verify_attestation_with`] (also freshness, minimum mode, real device memory).
+//! [`verify_attestation_with`] (also the challenger's [`AttestationPolicy`]). Every fault of an
+//! attestation is `AttestationInvalid`, never an error about the shard it names.
+//!
+//! [`signed`] holds `vram-attest-v3`, the same facts signed with the worker's identity key
+//! (ECDSA P-256), which a challenger checks with the public key alone; both formats are checked
+//! against one policy, through [`ResidencyClaims`].
+
+pub mod signed;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -31,8 +38,6 @@ use crate::types::{AuditHead, BackendKind, DeviceIdentity, VerifyMode};
 
 /// Format tag of attestations.
 pub const ATTEST_FORMAT: &str = "vram-attest-v2";
-
-pub mod signed;
 
 /// Shortest nonce accepted, in bytes.
 pub const MIN_NONCE_BYTES: usize = 16;

@@ -10,7 +10,7 @@
     clippy::arithmetic_side_effects
 )] // test code fails loudly
 
-mod common;
+use crate::common;
 
 use vram_residency::SealRequest;
 
