@@ -14,12 +14,11 @@
 //!   token (compared in constant time) the answer is `401` and nothing is verified. At most
 //!   `--max-concurrent` challenges (default 4) are answered at once; beyond that the answer is
 //!   `429` with `Retry-After`, at once, so a storm of challenges cannot queue up work. A body over
-//!   4 KiB is `413`. The worker answers with `VramResidency::attest_group`: it verifies every
-//!   member of its tensor-parallel group (per `Config::execute_verify`, `Full` here) and answers
-//!   `200` with the `GroupAttestation` bundle `{"group": GroupInfo, "members": [Attestation…]}`:
-//!   the signed group record and one `vram-attest-v2` statement per member under the same nonce,
-//!   in `shard_index` order (`.specs/groups-v1.md` and `.specs/attestation-v2.md` have the
-//!   layouts). A member that fails verification fails the whole group (fail-all) and the
+//!   4 KiB is `413`. The worker answers with `VramResidency::attest_group_signed`: it verifies
+//!   every member of its tensor-parallel group (per `Config::execute_verify`, `Full` here) and
+//!   answers `200` with a `vram-attest-v3` bundle (a sigstore bundle holding a DSSE envelope,
+//!   signed with the worker's identity key): the group record and one statement per member
+//!   under the same nonce, in `shard_index` order (`.specs/attestation-v3.md`). A member that fails verification fails the whole group (fail-all) and the
 //!   challenge with it: `409` with `{"error": "…"}` naming the member, and no attestation at
 //!   all. A malformed body or nonce is `400`; a device busy past the admission timeout `503` with
 //!   `Retry-After`; a worker shutting down or a lost device `503`.
@@ -37,10 +36,12 @@
 //! same rules (owner-only, one trailing newline ignored; 16 or more of the characters a bearer
 //! token may hold, e.g. `openssl rand -hex 32`). With neither, the worker writes a fresh random
 //! one to an owner-only file in the temp directory, prints that file's path (never the token),
-//! and deletes it at exit. The control plane holds the worker token to check the bundle
-//! (`verify_group_attestation_with`, or each member with `verify_attestation_with`, and an
-//! `AttestationPolicy`) and the challenger token to be heard; neither crosses the wire except the
-//! challenger token in its header (use TLS in front of the worker beyond a trusted network).
+//! and deletes it at exit. The worker prints its identity public key at start; the control plane
+//! takes it at provisioning and checks the bundle with it alone
+//! (`verify_signed_group_attestation` and an `AttestationPolicy`): it never holds the worker
+//! token, so it can check residency proofs and mint none. It also holds the challenger token to
+//! be heard, the only secret that crosses the wire (in its header: use TLS in front of the
+//! worker beyond a trusted network).
 //! Ctrl-C or SIGTERM stops it cleanly: in-flight requests finish, the model is released, and the
 //! audit log ends with `AuditLogClosed`. `tests/http_attest.rs` plays that control plane against
 //! this router, and against this program in a process of its own.
@@ -60,7 +61,7 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use serde::Deserialize;
 use tokio::sync::{Semaphore, watch};
 use vram_residency::{
-    Config, GroupAttestation, GroupRequest, SealRequest, SealedGroup, VramError, VramResidency,
+    Config, GroupRequest, SealRequest, SealedGroup, SignedAttestation, VramError, VramResidency,
 };
 use zeroize::Zeroizing;
 
@@ -270,7 +271,7 @@ async fn attest(
     State(worker): State<Arc<Worker>>,
     headers: HeaderMap,
     body: Result<Json<Challenge>, JsonRejection>,
-) -> Result<Json<GroupAttestation>, ApiError> {
+) -> Result<Json<SignedAttestation>, ApiError> {
     let presented = headers
         .get(header::AUTHORIZATION)
         .map(HeaderValue::as_bytes);
@@ -295,7 +296,10 @@ async fn attest(
     let nonce = hex::decode(challenge.nonce.trim())
         .map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "nonce must be hex"))?;
     Ok(Json(
-        worker.system.attest_group(&worker.group, &nonce).await?,
+        worker
+            .system
+            .attest_group_signed(&worker.group, &nonce)
+            .await?,
     ))
 }
 
@@ -544,6 +548,10 @@ pub async fn run(opts: Opts) -> Result<(), Box<dyn std::error::Error + Send + Sy
     println!(
         "  POST /attest {{\"nonce\":\"<hex>\"}} (Authorization: Bearer <challenger token>) · \
          GET /metrics · GET /healthz · Ctrl-C or SIGTERM stops"
+    );
+    println!(
+        "  answers are vram-attest-v3, signed with this worker's identity key:\n{}",
+        system.identity_public_key_pem().trim_end()
     );
     axum::serve(listener, app(Arc::clone(&worker)))
         .with_graceful_shutdown(stop_requested())

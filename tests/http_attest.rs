@@ -19,8 +19,8 @@ use attest_server::Worker;
 use common::{TOKEN, config, pattern};
 use rand::RngCore;
 use vram_residency::{
-    AttestationPolicy, Fault, GroupAttestation, GroupRequest, SealRequest, VerifyMode,
-    VramResidency, WorkerToken, verify_attestation_with, verify_group_attestation_with,
+    AttestationPolicy, BackendKind, Fault, GroupRequest, SealRequest, SignedAttestation,
+    VerifyMode, VramError, VramResidency, WorkerToken, verify_signed_group_attestation,
 };
 
 const DEVICES: u32 = 4;
@@ -136,8 +136,9 @@ async fn control_plane_challenges_a_worker_over_http_and_sees_a_corrupted_member
             .unwrap();
     });
 
-    // The control plane: its own copy of the token, an HTTP client, and a policy.
-    let token = WorkerToken::new(TOKEN.as_bytes().to_vec()).unwrap();
+    // The control plane: the worker's identity public key, taken at provisioning (never the
+    // worker token), an HTTP client, and a policy.
+    let public_key = system.identity_public_key_pem();
     let plane = ControlPlane {
         http: reqwest::Client::builder()
             .timeout(Duration::from_secs(60))
@@ -154,40 +155,69 @@ async fn control_plane_challenges_a_worker_over_http_and_sees_a_corrupted_member
     let health: serde_json::Value = health.json().await.unwrap();
     assert_eq!(health["status"], "ok");
 
-    // A challenge: the group answers under the fresh nonce — the deployed group record and one
-    // attestation per member — and everything checks out with the token alone.
+    // A challenge: the group answers under the fresh nonce with a signed (`vram-attest-v3`)
+    // bundle — the deployed group record and one statement per member — and everything checks
+    // out with the public key alone.
     let nonce = fresh_nonce();
     let answer = plane.challenge(&nonce).await;
     assert_eq!(answer.status(), 200);
-    let answer: GroupAttestation = answer.json().await.unwrap();
-    assert_eq!(answer.group, deployed);
-    assert_eq!(answer.group.worker_id, "worker-test");
-    assert_eq!(answer.group.group_id, GROUP);
-    assert_eq!(answer.group.model_ref, MODEL);
-    verify_group_attestation_with(&answer, &token, &nonce, &policy).unwrap();
-    assert_eq!(answer.members.len(), DEVICES as usize);
-    for (i, att) in answer.members.iter().enumerate() {
-        verify_attestation_with(att, &token, &nonce, &policy).unwrap();
+    let answer: SignedAttestation = answer.json().await.unwrap();
+    let claims = verify_signed_group_attestation(&answer, &public_key, &nonce, &policy).unwrap();
+    assert_eq!(claims.group.group_id, deployed.group_id);
+    assert_eq!(claims.group.worker_id, "worker-test");
+    assert_eq!(claims.group.group_id, GROUP);
+    assert_eq!(claims.group.model_ref, MODEL);
+    assert_eq!(claims.group.members, deployed.members);
+    assert_eq!(claims.members.len(), DEVICES as usize);
+    for (i, member) in claims.members.iter().enumerate() {
         assert_eq!(
-            att.shard, deployed.members[i],
-            "attestation {i} is member {i}'s"
+            member.shard, deployed.members[i],
+            "statement {i} is member {i}'s"
         );
-        assert_eq!(att.shard.shard_index, Some(i as u32));
-        assert_eq!(att.shard.total_shards, Some(DEVICES));
-        assert_eq!(att.shard.gpu_device, i as u32);
-        assert_eq!(att.backend, "simulated");
-        // Replaying it against another challenge fails; so does a policy that wants device
-        // memory from a simulated worker.
-        assert!(verify_attestation_with(att, &token, &fresh_nonce(), &policy).is_err());
-        let strict = policy.clone().require_device_memory(true);
-        assert!(verify_attestation_with(att, &token, &nonce, &strict).is_err());
+        assert_eq!(member.shard.shard_index, Some(i as u32));
+        assert_eq!(member.shard.total_shards, Some(DEVICES));
+        assert_eq!(member.shard.gpu_device, i as u32);
+        assert_eq!(member.backend, BackendKind::Simulated);
     }
-    // A token that is not the worker's checks nothing.
-    let other = WorkerToken::new(b"some-other-token-0123456789".to_vec()).unwrap();
-    assert!(verify_group_attestation_with(&answer, &other, &nonce, &policy).is_err());
-    assert!(verify_attestation_with(&answer.members[0], &other, &nonce, &policy).is_err());
-    // Nor does the bundle answer another challenge.
-    assert!(verify_group_attestation_with(&answer, &token, &fresh_nonce(), &policy).is_err());
+    // A policy that wants device memory refuses a simulated worker.
+    let strict = policy.clone().require_device_memory(true);
+    let refused = verify_signed_group_attestation(&answer, &public_key, &nonce, &strict);
+    assert!(
+        matches!(refused, Err(VramError::AttestationInvalid(_))),
+        "{refused:?}"
+    );
+    // A key that is not the worker's checks nothing.
+    let stranger = WorkerToken::new(b"a-stranger-token-0123456789abcdef".to_vec()).unwrap();
+    let wrong_key = vram_residency::seal::identity::IdentityKey::derive(&stranger)
+        .unwrap()
+        .public()
+        .unwrap()
+        .pem;
+    let refused = verify_signed_group_attestation(&answer, &wrong_key, &nonce, &policy);
+    assert!(
+        matches!(refused, Err(VramError::AttestationInvalid(_))),
+        "{refused:?}"
+    );
+    // Nor does the bundle answer another challenge, or survive one changed byte.
+    let refused = verify_signed_group_attestation(&answer, &public_key, &fresh_nonce(), &policy);
+    assert!(
+        matches!(refused, Err(VramError::AttestationInvalid(_))),
+        "{refused:?}"
+    );
+    let mut tampered = serde_json::to_value(&answer).unwrap();
+    let payload = tampered["dsseEnvelope"]["payload"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let flipped = if payload.starts_with('e') { "f" } else { "e" };
+    tampered["dsseEnvelope"]["payload"] =
+        serde_json::Value::String(format!("{flipped}{}", &payload[1..]));
+    let tampered: SignedAttestation = serde_json::from_value(tampered).unwrap();
+    let refused = verify_signed_group_attestation(&tampered, &public_key, &nonce, &policy);
+    assert!(
+        matches!(refused, Err(VramError::AttestationInvalid(_))),
+        "{refused:?}"
+    );
 
     // A malformed challenge is the caller's fault and attests nothing.
     let short = plane.challenge(&[1u8; 8]).await;
