@@ -22,7 +22,7 @@ use crate::shard::{SealedShard, VerifyMode, VerifyReport};
 
 use super::VramResidency;
 
-/// A verified hold on one shard's device memory (see the [module docs](self)). `'static`,
+/// A verified hold on one shard's device memory (see [`VramResidency::lease`]). `'static`,
 /// `Send` and `Sync`: move it into a task or share it behind an `Arc`.
 pub struct ShardLease {
     system: VramResidency,
