@@ -16,6 +16,7 @@ pub use crate::text::sanitize;
 /// One thing that happened, as it is written to the audit log.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "type")]
+#[non_exhaustive]
 pub enum AuditEvent {
     /// The log was opened; `resumed_from_seq` is the last sequence number found (0 for a new log).
     AuditLogOpened {

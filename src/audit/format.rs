@@ -134,6 +134,7 @@ impl Default for ChainState {
 
 /// Why a well-formed record is not the next link of a chain.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum ChainBreak {
     /// The record's `seq` is not the one expected next.
     SeqGap {

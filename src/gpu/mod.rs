@@ -102,6 +102,7 @@ impl fmt::Debug for DevicePtr<'_> {
 /// What went wrong inside a backend; the `GpuActor` maps it to a public error with the device
 /// index attached.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum BackendError {
     /// Not enough device memory.
     #[error("out of device memory: needed {needed} bytes, available {available} bytes")]

@@ -82,6 +82,7 @@ impl fmt::Display for AuditHead {
 /// Which kind of backend a device runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
+#[non_exhaustive]
 pub enum BackendKind {
     /// Device memory simulated in host memory.
     Simulated,
@@ -142,6 +143,7 @@ pub struct DeviceStatus {
 /// Why a device refuses work ([`crate::VramError::DeviceStopped`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum StopCause {
     /// A verification failed on the device (fail-closed): it refuses seals and executions
     /// until an operator calls `reset_device`.

@@ -82,6 +82,7 @@ impl AuditReport {
 /// What a verified log amounts to ([`AuditReport::status`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum LogStatus {
     /// Every line verified and the last record is `AuditLogClosed`.
     Closed,
@@ -105,6 +106,7 @@ impl fmt::Display for LogStatus {
 /// How a log fails to reach a head kept elsewhere.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum HeadProblem {
     /// The verified log ends before the head's seq: records were cut off its end (or a line
     /// before the head failed).
@@ -173,6 +175,7 @@ impl fmt::Display for AuditProblem {
 /// What is wrong with a line. Serialized as `{"kind": "<snake_case>", "detail": …}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "kind", content = "detail", rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum ProblemKind {
     /// The record is well-formed and in sequence, but its MAC does not chain: the record or one
     /// before it was altered, or it was written with a different audit key.

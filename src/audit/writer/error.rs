@@ -10,6 +10,7 @@ use crate::audit::verify::ProblemKind;
 /// Why the audit log could not be opened or written. Never contains key or token bytes; I/O
 /// errors are kept as the source (kind and message intact, see [`AuditLogError::io_kind`]).
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum AuditLogError {
     /// An I/O operation on the log failed (nothing was half-written).
     #[error("audit log {}: {op} failed: {source}", path.display())]
