@@ -2,43 +2,15 @@
 //! seq-0 head is now refused (exit 3) unless the log is empty and the MAC is 64 zeros.
 #![allow(clippy::unwrap_used)] // test code fails loudly
 
-use std::path::Path;
-
-use vram_residency::{AuditHead, Config, SealRequest, VramResidency};
+use vram_residency::AuditHead;
 
 use crate::support::{TOKEN, cli, one_error};
-
-/// Writes a closed audit log with a few records at `log`, with the CLI tests' token.
-fn write_log(log: &Path) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let system = VramResidency::start(
-            Config::simulated(1, 16 << 20)
-                .worker_id("worker-hostile")
-                .worker_token(TOKEN)
-                .chunk_size(4096)
-                .audit_log(log),
-        )
-        .await
-        .unwrap();
-        let shard = system
-            .seal(SealRequest::new("s", "m", 0, vec![7u8; 20_000]))
-            .await
-            .unwrap();
-        system.release(shard).await.unwrap();
-        system.shutdown().await.unwrap();
-    });
-}
 
 #[test]
 fn a_zero_head_vouches_for_no_log() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("audit.jsonl");
-    write_log(&log);
+    crate::support::write_audit_log(&log, TOKEN);
     let zeros = AuditHead::new(0, &[0; 32]).to_arg();
     let other = AuditHead::new(0, &[0x5a; 32]).to_arg();
     for head in [&zeros, &other] {

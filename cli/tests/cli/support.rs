@@ -1,7 +1,7 @@
 //! Helpers shared by the tests that drive the built binary with a worker token (`basics.rs`,
 //! `groups.rs`): the command, and the assertions every failure must meet (one `error:`
 //! line, the documented exit code, no panic, and the token on neither stream).
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used)] // test code fails loudly
 
 use std::process::Output;
 
@@ -46,4 +46,34 @@ pub fn one_error(out: &Output, code: i32) -> String {
     assert!(!stderr.contains("backtrace"), "{stderr}");
     no_token(out);
     stderr
+}
+
+/// Writes a closed audit log at `log` under `token` (one seal and its release) and returns the
+/// head taken just before shutdown.
+pub fn write_audit_log(log: &std::path::Path, token: &str) -> vram_residency::AuditHead {
+    use vram_residency::{Config, SealRequest, VramResidency};
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let system = VramResidency::start(
+            Config::simulated(1, 16 << 20)
+                .worker_id("worker-cli")
+                .worker_token(token)
+                .chunk_size(4096)
+                .audit_log(log),
+        )
+        .await
+        .unwrap();
+        let shard = system
+            .seal(SealRequest::new("s", "m", 0, vec![7u8; 20_000]))
+            .await
+            .unwrap();
+        system.release(shard).await.unwrap();
+        let head = system.audit_head().await.unwrap();
+        system.shutdown().await.unwrap();
+        head
+    })
 }

@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use assert_cmd::Command;
-use vram_residency::{AuditHead, Config, SealRequest, VramResidency};
+use vram_residency::AuditHead;
 
 const TOKEN: &str = "cli-trust-token-3c9d1e7f0a";
 
@@ -13,34 +13,6 @@ fn cli() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_vram-residency"));
     cmd.env("VRAM_WORKER_TOKEN", TOKEN).env_remove("RUST_LOG");
     cmd
-}
-
-/// Writes a closed log at `log` and returns the head taken just before shutdown.
-fn write_log(log: &Path) -> AuditHead {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let system = VramResidency::start(
-            Config::simulated(1, 16 << 20)
-                .worker_id("worker-cli")
-                .worker_token(TOKEN)
-                .chunk_size(4096)
-                .audit_log(log),
-        )
-        .await
-        .unwrap();
-        let shard = system
-            .seal(SealRequest::new("s", "m", 0, vec![7u8; 20_000]))
-            .await
-            .unwrap();
-        system.release(shard).await.unwrap();
-        let head = system.audit_head().await.unwrap();
-        system.shutdown().await.unwrap();
-        head
-    })
 }
 
 fn verify(log: &Path, extra: &[&str]) -> (Option<i32>, String, String) {
@@ -60,7 +32,7 @@ fn verify(log: &Path, extra: &[&str]) -> (Option<i32>, String, String) {
 fn a_cut_tail_exits_3_with_a_head_and_is_open_without() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("audit.jsonl");
-    let head = write_log(&log);
+    let head = crate::support::write_audit_log(&log, TOKEN);
     let arg = head.to_arg();
 
     let (code, stdout, _) = verify(&log, &["--head", &arg]);
