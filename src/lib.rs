@@ -68,10 +68,11 @@ pub use provenance::{ModelSignature, Provenance, SignedResource};
 pub use seal::claims::ShardInfo;
 pub use seal::group_record::GroupInfo;
 pub use seal::keys::WorkerToken;
+pub use seal::tensors::TensorInfo;
 pub use shard::{
     ChunkSpan, DeviceView, Fault, SealRequest, SealedShard, VerifyMode, VerifyReport, VramCapacity,
     detection_probability,
 };
-pub use system::{ShardLease, VramResidency};
+pub use system::{ShardLease, TensorView, VramResidency};
 pub use tensor_parallel::{GroupRequest, SealedGroup};
 pub use types::{AuditHead, DeviceLoad, DeviceStatus, StopCause};

@@ -15,6 +15,7 @@ use crate::messages::directory::DeviceDirectory;
 use crate::messages::gpu::{GpuMsg, ShardRef};
 use crate::provenance::{ModelSignature, Provenance};
 use crate::seal::claims::ShardInfo;
+use crate::seal::tensors::{TensorInfo, TensorList};
 pub(crate) use crate::types::SealSource;
 pub use crate::types::{
     ChunkSpan, Fault, ProgressFn, VerifyMode, VerifyReport, VramCapacity, detection_probability,
@@ -170,6 +171,8 @@ pub(crate) struct ShardHandle {
     pub(crate) directory: DeviceDirectory,
     pub(crate) released: AtomicBool,
     pub(crate) provenance: Option<Provenance>,
+    /// The tensor list of a shard sealed from safetensors bytes.
+    pub(crate) tensors: Option<TensorList>,
 }
 
 impl ShardHandle {
@@ -217,6 +220,21 @@ impl SealedShard {
     /// (`SealRequest::provenance`).
     pub fn provenance(&self) -> Option<&Provenance> {
         self.inner.provenance.as_ref()
+    }
+
+    /// The tensors of a shard sealed from a safetensors file (or buffer), as its header lists
+    /// them: every tensor, zero-size ones included, in file order (by data offset), with byte
+    /// ranges counted from the shard's first byte. `None` for any other source (bytes that do
+    /// not parse as safetensors, and `SealRequest::from_reader` streams, whose header is not
+    /// inspected). Read at seal time from the header; the list is as trustworthy as the
+    /// sealed bytes, which verification covers.
+    pub fn tensors(&self) -> Option<&[TensorInfo]> {
+        self.inner.tensors.as_ref().map(TensorList::as_slice)
+    }
+
+    /// The tensor called `name`, exactly as the header spells it. O(log n).
+    pub(crate) fn tensor(&self, name: &str) -> Option<&TensorInfo> {
+        self.inner.tensors.as_ref()?.get(name)
     }
 }
 

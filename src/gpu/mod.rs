@@ -49,6 +49,12 @@ impl DeviceAddress {
     pub(crate) fn raw(self) -> u64 {
         self.0
     }
+
+    /// The address `by` bytes further on (within the same allocation, so it cannot overflow;
+    /// it saturates rather than wrap if it ever did).
+    pub(crate) fn offset(self, by: u64) -> Self {
+        Self(self.0.saturating_add(by))
+    }
 }
 
 impl fmt::Debug for DeviceAddress {
@@ -190,8 +196,15 @@ pub trait DeviceBackend: Send + 'static {
     }
     /// Free device memory in bytes as the device reports it.
     fn free_bytes(&self) -> Result<u64, BackendError>;
-    /// Allocates `len` bytes of device memory.
-    fn allocate(&mut self, len: u64) -> Result<AllocationId, BackendError>;
+    /// Allocates device memory for a shard of `len` bytes placed `lead` bytes into the
+    /// allocation (`lead + len` bytes in all, counted against the device's memory). The
+    /// allocation itself starts on a 256-byte boundary, so a safetensors shard given
+    /// `lead = (256 - (8 + N) % 256) % 256` has its data section 256-byte aligned.
+    ///
+    /// The padding is invisible: every other method — upload and read offsets, leaf hashing,
+    /// [`DeviceBackend::device_address`], fault offsets — addresses the shard from its own
+    /// first byte, and never reads, writes or hashes the padding.
+    fn allocate(&mut self, len: u64, lead: u64) -> Result<AllocationId, BackendError>;
     /// Lends the memory of a fresh allocation to its uploader: until it comes back through
     /// [`DeviceBackend::finish_upload`], only the holder of the returned handle can write it,
     /// and it cannot be read. The actor moves the handle to a copy job and back, so the copy
@@ -206,9 +219,9 @@ pub trait DeviceBackend: Send + 'static {
     ) -> Result<(), BackendError>;
     /// A shareable read-only view of a sealed allocation.
     fn reader(&self, id: AllocationId) -> Result<Arc<dyn DeviceReader>, BackendError>;
-    /// The allocation's device address.
+    /// The device address of the shard's first byte (after the allocation's lead padding).
     fn device_address(&self, id: AllocationId) -> Result<DeviceAddress, BackendError>;
-    /// Frees the allocation, returning its size.
+    /// Frees the allocation, returning its size (lead padding included).
     fn free(&mut self, id: AllocationId) -> Result<u64, BackendError>;
     /// Injects a fault (see [`Fault`] for which backend accepts which). `target` is the
     /// allocation of the shard the fault names, resolved once by the device actor; `None` for a

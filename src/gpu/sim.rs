@@ -62,8 +62,12 @@ enum Memory {
 }
 
 struct SimAllocation {
+    /// Simulated address of the shard's first byte (the allocation's start plus `lead`).
     addr: u64,
+    /// The shard's length: what `memory` holds.
     len: u64,
+    /// Padding in front of the shard: counted as used device memory, never materialised.
+    lead: u64,
     memory: Memory,
 }
 
@@ -79,10 +83,11 @@ pub struct SimDevice {
     /// device memory stays resident, so a new allocation does not pay host page faults that a
     /// real device never would. Cached plus live buffers never exceed `capacity`.
     cached: Vec<Vec<u8>>,
-    /// Freed sealed memory that a reader was still holding when it was freed. Like memory a
-    /// real device frees only once the work queued on it is done, it still counts against the
-    /// device's free memory until the last reader lets go; then it is reclaimed into the cache.
-    parked: Vec<Arc<Vec<u8>>>,
+    /// Freed sealed memory that a reader was still holding when it was freed, with the lead
+    /// padding of its allocation. Like memory a real device frees only once the work queued
+    /// on it is done, it still counts against the device's free memory (padding included)
+    /// until the last reader lets go; then it is reclaimed into the cache.
+    parked: Vec<(Arc<Vec<u8>>, u64)>,
     fail_next_alloc: bool,
     faults: Arc<SharedFaults>,
 }
@@ -131,17 +136,17 @@ impl SimDevice {
     fn parked_bytes(&self) -> u64 {
         self.parked
             .iter()
-            .filter(|b| Arc::strong_count(b) > 1)
-            .map(|b| b.len() as u64)
+            .filter(|(b, _)| Arc::strong_count(b) > 1)
+            .map(|(b, lead)| (b.len() as u64).saturating_add(*lead))
             .fold(0u64, u64::saturating_add)
     }
 
     /// Moves parked memory whose readers are all gone into the cache.
     fn reclaim_parked(&mut self) {
-        for bytes in std::mem::take(&mut self.parked) {
+        for (bytes, lead) in std::mem::take(&mut self.parked) {
             match Arc::try_unwrap(bytes) {
                 Ok(bytes) => self.cached.push(bytes),
-                Err(still_read) => self.parked.push(still_read),
+                Err(still_read) => self.parked.push((still_read, lead)),
             }
         }
     }
@@ -197,7 +202,7 @@ impl DeviceBackend for SimDevice {
         Ok(self.unheld())
     }
 
-    fn allocate(&mut self, len: u64) -> Result<AllocationId, BackendError> {
+    fn allocate(&mut self, len: u64, lead: u64) -> Result<AllocationId, BackendError> {
         self.live()?;
         if std::mem::take(&mut self.fail_next_alloc) {
             return Err(BackendError::AllocationFailed(
@@ -206,9 +211,13 @@ impl DeviceBackend for SimDevice {
         }
         self.reclaim_parked();
         let available = self.unheld();
-        if len > available {
+        let total = len.checked_add(lead).ok_or(BackendError::OutOfMemory {
+            needed: u64::MAX,
+            available,
+        })?;
+        if total > available {
             return Err(BackendError::OutOfMemory {
-                needed: len,
+                needed: total,
                 available,
             });
         }
@@ -221,15 +230,17 @@ impl DeviceBackend for SimDevice {
         let bytes = self.take_cached(n).unwrap_or_else(|| vec![0u8; n]);
         let id = AllocationId(self.next_id);
         self.next_id = self.next_id.saturating_add(1);
-        // Keep simulated addresses 256-byte aligned like cuMemAlloc's.
+        // Keep simulated allocations 256-byte aligned like cuMemAlloc's (the base and every
+        // step are multiples of 256); the shard starts `lead` bytes in.
         self.next_addr = self
             .next_addr
-            .saturating_add(len.div_ceil(256).saturating_mul(256))
+            .saturating_add(total.div_ceil(256).saturating_mul(256))
             .saturating_add(256);
-        self.used = self.used.saturating_add(len);
+        self.used = self.used.saturating_add(total);
         let allocation = SimAllocation {
-            addr: self.next_addr,
+            addr: self.next_addr.saturating_add(lead),
             len,
+            lead,
             memory: Memory::Fresh(bytes),
         };
         self.allocations.insert(id, allocation);
@@ -296,18 +307,19 @@ impl DeviceBackend for SimDevice {
             .allocations
             .remove(&id)
             .ok_or(BackendError::UnknownAllocation)?;
-        self.used = self.used.saturating_sub(a.len);
+        let total = a.len.saturating_add(a.lead);
+        self.used = self.used.saturating_sub(total);
         // Keep the memory for reuse; if a reader still holds it, park it (still counted as
         // held) until the reader lets go. An uploader's memory is dropped with its handle.
         match a.memory {
             Memory::Fresh(bytes) => self.cached.push(bytes),
             Memory::Sealed(bytes) => match Arc::try_unwrap(bytes) {
                 Ok(bytes) => self.cached.push(bytes),
-                Err(still_read) => self.parked.push(still_read),
+                Err(still_read) => self.parked.push((still_read, a.lead)),
             },
             Memory::Lent => {}
         }
-        Ok(a.len)
+        Ok(total)
     }
 
     fn inject_fault(
@@ -460,10 +472,10 @@ mod tests {
     #[test]
     fn capacity_is_enforced_and_returned() {
         let mut d = SimDevice::new(0, 10_000);
-        let a = d.allocate(6_000).unwrap();
+        let a = d.allocate(6_000, 0).unwrap();
         assert_eq!(d.free_bytes().unwrap(), 4_000);
         assert_eq!(
-            d.allocate(5_000),
+            d.allocate(5_000, 0),
             Err(BackendError::OutOfMemory {
                 needed: 5_000,
                 available: 4_000
@@ -477,14 +489,14 @@ mod tests {
     #[test]
     fn freed_memory_is_reused_only_when_it_fits_exactly() {
         let mut d = SimDevice::new(0, 10_000);
-        let a = d.allocate(6_000).unwrap();
+        let a = d.allocate(6_000, 0).unwrap();
         upload(&mut d, a, &[7u8; 6_000]);
         d.free(a).unwrap();
         assert_eq!(d.cached.len(), 1);
-        let b = d.allocate(6_000).unwrap(); // reused
+        let b = d.allocate(6_000, 0).unwrap(); // reused
         assert!(d.cached.is_empty());
         d.free(b).unwrap();
-        let _c = d.allocate(3_000).unwrap(); // no exact fit: the cache is emptied first
+        let _c = d.allocate(3_000, 0).unwrap(); // no exact fit: the cache is emptied first
         assert!(d.cached.is_empty());
         assert_eq!(d.free_bytes().unwrap(), 7_000);
     }
@@ -493,7 +505,7 @@ mod tests {
     fn write_read_flip_and_hash() {
         let mut d = SimDevice::new(0, 1 << 20);
         let data: Vec<u8> = (0..20_000u32).map(|i| (i % 251) as u8).collect();
-        let a = d.allocate(data.len() as u64).unwrap();
+        let a = d.allocate(data.len() as u64, 0).unwrap();
         assert!(d.reader(a).is_err(), "not readable before it is sealed");
         let mut up = d.begin_upload(a).unwrap();
         assert!(d.begin_upload(a).is_err(), "lent once");
@@ -534,14 +546,14 @@ mod tests {
         let mut d = SimDevice::new(0, 1 << 20);
         d.inject_fault(&Fault::FailNextAlloc, None).unwrap();
         assert!(matches!(
-            d.allocate(10),
+            d.allocate(10, 0),
             Err(BackendError::AllocationFailed(_))
         ));
-        let a = d.allocate(10).unwrap();
+        let a = d.allocate(10, 0).unwrap();
         upload(&mut d, a, &[1; 10]);
         let r = d.reader(a).unwrap();
         d.inject_fault(&Fault::LoseDevice, None).unwrap();
-        assert_eq!(d.allocate(10), Err(BackendError::DeviceLost));
+        assert_eq!(d.allocate(10, 0), Err(BackendError::DeviceLost));
         assert_eq!(r.all_leaf_hashes(4096), Err(BackendError::DeviceLost));
         assert_eq!(d.free(a).unwrap(), 10);
         assert_eq!(d.capacity, 1 << 20);
@@ -554,7 +566,7 @@ mod tests {
     #[test]
     fn a_freed_allocation_stays_held_until_its_last_reader_lets_go() {
         let mut d = SimDevice::new(0, 1 << 16);
-        let a = d.allocate(1 << 15).unwrap();
+        let a = d.allocate(1 << 15, 0).unwrap();
         let data: Vec<u8> = (0..1u32 << 15).map(|i| (i % 251) as u8).collect();
         upload(&mut d, a, &data);
         let reader = d.reader(a).unwrap();
@@ -563,7 +575,7 @@ mod tests {
         assert_eq!(d.used, 0);
         assert_eq!(d.free_bytes().unwrap(), 1 << 15);
         assert!(matches!(
-            d.allocate(1 << 16),
+            d.allocate(1 << 16, 0),
             Err(BackendError::OutOfMemory { .. })
         ));
         // The reader still sees exactly what was sealed.
@@ -572,7 +584,7 @@ mod tests {
         assert_eq!(back, data);
         drop(reader);
         assert_eq!(d.free_bytes().unwrap(), 1 << 16);
-        let b = d.allocate(1 << 16).unwrap();
+        let b = d.allocate(1 << 16, 0).unwrap();
         assert_eq!(d.free(b).unwrap(), 1 << 16);
     }
 
@@ -581,7 +593,7 @@ mod tests {
     #[test]
     fn a_reader_outlives_the_device_that_handed_it_out() {
         let mut d = SimDevice::new(0, 1 << 16);
-        let a = d.allocate(4096).unwrap();
+        let a = d.allocate(4096, 0).unwrap();
         upload(&mut d, a, &[7u8; 4096]);
         let reader = d.reader(a).unwrap();
         drop(d);
@@ -597,7 +609,7 @@ mod tests {
     #[test]
     fn pointers_are_not_printed() {
         let mut d = SimDevice::new(0, 1 << 20);
-        let a = d.allocate(10).unwrap();
+        let a = d.allocate(10, 0).unwrap();
         let p = d.device_address(a).unwrap();
         let dbg = format!("{p:?}");
         assert!(!dbg.contains(&format!("{:x}", p.raw())));

@@ -48,6 +48,9 @@ pub struct SealMeta {
     pub handle_id: u64,
     /// Tensor layout, when the source is a safetensors file.
     pub tensors: Option<std::sync::Arc<crate::seal::tensors::TensorMap>>,
+    /// Padding to allocate in front of the shard so that its data section is 256-byte
+    /// aligned in device memory (a safetensors source); 0 otherwise.
+    pub lead_padding: u64,
     /// The signed-model file the bytes must be, when the caller asked.
     pub provenance: Option<SignedSource>,
 }

@@ -20,6 +20,16 @@
 //! - A lookup is a binary search plus one step per tensor it names: O(log n + matches). A
 //!   header of a million zero-size tensors can neither crowd the real tensors out of a capped
 //!   list of names nor slow the lookup down.
+//!
+//! A seal also keeps the header's full tensor list ([`TensorList`], what
+//! `SealedShard::tensors` and `ShardLease::tensor` answer from): every tensor, zero-size ones
+//! included, in file order, each name exactly as the header spells it (no cut, no
+//! replacement: it is the key a caller looks tensors up by; these names never reach an error
+//! message or the audit log, which see only the map's sanitised ones). Its memory is bounded
+//! by the header cap: an entry takes at least about 50 bytes of header JSON and about 150
+//! bytes of memory (name, dtype and shape on the heap, four bytes of name index), so at most
+//! about three times the header — some 300 MB for a 100 MB header of empty tensors, which the
+//! caller chose to seal. The map, which the device actor keeps, stays as small as above.
 
 use std::borrow::Cow;
 use std::collections::hash_map::RandomState;
@@ -28,7 +38,7 @@ use std::hash::BuildHasher;
 use std::io::Read;
 use std::path::Path;
 
-use safetensors::tensor::TensorInfo;
+use safetensors::tensor::TensorInfo as RawInfo;
 use serde::de::{self, Deserialize, Deserializer, MapAccess, Visitor};
 
 /// Name given to the file's own header bytes.
@@ -56,6 +66,129 @@ pub struct TensorMap {
     spans: Vec<TensorSpan>,
 }
 
+/// One tensor of a shard sealed from a safetensors file, as its header describes it.
+///
+/// `start..end` is the tensor's byte range within the shard, counted from the file's first
+/// byte (the 8-byte length and the JSON header included), so it can be passed straight to a
+/// lease's `read` or a fault's offset. A zero-size tensor has `start == end`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct TensorInfo {
+    /// The tensor's name, exactly as in the header.
+    pub name: String,
+    /// Its element type as the header spells it (`"F32"`, `"BF16"`, `"I64"`, …).
+    pub dtype: String,
+    /// Its shape (empty for a scalar).
+    pub shape: Vec<u64>,
+    /// Its first byte, within the shard.
+    pub start: u64,
+    /// One past its last byte, within the shard.
+    pub end: u64,
+}
+
+impl TensorInfo {
+    /// Its length in bytes (`end - start`).
+    pub fn len(&self) -> u64 {
+        self.end.saturating_sub(self.start)
+    }
+
+    /// Whether it holds no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.end <= self.start
+    }
+}
+
+/// Every tensor of a safetensors header, zero-size ones included, in file order (by data
+/// offset; zero-size tensors at the same offset by name), with an index by name. See the
+/// module documentation for the memory it takes.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct TensorList {
+    infos: Vec<TensorInfo>,
+    /// Positions in `infos`, sorted by name: a lookup is a binary search.
+    by_name: Vec<u32>,
+}
+
+impl TensorList {
+    /// Builds the list from tensors with absolute offsets, in any order; names must be unique
+    /// (`None` otherwise, or past `u32::MAX` tensors).
+    fn new(mut infos: Vec<TensorInfo>) -> Option<Self> {
+        infos.sort_unstable_by(|a, b| (a.start, a.end, &a.name).cmp(&(b.start, b.end, &b.name)));
+        infos.shrink_to_fit();
+        let n = u32::try_from(infos.len()).ok()?;
+        let name_at = |i: u32| {
+            usize::try_from(i)
+                .ok()
+                .and_then(|i| infos.get(i))
+                .map(|t| t.name.as_str())
+        };
+        let mut by_name: Vec<u32> = (0..n).collect();
+        by_name.sort_unstable_by(|&a, &b| name_at(a).cmp(&name_at(b)));
+        let unique = by_name
+            .windows(2)
+            .all(|w| matches!(w, [a, b] if name_at(*a) != name_at(*b)));
+        unique.then_some(Self { infos, by_name })
+    }
+
+    /// The tensors in file order.
+    pub fn as_slice(&self) -> &[TensorInfo] {
+        &self.infos
+    }
+
+    /// The tensor called `name` (exactly as in the header). O(log n).
+    pub fn get(&self, name: &str) -> Option<&TensorInfo> {
+        let at = |i: u32| usize::try_from(i).ok().and_then(|i| self.infos.get(i));
+        let pos = self
+            .by_name
+            .binary_search_by(|&i| at(i).map(|t| t.name.as_str()).cmp(&Some(name)))
+            .ok()?;
+        self.by_name.get(pos).and_then(|&i| at(i))
+    }
+}
+
+/// Everything a seal keeps of a safetensors header: the [`TensorMap`] that names the tensors
+/// behind bad chunks (kept by the device actor), the full [`TensorList`] (kept in the
+/// caller's handle) and where the data section starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TensorLayout {
+    /// The spans that hold bytes, for naming bad chunks.
+    pub map: TensorMap,
+    /// Every tensor, in file order.
+    pub tensors: TensorList,
+    /// The data section's first byte within the shard: 8 + the header's length.
+    pub data_start: u64,
+}
+
+/// Device addresses of a safetensors shard's data section are multiples of this.
+pub const DATA_ALIGN: u64 = 256;
+
+impl TensorLayout {
+    /// Parses a safetensors header as [`TensorMap::parse`] does (same checks, same refusals),
+    /// keeping the full tensor list too.
+    pub fn parse(head: &[u8], total_len: u64) -> Option<Self> {
+        let (map, tensors, data_start) = parse_header(head, total_len, true)?;
+        Some(Self {
+            map,
+            tensors: tensors?,
+            data_start,
+        })
+    }
+
+    /// Reads and parses the header of a safetensors file (only the header is read).
+    pub fn from_file(path: &Path) -> Option<Self> {
+        let (head, total) = read_head(path)?;
+        Self::parse(&head, total)
+    }
+
+    /// Bytes of padding in front of the shard in device memory so that the data section
+    /// starts on a [`DATA_ALIGN`]-byte boundary of an allocation that does:
+    /// `(256 - data_start % 256) % 256`.
+    pub fn lead_padding(&self) -> u64 {
+        DATA_ALIGN
+            .saturating_sub(self.data_start.checked_rem(DATA_ALIGN).unwrap_or(0))
+            .checked_rem(DATA_ALIGN)
+            .unwrap_or(0)
+    }
+}
+
 impl TensorMap {
     /// Parses a safetensors header. `head` must start at byte 0 and hold at least the header;
     /// `total_len` is the shard's full length (the tensors must fit in it exactly).
@@ -63,62 +196,7 @@ impl TensorMap {
     /// Zero-size tensors hold no bytes and are left out of the map. O(n log n) in the number
     /// of tensors; see the module documentation for what is checked and what memory it takes.
     pub fn parse(head: &[u8], total_len: u64) -> Option<Self> {
-        let n = u64::from_le_bytes(head.get(..8)?.try_into().ok()?);
-        if n == 0 || n > MAX_HEADER {
-            return None;
-        }
-        let data_start = n.checked_add(8)?;
-        let header = head.get(8..usize::try_from(data_start).ok()?)?;
-        let Header {
-            mut tensors,
-            mut empty_at,
-            mut name_hashes,
-        } = serde_json::from_slice(header).ok()?;
-
-        // Each name once (the crate would keep the last of a repeated name silently).
-        name_hashes.sort_unstable();
-        if name_hashes
-            .windows(2)
-            .any(|w| matches!(w, [a, b] if a == b))
-        {
-            return None;
-        }
-        // The tensors that hold bytes tile the data from 0, in offset order ...
-        tensors.sort_unstable_by_key(|t| (t.start, t.end));
-        let mut data_end = 0u64;
-        for t in &tensors {
-            if t.start != data_end {
-                return None; // a gap or an overlap
-            }
-            data_end = t.end;
-        }
-        // ... the zero-size ones sit on their borders (as the crate's sorted, contiguous
-        // offsets require) ...
-        empty_at.sort_unstable();
-        empty_at.dedup();
-        if !empty_at
-            .iter()
-            .all(|&at| at == 0 || tensors.binary_search_by_key(&at, |t| t.end).is_ok())
-        {
-            return None;
-        }
-        // ... and the data ends where the file does.
-        if data_start.checked_add(data_end)? != total_len {
-            return None;
-        }
-        for t in &mut tensors {
-            t.start = data_start.checked_add(t.start)?;
-            t.end = data_start.checked_add(t.end)?;
-        }
-        tensors.insert(
-            0,
-            TensorSpan {
-                name: HEADER_NAME.to_string(),
-                start: 0,
-                end: data_start,
-            },
-        );
-        Self::from_spans(tensors)
+        parse_header(head, total_len, false).map(|(map, _, _)| map)
     }
 
     /// Normalises spans into a map: empty spans dropped, the rest sorted by offset. Spans that
@@ -140,17 +218,7 @@ impl TensorMap {
 
     /// Reads and parses the header of a safetensors file (only the header is read).
     pub fn from_file(path: &Path) -> Option<Self> {
-        let mut f = std::fs::File::open(path).ok()?;
-        let total = f.metadata().ok()?.len();
-        let mut len = [0u8; 8];
-        f.read_exact(&mut len).ok()?;
-        let n = u64::from_le_bytes(len);
-        if n == 0 || n > MAX_HEADER || n.checked_add(8)? > total {
-            return None;
-        }
-        let mut head = len.to_vec();
-        head.resize(usize::try_from(n.checked_add(8)?).ok()?, 0);
-        f.read_exact(head.get_mut(8..)?).ok()?;
+        let (head, total) = read_head(path)?;
         Self::parse(&head, total)
     }
 
@@ -189,6 +257,101 @@ impl TensorMap {
     }
 }
 
+/// [`TensorMap::parse`], and with `keep_list` the full tensor list too; also answers where
+/// the data section starts.
+fn parse_header(
+    head: &[u8],
+    total_len: u64,
+    keep_list: bool,
+) -> Option<(TensorMap, Option<TensorList>, u64)> {
+    let n = u64::from_le_bytes(head.get(..8)?.try_into().ok()?);
+    if n == 0 || n > MAX_HEADER {
+        return None;
+    }
+    let data_start = n.checked_add(8)?;
+    let header = head.get(8..usize::try_from(data_start).ok()?)?;
+    let mut json = serde_json::Deserializer::from_slice(header);
+    let Header {
+        mut tensors,
+        mut empty_at,
+        mut name_hashes,
+        list,
+    } = json.deserialize_map(HeaderVisitor { keep_list }).ok()?;
+    json.end().ok()?;
+
+    // Each name once (the crate would keep the last of a repeated name silently).
+    name_hashes.sort_unstable();
+    if name_hashes
+        .windows(2)
+        .any(|w| matches!(w, [a, b] if a == b))
+    {
+        return None;
+    }
+    // The tensors that hold bytes tile the data from 0, in offset order ...
+    tensors.sort_unstable_by_key(|t| (t.start, t.end));
+    let mut data_end = 0u64;
+    for t in &tensors {
+        if t.start != data_end {
+            return None; // a gap or an overlap
+        }
+        data_end = t.end;
+    }
+    // ... the zero-size ones sit on their borders (as the crate's sorted, contiguous
+    // offsets require) ...
+    empty_at.sort_unstable();
+    empty_at.dedup();
+    if !empty_at
+        .iter()
+        .all(|&at| at == 0 || tensors.binary_search_by_key(&at, |t| t.end).is_ok())
+    {
+        return None;
+    }
+    // ... and the data ends where the file does.
+    if data_start.checked_add(data_end)? != total_len {
+        return None;
+    }
+    for t in &mut tensors {
+        t.start = data_start.checked_add(t.start)?;
+        t.end = data_start.checked_add(t.end)?;
+    }
+    tensors.insert(
+        0,
+        TensorSpan {
+            name: HEADER_NAME.to_string(),
+            start: 0,
+            end: data_start,
+        },
+    );
+    let list = match list {
+        Some(mut list) => {
+            for t in &mut list {
+                t.start = data_start.checked_add(t.start)?;
+                t.end = data_start.checked_add(t.end)?;
+            }
+            Some(TensorList::new(list)?)
+        }
+        None => None,
+    };
+    Some((TensorMap::from_spans(tensors)?, list, data_start))
+}
+
+/// The 8-byte length and the header of a safetensors file, and the file's length (only the
+/// header is read; `None` past [`MAX_HEADER`] or past the end of the file).
+fn read_head(path: &Path) -> Option<(Vec<u8>, u64)> {
+    let mut f = std::fs::File::open(path).ok()?;
+    let total = f.metadata().ok()?.len();
+    let mut len = [0u8; 8];
+    f.read_exact(&mut len).ok()?;
+    let n = u64::from_le_bytes(len);
+    if n == 0 || n > MAX_HEADER || n.checked_add(8)? > total {
+        return None;
+    }
+    let mut head = len.to_vec();
+    head.resize(usize::try_from(n.checked_add(8)?).ok()?, 0);
+    f.read_exact(head.get_mut(8..)?).ok()?;
+    Some((head, total))
+}
+
 /// What a header holds, as far as naming tensors goes: built entry by entry as the JSON
 /// streams past, keeping nothing of a zero-size tensor but its offset and its name's hash.
 struct Header {
@@ -198,15 +361,14 @@ struct Header {
     empty_at: Vec<u64>,
     /// A keyed hash of every tensor name, to refuse a name given twice.
     name_hashes: Vec<u64>,
+    /// Every tensor, offsets relative to the start of the data, unsorted (only when asked).
+    list: Option<Vec<TensorInfo>>,
 }
 
-impl<'de> Deserialize<'de> for Header {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_map(HeaderVisitor)
-    }
+struct HeaderVisitor {
+    /// Keep every tensor's full description (for [`TensorLayout`]).
+    keep_list: bool,
 }
-
-struct HeaderVisitor;
 
 impl<'de> Visitor<'de> for HeaderVisitor {
     type Value = Header;
@@ -221,6 +383,7 @@ impl<'de> Visitor<'de> for HeaderVisitor {
             tensors: Vec::new(),
             empty_at: Vec::new(),
             name_hashes: Vec::new(),
+            list: self.keep_list.then(Vec::new),
         };
         let mut seen_metadata = false;
         while let Some(Key(key)) = map.next_key()? {
@@ -233,7 +396,7 @@ impl<'de> Visitor<'de> for HeaderVisitor {
                 map.next_value::<StringMap>()?;
                 continue;
             }
-            let info: TensorInfo = map.next_value()?;
+            let info: RawInfo = map.next_value()?;
             let (start, end) = info.data_offsets;
             if byte_len(&info) != end.checked_sub(start) {
                 return Err(de::Error::custom(
@@ -243,6 +406,19 @@ impl<'de> Visitor<'de> for HeaderVisitor {
             let start = u64::try_from(start).map_err(de::Error::custom)?;
             let end = u64::try_from(end).map_err(de::Error::custom)?;
             header.name_hashes.push(hasher.hash_one(key.as_ref()));
+            if let Some(list) = &mut header.list {
+                list.push(TensorInfo {
+                    name: key.to_string(),
+                    dtype: info.dtype.to_string(),
+                    shape: info
+                        .shape
+                        .iter()
+                        .map(|&d| u64::try_from(d).map_err(de::Error::custom))
+                        .collect::<Result<_, _>>()?,
+                    start,
+                    end,
+                });
+            }
             if start == end {
                 // Holds no bytes, so no bad chunk can be in it: never named.
                 header.empty_at.push(start);
@@ -266,7 +442,7 @@ impl<'de> Visitor<'de> for HeaderVisitor {
 
 /// A tensor's length in bytes from its dtype and shape, as the safetensors crate computes it
 /// (`None` on overflow or a length that is not a whole number of bytes).
-fn byte_len(info: &TensorInfo) -> Option<usize> {
+fn byte_len(info: &RawInfo) -> Option<usize> {
     let elements = info
         .shape
         .iter()

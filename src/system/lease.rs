@@ -9,6 +9,11 @@
 //! counting in `capacity`, when the last lease drops. A quarantine or a failed scrub after the
 //! lease was taken does not pull the memory from under it; [`ShardLease::check`] re-verifies on
 //! demand.
+//!
+//! A shard sealed from a safetensors file is also served tensor by tensor: a [`TensorView`]
+//! ([`ShardLease::tensor`]) reads within one tensor's bytes only and gives its device address.
+//! Every backend places such a shard so that its data section — and so every tensor whose
+//! data offset is a multiple of 256 — starts on a 256-byte boundary of device memory.
 
 use std::fmt;
 use std::panic::AssertUnwindSafe;
@@ -18,6 +23,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use crate::error::VramError;
 use crate::gpu::{DevicePtr, DeviceView};
 use crate::messages::gpu::GpuMsg;
+use crate::seal::tensors::TensorInfo;
 use crate::shard::{SealedShard, VerifyMode, VerifyReport};
 
 use super::VramResidency;
@@ -75,6 +81,20 @@ impl ShardLease {
         &self.view
     }
 
+    /// The shard's tensors, for a shard sealed from safetensors bytes
+    /// ([`SealedShard::tensors`]).
+    pub fn tensors(&self) -> Option<&[TensorInfo]> {
+        self.shard.tensors()
+    }
+
+    /// A view of the tensor called `name` (exactly as the safetensors header spells it);
+    /// `None` for a name the header does not list, or a shard that is not safetensors.
+    /// O(log n) in the number of tensors.
+    pub fn tensor(&self, name: &str) -> Option<TensorView<'_>> {
+        let info = self.shard.tensor(name)?;
+        Some(TensorView { lease: self, info })
+    }
+
     /// Verifies the shard again, now, in `mode` (a failure quarantines it, as any
     /// verification does; the lease's memory stays held either way).
     pub async fn check(&self, mode: VerifyMode) -> Result<VerifyReport, VramError> {
@@ -88,6 +108,68 @@ impl fmt::Debug for ShardLease {
             .field("shard_id", &self.shard_id())
             .field("gpu_device", &self.gpu_device())
             .field("len", &self.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// One tensor of a leased safetensors shard (see [`ShardLease::tensor`]): reads confined to
+/// the tensor's bytes, and its device address. It borrows the lease, so neither it nor the
+/// pointer it hands out can outlive the memory.
+#[derive(Clone, Copy)]
+pub struct TensorView<'lease> {
+    lease: &'lease ShardLease,
+    info: &'lease TensorInfo,
+}
+
+impl<'lease> TensorView<'lease> {
+    /// The tensor's name, dtype, shape and byte range within the shard.
+    pub fn info(&self) -> &'lease TensorInfo {
+        self.info
+    }
+
+    /// The tensor's length in bytes.
+    pub fn len(&self) -> u64 {
+        self.info.len()
+    }
+
+    /// Whether the tensor holds no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.info.is_empty()
+    }
+
+    /// Copies `buf.len()` bytes at `offset` from the tensor's first byte into `buf`. A read
+    /// that would run past the tensor's end is `InvalidInput` (it never reads the next
+    /// tensor's bytes).
+    pub fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), VramError> {
+        let len = self.info.len();
+        let n = buf.len() as u64;
+        let at = offset
+            .checked_add(n)
+            .filter(|&end| end <= len)
+            .and_then(|_| self.info.start.checked_add(offset))
+            .ok_or_else(|| {
+                VramError::InvalidInput(format!(
+                    "a read of {n} bytes at offset {offset} runs past the end of the tensor \
+                     ({len} bytes)"
+                ))
+            })?;
+        self.lease.read(at, buf)
+    }
+
+    /// The device address of the tensor's first byte, for kernel launches, borrow-bound to
+    /// the lease. Never log it. A tensor whose offset in the data section is a multiple of
+    /// 256 is 256-byte aligned. A zero-size tensor's address is where it sits (the next
+    /// tensor's first byte, or one past the shard's end): do not read through it.
+    pub fn device_ptr(&self) -> DevicePtr<'lease> {
+        DevicePtr::new(self.lease.view.address.offset(self.info.start))
+    }
+}
+
+impl fmt::Debug for TensorView<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TensorView")
+            .field("shard_id", &self.lease.shard_id())
+            .field("info", self.info)
             .finish_non_exhaustive()
     }
 }

@@ -14,7 +14,7 @@ mod signed;
 mod startup;
 mod status;
 
-pub use lease::ShardLease;
+pub use lease::{ShardLease, TensorView};
 pub(crate) mod lease;
 mod tensor_parallel;
 

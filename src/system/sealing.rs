@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use crate::error::VramError;
 use crate::messages::gpu::{GpuMsg, SealJob, SealMeta, ShardRef, SignedSource};
 use crate::seal::claims::ShardInfo;
-use crate::seal::tensors::TensorMap;
+use crate::seal::tensors::TensorLayout;
 use crate::shard::{SealRequest, SealSource, SealedShard, ShardHandle};
 use crate::telemetry::{self};
 use crate::validation;
@@ -56,7 +56,7 @@ impl VramResidency {
             .transpose()?;
         // The file's metadata and its safetensors header are file I/O (and a large header is
         // CPU work to parse): both run off the runtime's worker threads.
-        let (source, len, tensors) = tokio::task::spawn_blocking(move || inspect_source(source))
+        let (source, len, layout) = tokio::task::spawn_blocking(move || inspect_source(source))
             .await
             .map_err(|_| VramError::Internal("inspecting the seal source failed".into()))??;
         validation::validate_model_size(len, self.inner.max_model_size)?;
@@ -66,6 +66,14 @@ impl VramResidency {
             ));
         }
         let handle_id = self.inner.next_handle.fetch_add(1, Ordering::Relaxed);
+        // The device keeps the map that names bad chunks; the handle keeps the tensor list.
+        let (tensors, lead_padding, tensor_list) = match layout {
+            Some(layout) => {
+                let lead = layout.lead_padding();
+                (Some(Arc::new(layout.map)), lead, Some(layout.tensors))
+            }
+            None => (None, 0, None),
+        };
         let job = SealJob {
             meta: SealMeta {
                 shard_id,
@@ -74,6 +82,7 @@ impl VramResidency {
                 tensor_parallel,
                 handle_id,
                 tensors,
+                lead_padding,
                 provenance: provenance.clone(),
             },
             source,
@@ -110,24 +119,28 @@ impl VramResidency {
                 directory: self.inner.directory.clone(),
                 released: AtomicBool::new(false),
                 provenance: provenance.map(|p| p.provenance),
+                tensors: tensor_list,
             }),
         })
     }
 }
 
+/// The source's length and, for a safetensors file or buffer, its parsed header (the stream of
+/// a `from_reader` request is never inspected: it has no header to peek at without consuming
+/// it).
 fn inspect_source(
     source: SealSource,
-) -> Result<(SealSource, u64, Option<Arc<TensorMap>>), VramError> {
-    let (len, tensors) = match &source {
+) -> Result<(SealSource, u64, Option<TensorLayout>), VramError> {
+    let (len, layout) = match &source {
         SealSource::Bytes(b) => {
             let len = b.len() as u64;
-            (len, TensorMap::parse(b, len))
+            (len, TensorLayout::parse(b, len))
         }
         SealSource::Reader(_, n) => (*n, None),
         SealSource::File(p) => (
             validation::regular_file(p, "model file")?.len(),
-            TensorMap::from_file(p),
+            TensorLayout::from_file(p),
         ),
     };
-    Ok((source, len, tensors.map(Arc::new)))
+    Ok((source, len, layout))
 }

@@ -20,6 +20,7 @@ mod parsers_prop;
 mod provenance;
 mod serving;
 mod tensor_localisation;
+mod tensors;
 mod trust;
 mod unsafe_scope;
 mod vectors;

@@ -252,7 +252,7 @@ impl GpuState {
         // Free even when the device is lost: the memory is gone either way and the books must
         // come back to their starting value.
         let _ = self.backend.free(entry.allocation);
-        let freed = entry.info.vram_bytes;
+        let freed = entry.allocated_bytes;
         self.audit(AuditEvent::VramDeallocated {
             shard_id: shard_id.to_string(),
             freed_bytes: freed,

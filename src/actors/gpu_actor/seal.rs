@@ -43,6 +43,7 @@ impl GpuState {
             len,
         } = job;
         let allocation = self.allocate_for(&meta, len)?;
+        let allocated = len.saturating_add(meta.lead_padding);
         let sealed = match self
             .upload_and_hash(source, progress, allocation, len)
             .await
@@ -54,12 +55,14 @@ impl GpuState {
             Err(e) => Err(e),
         };
         if sealed.is_err() {
-            self.abort_seal(&meta.shard_id, allocation, len);
+            self.abort_seal(&meta.shard_id, allocation, allocated);
         }
         sealed
     }
 
-    /// Checks that the seal may start and allocates its memory (audited either way).
+    /// Checks that the seal may start and allocates its memory (audited either way): the
+    /// shard's `len` bytes plus the lead padding that aligns a safetensors shard's data
+    /// section, which is real device memory and counts as used.
     fn allocate_for(&mut self, meta: &SealMeta, len: u64) -> Result<AllocationId, VramError> {
         self.accepting_work()?;
         let device = self.device();
@@ -70,6 +73,8 @@ impl GpuState {
             )));
         }
         let available = self.available();
+        let lead = meta.lead_padding;
+        let needed = len.saturating_add(lead);
         let refused = |reason: String| AuditEvent::VramAllocationFailed {
             shard_id: meta.shard_id.clone(),
             requested_bytes: len,
@@ -77,14 +82,11 @@ impl GpuState {
             reason,
             gpu_device: device,
         };
-        if len > available {
+        if needed > available {
             self.audit(refused("insufficient VRAM".into()));
-            return Err(VramError::InsufficientVram {
-                needed: len,
-                available,
-            });
+            return Err(VramError::InsufficientVram { needed, available });
         }
-        let allocation = match self.backend.allocate(len) {
+        let allocation = match self.backend.allocate(len, lead) {
             Ok(a) => a,
             Err(e) => {
                 if let BackendError::Policy { policy, violation } = &e {
@@ -108,9 +110,9 @@ impl GpuState {
         self.audit(AuditEvent::VramAllocated {
             shard_id: meta.shard_id.clone(),
             requested_bytes: len,
-            allocated_bytes: len,
-            available_bytes: available.saturating_sub(len),
-            used_bytes: self.table.used_bytes().saturating_add(len),
+            allocated_bytes: needed,
+            available_bytes: available.saturating_sub(needed),
+            used_bytes: self.table.used_bytes().saturating_add(needed),
             gpu_device: device,
         });
         Ok(allocation)
@@ -194,6 +196,7 @@ impl GpuState {
             info: info.clone(),
             handle_id: meta.handle_id,
             allocation,
+            allocated_bytes: len.saturating_add(meta.lead_padding),
             tree: Arc::new(tree),
             tensors: meta.tensors.clone(),
             quarantine: None,
@@ -213,12 +216,13 @@ impl GpuState {
         Ok(info)
     }
 
-    /// Frees the allocation of a seal that did not complete, and audits it.
-    fn abort_seal(&mut self, shard_id: &str, allocation: AllocationId, len: u64) {
+    /// Frees the allocation (`allocated` bytes, padding included) of a seal that did not
+    /// complete, and audits it.
+    fn abort_seal(&mut self, shard_id: &str, allocation: AllocationId, allocated: u64) {
         let _ = self.backend.free(allocation);
         self.audit(AuditEvent::VramDeallocated {
             shard_id: shard_id.to_string(),
-            freed_bytes: len,
+            freed_bytes: allocated,
             remaining_used: self.table.used_bytes(),
             gpu_device: self.device(),
         });

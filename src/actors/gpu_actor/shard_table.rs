@@ -1,8 +1,9 @@
 //! `ShardTable`: the shards resident on one device, owned by that device's `GpuActor`.
 //!
 //! It is the single source of truth for capacity accounting: `used_bytes` is the sum of the
-//! sizes of the entries, changed only by [`ShardTable::insert`] and [`ShardTable::remove`], so
-//! it returns exactly to its starting value when every shard is gone.
+//! entries' allocated sizes (a shard's bytes plus the lead padding that aligns a safetensors
+//! shard's data section), changed only by [`ShardTable::insert`] and [`ShardTable::remove`],
+//! so it returns exactly to its starting value when every shard is gone.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Weak};
@@ -51,6 +52,8 @@ pub struct ShardEntry {
     pub handle_id: u64,
     /// Its device memory.
     pub allocation: AllocationId,
+    /// Bytes that memory takes on the device: the shard's length plus its lead padding.
+    pub allocated_bytes: u64,
     /// Leaf hashes and root, as sealed.
     pub tree: Arc<MerkleTree>,
     /// Tensor layout, for shards sealed from safetensors bytes.
@@ -99,23 +102,23 @@ impl ShardTable {
 
     /// Adds a shard and counts its bytes.
     pub fn insert(&mut self, entry: ShardEntry) {
-        self.used_bytes = self.used_bytes.saturating_add(entry.info.vram_bytes);
+        self.used_bytes = self.used_bytes.saturating_add(entry.allocated_bytes);
         if let Some(old) = self.entries.insert(entry.info.shard_id.clone(), entry) {
             // Callers check `contains` first; keep the books right even if one did not.
-            self.used_bytes = self.used_bytes.saturating_sub(old.info.vram_bytes);
+            self.used_bytes = self.used_bytes.saturating_sub(old.allocated_bytes);
         }
     }
 
     /// Removes a shard and uncounts its bytes.
     pub fn remove(&mut self, shard_id: &str) -> Option<ShardEntry> {
         let e = self.entries.remove(shard_id)?;
-        self.used_bytes = self.used_bytes.saturating_sub(e.info.vram_bytes);
+        self.used_bytes = self.used_bytes.saturating_sub(e.allocated_bytes);
         self.held_by_leases
             .retain(|(lease, _)| lease.strong_count() > 0);
         // One reference is the entry's own; any other is a lease that keeps the memory.
         if Arc::strong_count(&e.lease_marker) > 1 {
             self.held_by_leases
-                .push((Arc::downgrade(&e.lease_marker), e.info.vram_bytes));
+                .push((Arc::downgrade(&e.lease_marker), e.allocated_bytes));
         }
         Some(e)
     }

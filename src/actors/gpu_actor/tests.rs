@@ -96,6 +96,7 @@ async fn seal(
             tensor_parallel: None,
             handle_id,
             tensors: None,
+            lead_padding: 0,
             provenance: None,
         },
         source: SealSource::Bytes((0..len).map(|i| (i % 251) as u8).collect()),
@@ -399,8 +400,8 @@ mod bad_dma {
         fn free_bytes(&self) -> Result<u64, BackendError> {
             self.0.free_bytes()
         }
-        fn allocate(&mut self, len: u64) -> Result<AllocationId, BackendError> {
-            self.0.allocate(len)
+        fn allocate(&mut self, len: u64, lead: u64) -> Result<AllocationId, BackendError> {
+            self.0.allocate(len, lead)
         }
         fn begin_upload(
             &mut self,
@@ -515,8 +516,8 @@ mod panicking {
         fn free_bytes(&self) -> Result<u64, BackendError> {
             self.device.free_bytes()
         }
-        fn allocate(&mut self, len: u64) -> Result<AllocationId, BackendError> {
-            self.device.allocate(len)
+        fn allocate(&mut self, len: u64, lead: u64) -> Result<AllocationId, BackendError> {
+            self.device.allocate(len, lead)
         }
         fn begin_upload(
             &mut self,
@@ -577,6 +578,7 @@ async fn a_panicking_upload_crashes_the_device_actor_not_the_process() {
             tensor_parallel: None,
             handle_id: 1,
             tensors: None,
+            lead_padding: 0,
             provenance: None,
         },
         source: SealSource::Bytes(vec![7u8; 20_000]),

@@ -17,45 +17,74 @@ use cudarc::driver::{CudaContext, result, sys};
 use super::driver;
 use crate::gpu::BackendError;
 
-/// One device allocation.
+/// One device allocation, holding one shard `lead` bytes in (the padding that puts a
+/// safetensors shard's data section on a 256-byte boundary; 0 for other shards). Everything
+/// but the free addresses the shard: [`DeviceBuffer::ptr`] is its first byte and
+/// [`DeviceBuffer::len`] its length, so uploads, reads, the leaf kernel and fault injection
+/// never see the padding.
 pub(crate) struct DeviceBuffer {
     ctx: Arc<CudaContext>,
+    /// What `cuMemAlloc` returned (256-byte aligned): freed in `Drop`.
+    base: sys::CUdeviceptr,
+    /// The shard's first byte: `base + lead`.
     ptr: sys::CUdeviceptr,
+    /// The shard's length.
     len: u64,
+    /// The allocation's length: `lead + len`.
+    allocated: u64,
 }
 
 impl DeviceBuffer {
-    /// Allocates `len` bytes with `cuMemAlloc` (never managed, mapped or pinned host memory:
-    /// VP-001).
-    pub(crate) fn allocate(ctx: &Arc<CudaContext>, len: u64) -> Result<Self, BackendError> {
-        let bytes = usize::try_from(len).map_err(|_| {
-            BackendError::Unsupported("allocation larger than the address space".into())
-        })?;
+    /// Allocates `lead + len` bytes with `cuMemAlloc` (never managed, mapped or pinned host
+    /// memory: VP-001), for a shard of `len` bytes that starts `lead` bytes in.
+    pub(crate) fn allocate(
+        ctx: &Arc<CudaContext>,
+        len: u64,
+        lead: u64,
+    ) -> Result<Self, BackendError> {
+        let too_large =
+            || BackendError::Unsupported("allocation larger than the address space".into());
+        let allocated = len.checked_add(lead).ok_or_else(too_large)?;
+        let bytes = usize::try_from(allocated).map_err(|_| too_large())?;
         ctx.bind_to_thread()
             .map_err(|e| driver("binding the context", e))?;
         // SAFETY: the context is current on this thread (bound above); `malloc_sync` returns a
         // fresh device allocation of `bytes` bytes or an error, and we own the pointer from here
         // on (freed exactly once, in `Drop`).
-        let ptr = unsafe { result::malloc_sync(bytes) }.map_err(|e| match e.0 {
+        let base = unsafe { result::malloc_sync(bytes) }.map_err(|e| match e.0 {
             sys::CUresult::CUDA_ERROR_OUT_OF_MEMORY => BackendError::OutOfMemory {
-                needed: len,
+                needed: allocated,
                 available: ctx.mem_get_info().map(|(free, _)| free as u64).unwrap_or(0),
             },
             _ => driver("cuMemAlloc", e),
         })?;
-        Ok(Self {
+        // Built before the check below, so an impossible address still frees `base` on drop.
+        let mut buffer = Self {
             ctx: Arc::clone(ctx),
-            ptr,
+            base,
+            ptr: base,
             len,
-        })
+            allocated,
+        };
+        buffer.ptr = base.checked_add(lead).ok_or_else(|| {
+            BackendError::Driver("cuMemAlloc returned an allocation that wraps around".into())
+        })?;
+        Ok(buffer)
     }
 
+    /// The device address of the shard's first byte (past the lead padding).
     pub(crate) fn ptr(&self) -> sys::CUdeviceptr {
         self.ptr
     }
 
+    /// The shard's length (the padding not included).
     pub(crate) fn len(&self) -> u64 {
         self.len
+    }
+
+    /// The allocation's length, lead padding included.
+    pub(crate) fn allocated(&self) -> u64 {
+        self.allocated
     }
 
     pub(crate) fn context(&self) -> &Arc<CudaContext> {
@@ -90,10 +119,10 @@ impl DeviceBuffer {
             .map_err(|e| driver("binding the context", e))?;
         let mut value: u32 = 0;
         // SAFETY: both attributes asked here are 32-bit values (`CUmemorytype`, a boolean
-        // `unsigned int`), so `value` is a valid, large-enough destination; `self.ptr` is a live
-        // allocation of this context, which is current.
+        // `unsigned int`), so `value` is a valid, large-enough destination; `self.base` is a
+        // live allocation of this context, which is current.
         let rc = unsafe {
-            sys::cuPointerGetAttribute(std::ptr::from_mut(&mut value).cast(), attribute, self.ptr)
+            sys::cuPointerGetAttribute(std::ptr::from_mut(&mut value).cast(), attribute, self.base)
         };
         rc.result()
             .map_err(|e| driver("cuPointerGetAttribute", e))?;
@@ -136,10 +165,10 @@ impl Drop for DeviceBuffer {
             );
             return;
         }
-        // SAFETY: `self.ptr` came from `cuMemAlloc` in this context (current) and is freed
+        // SAFETY: `self.base` came from `cuMemAlloc` in this context (current) and is freed
         // exactly once, here; every holder of this buffer is gone (this is its drop) and the
         // context has finished all work queued on it (the wait above succeeded).
-        if unsafe { result::free_sync(self.ptr) }.is_err() {
+        if unsafe { result::free_sync(self.base) }.is_err() {
             crate::telemetry::record_cuda_free_error();
             tracing::error!("freeing device memory reported a driver error");
         }

@@ -255,13 +255,13 @@ impl DeviceBackend for CudaDevice {
             .map_err(|e| driver("cuMemGetInfo", e))
     }
 
-    fn allocate(&mut self, len: u64) -> Result<AllocationId, BackendError> {
+    fn allocate(&mut self, len: u64, lead: u64) -> Result<AllocationId, BackendError> {
         if std::mem::take(&mut self.fail_next_alloc) {
             return Err(BackendError::AllocationFailed(
                 "injected fault: FailNextAlloc".into(),
             ));
         }
-        let buffer = DeviceBuffer::allocate(&self.ctx, len)?;
+        let buffer = DeviceBuffer::allocate(&self.ctx, len, lead)?;
         // VP-002/VP-003: the weights must be in dedicated device memory. A failed check frees
         // the allocation (dropping `buffer`) before the error goes back.
         buffer.check_policy()?;
@@ -345,7 +345,7 @@ impl DeviceBackend for CudaDevice {
             .allocations
             .remove(&id)
             .ok_or(BackendError::UnknownAllocation)?;
-        let len = entry.buffer.len();
+        let len = entry.buffer.allocated();
         // Drops the table's reference on the free thread; the memory goes back to the driver
         // when the last reader (if one is still hashing) lets go — see `buffer`.
         self.reaper.free(entry);
