@@ -99,11 +99,13 @@ impl GpuState {
     /// reader keeps the memory alive, so a release while the lease lives frees nothing under
     /// it; the marker keeps the bytes counted as used until the last lease drops.
     pub(super) fn lease(&mut self, shard: &ShardRef) -> Result<LeaseGrant, VramError> {
-        self.accepting_work()?;
-        let entry = self.table.get(shard)?;
-        if let Some(bad) = &entry.quarantine {
+        // The shard's own finding first: a quarantined shard is refused with what was found in
+        // it (bad chunks, tensor names), not with the device stop that finding caused.
+        if let Some(bad) = &self.table.get(shard)?.quarantine {
             return Err(quarantined(&shard.shard_id, bad));
         }
+        self.accepting_work()?;
+        let entry = self.table.get(shard)?;
         let (allocation, len) = (entry.allocation, entry.info.vram_bytes);
         let marker = Arc::clone(&entry.lease_marker);
         let address = self.backend.device_address(allocation);
