@@ -26,10 +26,11 @@
 //! included, in file order, each name exactly as the header spells it (no cut, no
 //! replacement: it is the key a caller looks tensors up by; these names never reach an error
 //! message or the audit log, which see only the map's sanitised ones). Its memory is bounded
-//! by the header cap: an entry takes at least about 50 bytes of header JSON and about 150
-//! bytes of memory (name, dtype and shape on the heap, four bytes of name index), so at most
-//! about three times the header — some 300 MB for a 100 MB header of empty tensors, which the
-//! caller chose to seal. The map, which the device actor keeps, stays as small as above.
+//! by the header cap: an entry takes at least about 50 bytes of header JSON and about 200
+//! bytes of memory (88 inline, name, dtype and shape on the heap, four bytes of name index),
+//! so at most about four times the header — some 400 MB for a 100 MB header of nothing but
+//! empty tensors, which the caller chose to seal, held while its handle lives. The map, which
+//! the device actor keeps, stays as small as above.
 
 use std::borrow::Cow;
 use std::collections::hash_map::RandomState;
