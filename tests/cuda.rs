@@ -7,7 +7,12 @@
 //!
 //! The fake driver's injected faults (`VR_FAKE_CUDA_FAULT`) are read once per process, so each
 //! fault test runs itself again in a child process of this binary with the fault set.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::arithmetic_side_effects
+)]
 
 mod common;
 
@@ -251,6 +256,179 @@ async fn seal_verify_attest_and_fail_closed_on_a_real_gpu() {
             .await
             .is_err()
     );
+    assert_eq!(
+        system.capacity(0).await.unwrap().used_bytes,
+        before.used_bytes
+    );
+    system.shutdown().await.unwrap();
+}
+
+/// The safetensors fixture the Python `safetensors` package wrote (`tests/it/tensors.rs`).
+fn safetensors_fixture() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/safetensors/model.safetensors")
+}
+
+/// A hand-made safetensors file of one `len`-byte U8 tensor `big` and a 3-element F32 `tail`,
+/// its header padded with spaces so that the data section starts at `data_start` (which is
+/// not a multiple of 256).
+fn big_safetensors(len: usize, data_start: usize) -> Vec<u8> {
+    let mut header = format!(
+        r#"{{"big":{{"dtype":"U8","shape":[{len}],"data_offsets":[0,{len}]}},"tail":{{"dtype":"F32","shape":[3],"data_offsets":[{len},{}]}}}}"#,
+        len + 12
+    );
+    assert!(8 + header.len() <= data_start);
+    while 8 + header.len() < data_start {
+        header.push(' ');
+    }
+    let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+    bytes.extend_from_slice(header.as_bytes());
+    bytes.extend(pattern(len + 12));
+    bytes
+}
+
+/// Tensor views on CUDA memory. A safetensors shard's data section is 256-byte aligned in
+/// device memory, which puts padding in front of the shard; nothing may see it: reads, tensor
+/// views, fault offsets and bad-chunk ranges count from the file's first byte, and the leaf
+/// kernel hashes chunks from the shard's first byte (the seal re-hashes what landed on the
+/// device and compares it with the host's leaves, so a kernel reading from the allocation's
+/// start fails the seal). The padding counts as used memory and comes back on release.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn safetensors_shards_are_aligned_and_served_by_tensor_on_cuda() {
+    if no_cuda().is_some() {
+        return;
+    }
+    let system = VramResidency::start(cuda_config().chunk_size(4096))
+        .await
+        .unwrap();
+    let before = system.capacity(0).await.unwrap();
+
+    // The Python-written fixture: data at 672 (160 mod 256), so 96 bytes of padding.
+    let bytes = std::fs::read(safetensors_fixture()).unwrap();
+    let data_start = 8 + u64::from_le_bytes(bytes[..8].try_into().unwrap());
+    assert_eq!(data_start, 672);
+    let shard = system
+        .seal(SealRequest::from_file(
+            "st",
+            "file:model",
+            0,
+            safetensors_fixture(),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(
+        system.capacity(0).await.unwrap().used_bytes,
+        before.used_bytes + bytes.len() as u64 + 96
+    );
+    let tensors = shard.tensors().unwrap().to_vec();
+    assert_eq!(tensors.len(), 8);
+    let lease = system.lease(&shard, VerifyMode::Full).await.unwrap();
+    let base = *lease.device_ptr().as_kernel_arg();
+    assert_eq!((base + data_start) % 256, 0);
+    let mut all = vec![0u8; bytes.len()];
+    lease.read(0, &mut all).unwrap();
+    assert_eq!(all, bytes);
+    for t in &tensors {
+        let view = lease.tensor(&t.name).unwrap();
+        let at = *view.device_ptr().as_kernel_arg();
+        assert_eq!(at - base, t.start);
+        if (t.start - data_start).is_multiple_of(256) {
+            assert_eq!(at % 256, 0, "{}", t.name);
+        }
+        let mut got = vec![0u8; t.len() as usize];
+        view.read(0, &mut got).unwrap();
+        assert_eq!(got, &bytes[t.start as usize..t.end as usize], "{}", t.name);
+        let mut past = [0u8; 1];
+        assert!(matches!(
+            view.read(view.len(), &mut past),
+            Err(VramError::InvalidInput(_))
+        ));
+    }
+    drop(lease);
+    // A flip at shard offset 3 * 4096 + 5 (inside layers.0.attn.q.weight) is in chunk 3; taken
+    // from the allocation's start it would land in chunk 2.
+    let offset = 3 * 4096 + 5;
+    system
+        .inject_fault(
+            0,
+            Fault::FlipBits {
+                shard_id: "st".into(),
+                offset,
+                mask: 0x40,
+            },
+        )
+        .await
+        .unwrap();
+    let err = system.verify(&shard, VerifyMode::Full).await.unwrap_err();
+    let VramError::SealVerificationFailed {
+        bad_chunks,
+        bad_tensors,
+        ..
+    } = &err
+    else {
+        panic!("{err:?}")
+    };
+    assert_eq!(bad_chunks.len(), 1, "{bad_chunks:?}");
+    assert_eq!((bad_chunks[0].offset, bad_chunks[0].len), (3 * 4096, 4096));
+    assert_eq!(bad_tensors, &["layers.0.attn.q.weight", "tokens.mask"]);
+    system.reset_device(0).await.unwrap();
+    assert_eq!(
+        system.release(shard).await.unwrap(),
+        bytes.len() as u64 + 96
+    );
+    assert_eq!(
+        system.capacity(0).await.unwrap().used_bytes,
+        before.used_bytes
+    );
+
+    // Enough 4 KiB leaves (600) for the leaf kernel, data at 8 + 1000 (240 mod 256).
+    let big = big_safetensors(600 * 4096, 1008);
+    let lead = 16;
+    let shard = system
+        .seal(SealRequest::new("big", "test:st", 0, big.clone()))
+        .await
+        .unwrap();
+    assert_eq!(
+        system.capacity(0).await.unwrap().used_bytes,
+        before.used_bytes + big.len() as u64 + lead
+    );
+    system.verify(&shard, VerifyMode::Full).await.unwrap();
+    let lease = system.lease(&shard, VerifyMode::Full).await.unwrap();
+    let view = lease.tensor("big").unwrap();
+    assert_eq!(*view.device_ptr().as_kernel_arg() % 256, 0);
+    let mut got = vec![0u8; 4096];
+    view.read(300 * 4096, &mut got).unwrap();
+    assert_eq!(got, &big[1008 + 300 * 4096..1008 + 301 * 4096]);
+    let tail = lease.tensor("tail").unwrap();
+    let mut got = vec![0u8; 12];
+    tail.read(0, &mut got).unwrap();
+    assert_eq!(got, &big[big.len() - 12..]);
+    drop(lease);
+    let offset = 1008 + 123 * 4096 + 7;
+    system
+        .inject_fault(
+            0,
+            Fault::FlipBits {
+                shard_id: "big".into(),
+                offset,
+                mask: 1,
+            },
+        )
+        .await
+        .unwrap();
+    match system.verify(&shard, VerifyMode::Full).await.unwrap_err() {
+        VramError::SealVerificationFailed {
+            first_bad_chunk,
+            bad_tensors,
+            ..
+        } => {
+            assert_eq!(first_bad_chunk, Some(offset / 4096));
+            assert_eq!(bad_tensors, ["big"]);
+        }
+        other => panic!("expected a verification failure, got {other:?}"),
+    }
+    system.reset_device(0).await.unwrap();
+    system.release(shard).await.unwrap();
     assert_eq!(
         system.capacity(0).await.unwrap().used_bytes,
         before.used_bytes

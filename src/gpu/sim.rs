@@ -231,14 +231,15 @@ impl DeviceBackend for SimDevice {
         let id = AllocationId(self.next_id);
         self.next_id = self.next_id.saturating_add(1);
         // Keep simulated allocations 256-byte aligned like cuMemAlloc's (the base and every
-        // step are multiples of 256); the shard starts `lead` bytes in.
-        self.next_addr = self
-            .next_addr
+        // step are multiples of 256), each its own range with a gap before the next; the shard
+        // starts `lead` bytes in.
+        let start = self.next_addr;
+        self.next_addr = start
             .saturating_add(total.div_ceil(256).saturating_mul(256))
             .saturating_add(256);
         self.used = self.used.saturating_add(total);
         let allocation = SimAllocation {
-            addr: self.next_addr.saturating_add(lead),
+            addr: start.saturating_add(lead),
             len,
             lead,
             memory: Memory::Fresh(bytes),
@@ -604,6 +605,60 @@ mod tests {
             reader.all_leaf_hashes(4096).unwrap(),
             vec![crate::seal::merkle::leaf_hash(&[7u8; 4096])]
         );
+    }
+
+    /// Lead padding: counted as used (also while a reader holds freed memory), never seen by
+    /// the shard's offsets; the shard starts `lead` bytes into a 256-byte aligned allocation.
+    #[test]
+    fn lead_padding_is_counted_but_invisible() {
+        let mut d = SimDevice::new(0, 1 << 16);
+        let data: Vec<u8> = (0..5_000u32).map(|i| (i % 251) as u8).collect();
+        let a = d.allocate(5_000, 96).unwrap();
+        assert_eq!(d.free_bytes().unwrap(), (1 << 16) - 5_096);
+        assert_eq!(d.device_address(a).unwrap().raw() % 256, 96);
+        upload(&mut d, a, &data);
+        let r = d.reader(a).unwrap();
+        assert_eq!(r.len(), 5_000);
+        let mut first = [0u8; 4];
+        r.read(0, &mut first).unwrap();
+        assert_eq!(first, data[..4]);
+        assert!(r.read(4_999, &mut first).is_err());
+        d.inject_fault(
+            &Fault::FlipBits {
+                shard_id: "s".into(),
+                offset: 0,
+                mask: 1,
+            },
+            Some(a),
+        )
+        .unwrap();
+        // (The old reader keeps the bytes it had: copy on write.)
+        let r = d.reader(a).unwrap();
+        let mut flipped = [0u8; 1];
+        r.read(0, &mut flipped).unwrap();
+        assert_eq!(flipped[0], data[0] ^ 1);
+        // Another allocation starts on the next 256-byte boundary past this one.
+        let b = d.allocate(10, 0).unwrap();
+        let (pa, pb) = (
+            d.device_address(a).unwrap().raw(),
+            d.device_address(b).unwrap().raw(),
+        );
+        assert_eq!(pb % 256, 0);
+        assert!(pb >= pa + 5_000);
+        assert_eq!(d.free(b).unwrap(), 10);
+        // Freed while read: the padding stays held with the bytes.
+        assert_eq!(d.free(a).unwrap(), 5_096);
+        assert_eq!(d.free_bytes().unwrap(), (1 << 16) - 5_096);
+        drop(r);
+        assert_eq!(d.free_bytes().unwrap(), 1 << 16);
+        assert!(matches!(
+            d.allocate(1 << 16, 1),
+            Err(BackendError::OutOfMemory { needed, .. }) if needed == (1 << 16) + 1
+        ));
+        assert!(matches!(
+            d.allocate(u64::MAX, 1),
+            Err(BackendError::OutOfMemory { .. })
+        ));
     }
 
     #[test]

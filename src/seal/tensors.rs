@@ -26,10 +26,11 @@
 //! included, in file order, each name exactly as the header spells it (no cut, no
 //! replacement: it is the key a caller looks tensors up by; these names never reach an error
 //! message or the audit log, which see only the map's sanitised ones). Its memory is bounded
-//! by the header cap: an entry takes at least about 50 bytes of header JSON and about 150
-//! bytes of memory (name, dtype and shape on the heap, four bytes of name index), so at most
-//! about three times the header — some 300 MB for a 100 MB header of empty tensors, which the
-//! caller chose to seal. The map, which the device actor keeps, stays as small as above.
+//! by the header cap: an entry takes at least about 50 bytes of header JSON and about 200
+//! bytes of memory (88 inline, name, dtype and shape on the heap, four bytes of name index),
+//! so at most about four times the header — some 400 MB for a 100 MB header of nothing but
+//! empty tensors, which the caller chose to seal, held while its handle lives. The map, which
+//! the device actor keeps, stays as small as above.
 
 use std::borrow::Cow;
 use std::collections::hash_map::RandomState;
@@ -894,6 +895,118 @@ mod tests {
             entry("a", 10, 0)
         );
         assert!(parse_raw(&header, 10).is_none());
+    }
+
+    #[test]
+    fn the_layout_lists_every_tensor_in_file_order_with_exact_names() {
+        let long = "x".repeat(300);
+        let long_entry =
+            format!(r#""{long}":{{"dtype":"I64","shape":[0,2],"data_offsets":[30,30]}}"#);
+        // empties at 0, on a border (two, to order by name) and at the end; names with
+        // escapes and past the map's cut are kept exactly in the list
+        let header = format!(
+            "{{{},{},{},{},{},{},{},{}}}",
+            r#""z.end":{"dtype":"U8","shape":[0],"data_offsets":[30,30]}"#,
+            entry("b", 20, 10),
+            r#""z.mid2":{"dtype":"U8","shape":[0],"data_offsets":[10,10]}"#,
+            r#""z.mid":{"dtype":"BF16","shape":[3,0],"data_offsets":[10,10]}"#,
+            entry(r"a\nb", 8, 0),
+            r#""s":{"dtype":"F16","shape":[],"data_offsets":[8,10]}"#,
+            r#""z.start":{"dtype":"F32","shape":[0],"data_offsets":[0,0]}"#,
+            long_entry,
+        );
+        let bytes = raw(&header, 30);
+        let layout = TensorLayout::parse(&bytes, bytes.len() as u64).unwrap();
+        let d = layout.data_start;
+        assert_eq!(d, 8 + header.len() as u64);
+        assert_eq!(
+            layout.map,
+            TensorMap::parse(&bytes, bytes.len() as u64).unwrap()
+        );
+        let list = layout.tensors.as_slice();
+        let order: Vec<(&str, u64, u64)> = list
+            .iter()
+            .map(|t| (t.name.as_str(), t.start - d, t.end - d))
+            .collect();
+        assert_eq!(
+            order,
+            [
+                ("z.start", 0, 0),
+                ("a\nb", 0, 8),
+                ("s", 8, 10),
+                ("z.mid", 10, 10),
+                ("z.mid2", 10, 10),
+                ("b", 10, 30),
+                (long.as_str(), 30, 30),
+                ("z.end", 30, 30),
+            ]
+        );
+        let s = layout.tensors.get("s").unwrap();
+        assert_eq!((s.dtype.as_str(), s.shape.as_slice()), ("F16", &[][..]));
+        let z = layout.tensors.get("z.mid").unwrap();
+        assert_eq!(
+            (z.dtype.as_str(), z.shape.as_slice(), z.len()),
+            ("BF16", &[3, 0][..], 0)
+        );
+        assert!(z.is_empty());
+        assert_eq!(layout.tensors.get(&long).unwrap().shape, [0, 2]);
+        assert_eq!(layout.tensors.get("a\nb").unwrap().len(), 8);
+        for t in list {
+            assert_eq!(layout.tensors.get(&t.name), Some(t));
+        }
+        for missing in ["", "a", "zz", "__metadata__", "a\u{FFFD}b"] {
+            assert!(layout.tensors.get(missing).is_none(), "{missing}");
+        }
+        // Whatever the map refuses, the layout refuses too.
+        let twice = format!("{{{},{}}}", entry("a", 10, 0), entry("a", 10, 0));
+        let bytes = raw(&twice, 10);
+        assert!(TensorLayout::parse(&bytes, bytes.len() as u64).is_none());
+        let gap = format!("{{{},{}}}", entry("a", 10, 0), entry("b", 5, 11));
+        let bytes = raw(&gap, 16);
+        assert!(TensorLayout::parse(&bytes, bytes.len() as u64).is_none());
+    }
+
+    #[test]
+    fn the_lead_padding_aligns_the_data_section() {
+        for (data_start, lead) in [
+            (8, 248),
+            (255, 1),
+            (256, 0),
+            (672, 96),
+            (1024, 0),
+            (1025, 255),
+        ] {
+            let layout = TensorLayout {
+                map: TensorMap::default(),
+                tensors: TensorList::default(),
+                data_start,
+            };
+            assert_eq!(layout.lead_padding(), lead, "{data_start}");
+            assert_eq!((data_start + lead) % DATA_ALIGN, 0);
+        }
+    }
+
+    #[test]
+    fn many_zero_size_tensors_are_all_listed() {
+        let mut header = String::from("{");
+        for i in 0..100_000 {
+            header.push_str(&format!(
+                r#""z{i}":{{"dtype":"U8","shape":[0],"data_offsets":[0,0]}},"#
+            ));
+        }
+        header.push_str(&entry("big", 1 << 16, 0));
+        header.push('}');
+        let bytes = raw(&header, 1 << 16);
+        let layout = TensorLayout::parse(&bytes, bytes.len() as u64).unwrap();
+        assert_eq!(layout.map.spans().len(), 2);
+        let list = layout.tensors.as_slice();
+        assert_eq!(list.len(), 100_001);
+        assert_eq!(list.last().unwrap().name, "big");
+        assert!(list.iter().take(100_000).all(|t| t.is_empty()));
+        assert_eq!(
+            layout.tensors.get("z99999").unwrap().start,
+            layout.data_start
+        );
     }
 
     #[test]

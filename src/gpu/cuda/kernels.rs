@@ -7,6 +7,10 @@
 //!
 //! Leaves are independent (RFC 6962: leaf = SHA-256(0x00 ‖ chunk)), so the kernel runs one thread
 //! per leaf over the shard where it already is, and only 32 bytes per leaf cross the bus.
+//! "Where it already is" is the shard's first byte (`DeviceBuffer::ptr`), past the lead padding
+//! that aligns a safetensors shard's data section: a chunk is 16-byte aligned, and read with
+//! wide loads, only when that padding leaves the shard's start so (8 + N a multiple of 16);
+//! otherwise the kernel takes its byte-load path.
 //!
 //! A kernel that is wrong on some device must turn itself off, never the seal: when a device
 //! opens, the kernel hashes known chunks and is compared with the host ([`Kernels::self_test`]);
