@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use ractor::Actor;
+use tracing::Instrument;
 
 use crate::actors::ask;
 use crate::actors::supervisor::{
@@ -54,6 +55,7 @@ impl VramResidency {
     /// Starts the actors: audit log (opened, or verified and continued), seal keeper, and one
     /// device actor per device. Fails with `InvalidInput` for a bad configuration, and
     /// `AuditUnavailable` if the audit log cannot be opened (or does not verify).
+    #[tracing::instrument(name = "vram.start", level = "info", skip_all, fields(worker_id = %crate::actors::spans::Shown(&config.worker_id)))]
     pub async fn start(mut config: Config) -> Result<Self, VramError> {
         let token = config.take_token()?;
         let identity = config.take_identity(&token)?;
@@ -96,7 +98,13 @@ impl VramResidency {
             directory: writer,
             restart_budget: RestartBudget::default(),
         };
+        // The actors outlive this call: their loops run in a root span of their own, not inside
+        // `vram.start` or whatever span the caller started the system in. Each message they
+        // handle runs in its sender's span (`actors::spans`).
+        let actors = tracing::info_span!(parent: None, "vram.actors",
+            worker_id = %crate::actors::spans::Shown(&config.worker_id));
         let (supervisor, _) = Actor::spawn(None, Supervisor, args)
+            .instrument(actors)
             .await
             .map_err(|e| VramError::AuditUnavailable(format!("start-up failed: {e}")))?;
         let (seal_keeper, audit) = ask(
@@ -135,6 +143,7 @@ impl VramResidency {
     /// Stops everything in order: devices drain their mailboxes and free their memory, the seal
     /// key is zeroized, and the audit log is flushed, closed and synced. Calls made afterwards
     /// get `ShuttingDown`. Idempotent.
+    #[tracing::instrument(name = "vram.shutdown", level = "info", skip_all)]
     pub async fn shutdown(&self) -> Result<(), VramError> {
         if self.inner.shut_down.swap(true, Ordering::AcqRel) {
             return Ok(());
@@ -150,6 +159,8 @@ impl VramResidency {
             "shutdown",
             || VramError::ShuttingDown,
         )
-        .await
+        .await?;
+        tracing::debug!("shut down");
+        Ok(())
     }
 }
