@@ -5,7 +5,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use ractor::Actor;
-use tracing::Instrument;
 
 use crate::actors::ask;
 use crate::actors::supervisor::{
@@ -98,13 +97,7 @@ impl VramResidency {
             directory: writer,
             restart_budget: RestartBudget::default(),
         };
-        // The actors outlive this call: their loops run in a root span of their own, not inside
-        // `vram.start` or whatever span the caller started the system in. Each message they
-        // handle runs in its sender's span (`actors::spans`).
-        let actors = tracing::info_span!(parent: None, "vram.actors",
-            worker_id = %crate::actors::spans::Shown(&config.worker_id));
         let (supervisor, _) = Actor::spawn(None, Supervisor, args)
-            .instrument(actors)
             .await
             .map_err(|e| VramError::AuditUnavailable(format!("start-up failed: {e}")))?;
         let (seal_keeper, audit) = ask(
