@@ -21,10 +21,10 @@ use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::actors::spans::{ActorName, actor_span, in_span};
 use chrono::{DateTime, Utc};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
+use crate::actors::spans::{ActorName, actor_span, in_span};
 use crate::audit::events::AuditEvent;
 use crate::audit::format::format_ts;
 use crate::audit::refusals::{DEFAULT_SUMMARY_INTERVAL, Decision, RefusalCoalescer};

@@ -6,10 +6,10 @@
 //! signs DSSE envelopes (`vram-attest-v3`, signed audit heads). Callers get signatures and
 //! yes/no answers; the keys never leave this actor's state, and are zeroized when it stops.
 
-use crate::actors::spans::{ActorName, actor_span, in_span};
 use hmac::Mac;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
+use crate::actors::spans::{ActorName, actor_span, in_span};
 use crate::messages::seal_keeper::SealKeeperMsg;
 use crate::seal::identity::IdentityKey;
 use crate::seal::keys::{AttestKey, SealKey, WorkerToken};

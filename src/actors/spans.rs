@@ -166,6 +166,24 @@ mod tests {
     }
 
     #[test]
+    fn a_message_an_actor_sends_itself_stays_in_its_span_and_others_nest() {
+        let subscriber = tracing_subscriber::registry();
+        tracing::subscriber::with_default(subscriber, || {
+            let gpu = actor_span(ActorName::Gpu(0));
+            let keeper = gpu.in_scope(|| actor_span(ActorName::SealKeeper));
+            assert_ne!(keeper.id(), gpu.id(), "the seal keeper opens its own span");
+            let again = gpu.in_scope(|| actor_span(ActorName::Gpu(0)));
+            assert_eq!(
+                again.id(),
+                gpu.id(),
+                "a device actor's own message reuses its span"
+            );
+            let inside = keeper.in_scope(|| actor_span(ActorName::Audit));
+            assert_ne!(inside.id(), keeper.id());
+        });
+    }
+
+    #[test]
     fn actor_and_device_names() {
         assert_eq!(ActorName::Gpu(3).to_string(), "gpu-3");
         assert_eq!(ActorName::SealKeeper.to_string(), "seal-keeper");

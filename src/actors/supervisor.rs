@@ -24,13 +24,13 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::actors::spans::{ActorName, actor_span, in_span};
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 
 use crate::actors::audit_actor::{AuditActor, AuditArgs};
 pub use crate::actors::gpu_actor::DeviceSettings;
 use crate::actors::gpu_actor::{BackendSource, GpuActor, GpuArgs};
 use crate::actors::seal_keeper::SealKeeper;
+use crate::actors::spans::{ActorName, actor_span, in_span};
 use crate::audit::events::AuditEvent;
 use crate::config::AuditSinkConfig;
 use crate::gpu::DeviceBackend;

@@ -25,17 +25,26 @@ use tracing_subscriber::{Layer, Registry};
 use crate::common::{self, pattern};
 use vram_residency::{Fault, GroupRequest, SealRequest, VerifyMode, VramError};
 
-/// A span as it was created: its name, level and the fields recorded at creation.
+/// A span as it was created: its name, level, the fields recorded at creation, and its
+/// ancestors, innermost first (`actor` spans as `actor:<name>`).
 #[derive(Debug, Clone)]
 struct SpanSeen {
     name: String,
     level: Level,
     fields: BTreeMap<String, String>,
+    parents: Vec<String>,
 }
 
 impl SpanSeen {
     fn field(&self, name: &str) -> Option<&str> {
         self.fields.get(name).map(String::as_str)
+    }
+
+    fn label(&self) -> String {
+        match self.field("name") {
+            Some(actor) if self.name == "actor" => format!("actor:{actor}"),
+            _ => self.name.clone(),
+        }
     }
 }
 
@@ -81,10 +90,20 @@ impl<S: Subscriber + for<'a> LookupSpan<'a>> Layer<S> for Recorder {
     fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
         let mut fields = Fields::default();
         attrs.record(&mut fields);
+        let parents = ctx
+            .span(id)
+            .map(|span| {
+                span.scope()
+                    .skip(1)
+                    .filter_map(|s| s.extensions().get::<SpanSeen>().map(SpanSeen::label))
+                    .collect()
+            })
+            .unwrap_or_default();
         let seen = SpanSeen {
             name: attrs.metadata().name().to_string(),
             level: *attrs.metadata().level(),
             fields: fields.0,
+            parents,
         };
         self.0.lock().unwrap().spans.push(seen.clone());
         if let Some(span) = ctx.span(id) {
@@ -234,6 +253,28 @@ async fn every_operation_opens_its_span_with_its_fields() {
     assert!(leased.iter().all(|e| e.scope[0].name == "vram.lease"));
     assert!(leased[1].within("vram.execute").is_some());
     assert_eq!(recorder.events("attested").len(), 2);
+    // The actors that served the seal did so inside its span: the device actor, the seal
+    // keeper it asked for the signature, the audit actor it told.
+    let actors = recorder.spans("actor");
+    let served_seal = |actor: &str, via: &[&str]| {
+        actors.iter().any(|a| {
+            a.label() == actor
+                && a.parents
+                    .iter()
+                    .map(String::as_str)
+                    .take(via.len())
+                    .eq(via.iter().copied())
+        })
+    };
+    assert!(served_seal("actor:gpu-1", &["vram.seal"]), "{actors:?}");
+    assert!(
+        served_seal("actor:seal-keeper", &["actor:gpu-1", "vram.seal"]),
+        "{actors:?}"
+    );
+    assert!(
+        served_seal("actor:audit", &["actor:gpu-1", "vram.seal"]),
+        "{actors:?}"
+    );
     // The nesting: attest → verify.
     let verified_in_attest = recorder
         .events("verified")

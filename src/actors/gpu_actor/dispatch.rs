@@ -7,11 +7,11 @@
 
 use std::time::Instant;
 
-use crate::actors::spans::{ActorName, actor_span, in_span};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
 use super::{GpuActor, GpuArgs, GpuState, gauges};
 use crate::actors::gpu_actor::shard_table::ShardTable;
+use crate::actors::spans::{ActorName, actor_span, in_span};
 use crate::audit::events::AuditEvent;
 use crate::error::VramError;
 use crate::messages::gpu::{GpuMsg, ShardRef};
