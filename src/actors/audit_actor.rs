@@ -24,6 +24,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
+use crate::actors::spans::{ActorName, actor_span, in_span};
 use crate::audit::events::AuditEvent;
 use crate::audit::format::format_ts;
 use crate::audit::refusals::{DEFAULT_SUMMARY_INTERVAL, Decision, RefusalCoalescer};
@@ -312,9 +313,40 @@ impl Actor for AuditActor {
 
     async fn pre_start(
         &self,
-        _myself: ActorRef<Self::Msg>,
+        myself: ActorRef<AuditMsg>,
         args: AuditArgs,
-    ) -> Result<Self::State, ActorProcessingErr> {
+    ) -> Result<AuditState, ActorProcessingErr> {
+        let span = actor_span(ActorName::Audit);
+        in_span(span, self.on_start(myself, args)).await
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<AuditMsg>,
+        message: AuditMsg,
+        state: &mut AuditState,
+    ) -> Result<(), ActorProcessingErr> {
+        let span = actor_span(ActorName::Audit);
+        in_span(span, self.on_message(myself, message, state)).await
+    }
+
+    async fn post_stop(
+        &self,
+        myself: ActorRef<AuditMsg>,
+        state: &mut AuditState,
+    ) -> Result<(), ActorProcessingErr> {
+        let span = actor_span(ActorName::Audit);
+        in_span(span, self.on_stop(myself, state)).await
+    }
+}
+
+/// The handlers, each run inside the actor's span (see the `Actor` impl above).
+impl AuditActor {
+    async fn on_start(
+        &self,
+        _myself: ActorRef<AuditMsg>,
+        args: AuditArgs,
+    ) -> Result<AuditState, ActorProcessingErr> {
         // Reopening a log verifies it line by line (and may cut a torn tail): file I/O and CPU
         // work proportional to the log, so it runs off the runtime's worker threads.
         let (config, token, worker_id) = (
@@ -322,7 +354,7 @@ impl Actor for AuditActor {
             args.token.duplicate(),
             args.worker_id.clone(),
         );
-        let (sink, opened) = tokio::task::spawn_blocking(move || {
+        let (sink, opened) = crate::actors::spans::spawn_blocking(move || {
             open_sink(&config, &token, &worker_id, args.memory_lines)
         })
         .await
@@ -348,11 +380,11 @@ impl Actor for AuditActor {
         Ok(state)
     }
 
-    async fn handle(
+    async fn on_message(
         &self,
-        myself: ActorRef<Self::Msg>,
-        message: Self::Msg,
-        state: &mut Self::State,
+        myself: ActorRef<AuditMsg>,
+        message: AuditMsg,
+        state: &mut AuditState,
     ) -> Result<(), ActorProcessingErr> {
         match message {
             AuditMsg::Emit(ts, event) => {
@@ -421,10 +453,10 @@ impl Actor for AuditActor {
         Ok(())
     }
 
-    async fn post_stop(
+    async fn on_stop(
         &self,
-        _myself: ActorRef<Self::Msg>,
-        state: &mut Self::State,
+        _myself: ActorRef<AuditMsg>,
+        state: &mut AuditState,
     ) -> Result<(), ActorProcessingErr> {
         // Refusals counted in windows that have not ended yet are summed up now, so the
         // counts are on record before the log closes.

@@ -4,10 +4,15 @@
 //! State lives inside actors and changes only in mailbox order; nothing here shares a lock with
 //! another actor. Handles talk to actors through [`ask`], which turns every way a call can fail
 //! (actor gone, reply dropped, timeout) into a precise [`VramError`].
+//!
+//! Every message carries the sender's tracing span, and every handler runs inside it, in a
+//! span `actor{name}` of its own ([`spans`]): what an actor logs while serving a call is a
+//! child of that call's `vram.*` span.
 
 pub mod audit_actor;
 pub mod gpu_actor;
 pub mod seal_keeper;
+pub(crate) mod spans;
 pub mod supervisor;
 
 use std::time::Duration;

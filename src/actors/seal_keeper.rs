@@ -9,6 +9,7 @@
 use hmac::Mac;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
+use crate::actors::spans::{ActorName, actor_span, in_span};
 use crate::messages::seal_keeper::SealKeeperMsg;
 use crate::seal::identity::IdentityKey;
 use crate::seal::keys::{AttestKey, SealKey, WorkerToken};
@@ -49,9 +50,31 @@ impl Actor for SealKeeper {
 
     async fn pre_start(
         &self,
-        _myself: ActorRef<Self::Msg>,
+        myself: ActorRef<SealKeeperMsg>,
         args: SealKeeperArgs,
-    ) -> Result<Self::State, ActorProcessingErr> {
+    ) -> Result<SealKeeperState, ActorProcessingErr> {
+        let span = actor_span(ActorName::SealKeeper);
+        in_span(span, self.on_start(myself, args)).await
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<SealKeeperMsg>,
+        message: SealKeeperMsg,
+        state: &mut SealKeeperState,
+    ) -> Result<(), ActorProcessingErr> {
+        let span = actor_span(ActorName::SealKeeper);
+        in_span(span, self.on_message(myself, message, state)).await
+    }
+}
+
+/// The handlers, each run inside the actor's span (see the `Actor` impl above).
+impl SealKeeper {
+    async fn on_start(
+        &self,
+        _myself: ActorRef<SealKeeperMsg>,
+        args: SealKeeperArgs,
+    ) -> Result<SealKeeperState, ActorProcessingErr> {
         Ok(SealKeeperState {
             seal_key: SealKey::derive(&args.token),
             attest_key: AttestKey::derive(&args.token),
@@ -59,11 +82,11 @@ impl Actor for SealKeeper {
         })
     }
 
-    async fn handle(
+    async fn on_message(
         &self,
-        _myself: ActorRef<Self::Msg>,
-        message: Self::Msg,
-        state: &mut Self::State,
+        _myself: ActorRef<SealKeeperMsg>,
+        message: SealKeeperMsg,
+        state: &mut SealKeeperState,
     ) -> Result<(), ActorProcessingErr> {
         match message {
             SealKeeperMsg::Sign { info, reply } => {

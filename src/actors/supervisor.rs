@@ -30,6 +30,7 @@ use crate::actors::audit_actor::{AuditActor, AuditArgs};
 pub use crate::actors::gpu_actor::DeviceSettings;
 use crate::actors::gpu_actor::{BackendSource, GpuActor, GpuArgs};
 use crate::actors::seal_keeper::SealKeeper;
+use crate::actors::spans::{ActorName, actor_span, in_span};
 use crate::audit::events::AuditEvent;
 use crate::config::AuditSinkConfig;
 use crate::gpu::DeviceBackend;
@@ -199,9 +200,41 @@ impl Actor for Supervisor {
 
     async fn pre_start(
         &self,
-        myself: ActorRef<Self::Msg>,
+        myself: ActorRef<SupervisorMsg>,
         args: SupervisorArgs,
-    ) -> Result<Self::State, ActorProcessingErr> {
+    ) -> Result<SupervisorState, ActorProcessingErr> {
+        let span = actor_span(ActorName::Supervisor);
+        in_span(span, self.on_start(myself, args)).await
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<SupervisorMsg>,
+        message: SupervisorMsg,
+        state: &mut SupervisorState,
+    ) -> Result<(), ActorProcessingErr> {
+        let span = actor_span(ActorName::Supervisor);
+        in_span(span, self.on_message(myself, message, state)).await
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<SupervisorMsg>,
+        event: SupervisionEvent,
+        state: &mut SupervisorState,
+    ) -> Result<(), ActorProcessingErr> {
+        let span = actor_span(ActorName::Supervisor);
+        in_span(span, self.on_supervision(myself, event, state)).await
+    }
+}
+
+/// The handlers, each run inside the actor's span (see the `Actor` impl above).
+impl Supervisor {
+    async fn on_start(
+        &self,
+        myself: ActorRef<SupervisorMsg>,
+        args: SupervisorArgs,
+    ) -> Result<SupervisorState, ActorProcessingErr> {
         let (audit, _) = Actor::spawn_linked(
             None,
             AuditActor,
@@ -255,11 +288,11 @@ impl Actor for Supervisor {
         Ok(state)
     }
 
-    async fn handle(
+    async fn on_message(
         &self,
-        myself: ActorRef<Self::Msg>,
-        message: Self::Msg,
-        state: &mut Self::State,
+        myself: ActorRef<SupervisorMsg>,
+        message: SupervisorMsg,
+        state: &mut SupervisorState,
     ) -> Result<(), ActorProcessingErr> {
         match message {
             SupervisorMsg::Children(reply) => {
@@ -282,11 +315,11 @@ impl Actor for Supervisor {
         Ok(())
     }
 
-    async fn handle_supervisor_evt(
+    async fn on_supervision(
         &self,
-        myself: ActorRef<Self::Msg>,
+        myself: ActorRef<SupervisorMsg>,
         event: SupervisionEvent,
-        state: &mut Self::State,
+        state: &mut SupervisorState,
     ) -> Result<(), ActorProcessingErr> {
         if state.shutting_down {
             return Ok(());

@@ -130,7 +130,7 @@ async fn answer_holding_slot<T: Send + 'static>(
         TimedOut,
     }
     let (mut to_caller, from_waiter) = tokio::sync::oneshot::channel();
-    tokio::spawn(async move {
+    crate::actors::spans::spawn(async move {
         let ended = tokio::select! {
             answered = &mut answer => Ended::Answered(answered),
             () = to_caller.closed() => Ended::CallerLeft,

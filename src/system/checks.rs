@@ -109,6 +109,7 @@ impl VramResidency {
     /// Proves the shard still matches its seal: the signature always; the bytes in device
     /// memory for `Full` (every chunk) and `Sampled` (random chunks). A mismatch quarantines the
     /// shard and stops its device (fail-closed).
+    #[tracing::instrument(name = "vram.verify", level = "info", skip_all, fields(shard_id = %shard.shard_id(), device = shard.device(), mode = %mode))]
     pub async fn verify(
         &self,
         shard: &SealedShard,
@@ -118,6 +119,10 @@ impl VramResidency {
         let verified = self.verify_uncounted(shard, mode).await;
         if let Some(outcome) = Outcome::counted(&verified) {
             telemetry::record_verification(mode, Trigger::Request, outcome, started.elapsed());
+        }
+        if let Ok(report) = &verified {
+            tracing::debug!(chunks_checked = report.chunks_checked, bytes_checked = report.bytes_checked,
+                elapsed = ?started.elapsed(), "verified");
         }
         verified
     }
@@ -176,9 +181,13 @@ impl VramResidency {
 
     /// Checks a `ShardInfo` received from elsewhere: its signature against this worker's key,
     /// and that exactly that shard is resident here and not quarantined.
+    #[tracing::instrument(name = "vram.verify_info", level = "info", skip_all, fields(shard_id = %crate::actors::spans::Shown(&info.shard_id), device = info.gpu_device, mode = %VerifyMode::SignatureOnly))]
     pub async fn verify_info(&self, info: &ShardInfo) -> Result<VerifyReport, VramError> {
         let started = std::time::Instant::now();
         let verified = self.verify_info_uncounted(info, started).await;
+        if verified.is_ok() {
+            tracing::debug!(elapsed = ?started.elapsed(), "verified a peer's record");
+        }
         // A peer's record that no resident shard carries is a failed check, not a missing
         // answer (it is audited as a failure too).
         let outcome = match &verified {
@@ -233,15 +242,19 @@ impl VramResidency {
     /// device actor checks that the shard is still resident and not quarantined in the same
     /// handler that obtains the signature. Check it with [`crate::verify_attestation`] or
     /// [`crate::verify_attestation_with`].
+    #[tracing::instrument(name = "vram.attest", level = "info", skip_all, fields(shard_id = %shard.shard_id(), device = shard.device(), mode = %self.inner.execute_verify))]
     pub async fn attest(
         &self,
         shard: &SealedShard,
         nonce: &[u8],
     ) -> Result<Attestation, VramError> {
+        let started = std::time::Instant::now();
         let draft = self
             .attest_draft(nonce, |mode| self.verify(shard, mode))
             .await?;
-        self.sign_attestation(shard, draft).await
+        let attested = self.sign_attestation(shard, draft).await?;
+        tracing::debug!(elapsed = ?started.elapsed(), "attested");
+        Ok(attested)
     }
 
     /// The steps every attestation shares, in order: check the nonce, verify in the mode

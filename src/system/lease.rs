@@ -187,6 +187,7 @@ impl VramResidency {
     /// Verifies the shard in `mode`, then leases its device memory: the lease keeps the memory
     /// alive and counted as used until it drops, even after `release` (see [`ShardLease`]).
     /// Refused like `execute` on a quarantined shard or a stopped or lost device.
+    #[tracing::instrument(name = "vram.lease", level = "info", skip_all, fields(shard_id = %shard.shard_id(), device = shard.device(), mode = %mode))]
     pub async fn lease(
         &self,
         shard: &SealedShard,
@@ -200,6 +201,7 @@ impl VramResidency {
                 reply,
             })
             .await??;
+        tracing::debug!(bytes = grant.view.len(), "leased");
         Ok(ShardLease {
             system: self.clone(),
             shard: shard.clone(),
@@ -215,6 +217,7 @@ impl VramResidency {
     /// round trip for the lease and one hop to the blocking pool. If the caller's future is
     /// dropped before `f` starts, `f` never runs. A worker serving many requests from one
     /// shard should take a [`ShardLease`] once and use it directly instead.
+    #[tracing::instrument(name = "vram.execute", level = "info", skip_all, fields(shard_id = %shard.shard_id(), device = shard.device(), mode = %self.inner.execute_verify))]
     pub async fn execute<R, F>(&self, shard: &SealedShard, f: F) -> Result<R, VramError>
     where
         F: FnOnce(&DeviceView) -> R + Send + 'static,
@@ -224,7 +227,7 @@ impl VramResidency {
         let gone = Arc::new(AtomicBool::new(false));
         let _guard = CallerGone(Arc::clone(&gone));
         let shard_id = lease.shard_id().to_string();
-        let job = tokio::task::spawn_blocking(move || {
+        let job = crate::actors::spans::spawn_blocking(move || {
             if gone.load(Ordering::Acquire) {
                 return None;
             }
@@ -234,7 +237,10 @@ impl VramResidency {
             })))
         });
         match job.await {
-            Ok(Some(Ok(out))) => Ok(out),
+            Ok(Some(Ok(out))) => {
+                tracing::debug!("executed");
+                Ok(out)
+            }
             Ok(Some(Err(_))) | Err(_) => Err(VramError::ExecutionPanicked { shard_id }),
             Ok(None) => Err(VramError::Internal(
                 "execute's closure was skipped although its caller is still waiting".into(),

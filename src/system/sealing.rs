@@ -16,9 +16,14 @@ use super::*;
 
 impl VramResidency {
     /// Copies a shard into device memory, hashes it (SHA-256 and Merkle leaves), and seals it.
+    #[tracing::instrument(name = "vram.seal", level = "info", skip_all, fields(shard_id = %crate::actors::spans::Shown(&request.shard_id), device = request.device))]
     pub async fn seal(&self, request: SealRequest) -> Result<SealedShard, VramError> {
+        let started = std::time::Instant::now();
         let sealed = self.seal_uncounted(request).await;
         telemetry::record_seal(&sealed);
+        if let Ok(shard) = &sealed {
+            tracing::debug!(bytes = shard.info().vram_bytes, elapsed = ?started.elapsed(), "sealed");
+        }
         sealed
     }
 
@@ -56,9 +61,10 @@ impl VramResidency {
             .transpose()?;
         // The file's metadata and its safetensors header are file I/O (and a large header is
         // CPU work to parse): both run off the runtime's worker threads.
-        let (source, len, layout) = tokio::task::spawn_blocking(move || inspect_source(source))
-            .await
-            .map_err(|_| VramError::Internal("inspecting the seal source failed".into()))??;
+        let (source, len, layout) =
+            crate::actors::spans::spawn_blocking(move || inspect_source(source))
+                .await
+                .map_err(|_| VramError::Internal("inspecting the seal source failed".into()))??;
         validation::validate_model_size(len, self.inner.max_model_size)?;
         if self.inner.fail_closed_audit && self.audit_stats().await?.sink_down {
             return Err(VramError::AuditUnavailable(

@@ -39,6 +39,7 @@ impl VramResidency {
     /// durable audit head, worker) plus the shard's provenance. The nonce must be 16..=1024
     /// bytes (else `InvalidInput`). Check it with [`crate::verify_signed_attestation`] and
     /// [`VramResidency::identity_public_key_pem`] alone.
+    #[tracing::instrument(name = "vram.attest_signed", level = "info", skip_all, fields(shard_id = %shard.shard_id(), device = shard.device(), mode = %self.inner.execute_verify))]
     pub async fn attest_signed(
         &self,
         shard: &SealedShard,
@@ -55,6 +56,7 @@ impl VramResidency {
     /// [`VramResidency::attest_group`], signed with the identity key as one `vram-attest-v3`
     /// envelope with one subject per member (in `shard_index` order) and the group record in
     /// the predicate. Check it with [`crate::attestation::signed::verify_signed_group_attestation`].
+    #[tracing::instrument(name = "vram.attest_group_signed", level = "info", skip_all, fields(group_id = %group.group_id(), device = %crate::actors::spans::Devices(group.shards().iter().map(SealedShard::device).collect()), mode = %self.inner.execute_verify))]
     pub async fn attest_group_signed(
         &self,
         group: &SealedGroup,
@@ -76,6 +78,7 @@ impl VramResidency {
     /// same bundle as an attestation) that a witness holding only the public key can keep and
     /// check ([`crate::attestation::signed::verify_signed_audit_head`]), and later hold a log
     /// against. Fails with `AuditUnavailable` while the sink fails.
+    #[tracing::instrument(name = "vram.audit_head_signed", level = "info", skip_all)]
     pub async fn audit_head_signed(&self) -> Result<SignedAuditHead, VramError> {
         let head = self.audit_head().await?;
         let payload = signed::audit_head_payload(&self.inner.worker_id, &head, now_unix_nanos())?;
@@ -96,6 +99,7 @@ impl VramResidency {
                 "the seal keeper",
             )
             .await?;
+        tracing::debug!("signed with the identity key");
         Ok(signed::assemble(
             &payload,
             &signature,

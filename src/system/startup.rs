@@ -54,6 +54,7 @@ impl VramResidency {
     /// Starts the actors: audit log (opened, or verified and continued), seal keeper, and one
     /// device actor per device. Fails with `InvalidInput` for a bad configuration, and
     /// `AuditUnavailable` if the audit log cannot be opened (or does not verify).
+    #[tracing::instrument(name = "vram.start", level = "info", skip_all, fields(worker_id = %crate::actors::spans::Shown(&config.worker_id)))]
     pub async fn start(mut config: Config) -> Result<Self, VramError> {
         let token = config.take_token()?;
         let identity = config.take_identity(&token)?;
@@ -135,6 +136,7 @@ impl VramResidency {
     /// Stops everything in order: devices drain their mailboxes and free their memory, the seal
     /// key is zeroized, and the audit log is flushed, closed and synced. Calls made afterwards
     /// get `ShuttingDown`. Idempotent.
+    #[tracing::instrument(name = "vram.shutdown", level = "info", skip_all)]
     pub async fn shutdown(&self) -> Result<(), VramError> {
         if self.inner.shut_down.swap(true, Ordering::AcqRel) {
             return Ok(());
@@ -150,6 +152,8 @@ impl VramResidency {
             "shutdown",
             || VramError::ShuttingDown,
         )
-        .await
+        .await?;
+        tracing::debug!("shut down");
+        Ok(())
     }
 }

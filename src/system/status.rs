@@ -13,6 +13,7 @@ use super::*;
 impl VramResidency {
     /// Memory figures of a device. A status query: it does not wait for a request slot, and
     /// the device answers it between requests (hashing runs off its actor).
+    #[tracing::instrument(name = "vram.capacity", level = "info", skip_all, fields(device = device))]
     pub async fn capacity(&self, device: u32) -> Result<VramCapacity, VramError> {
         self.ask_gpu_now(device, |reply| GpuMsg::Capacity { reply })
             .await?
@@ -21,6 +22,7 @@ impl VramResidency {
     /// Injects a fault into a device (see [`Fault`] for which backend accepts which). A fault
     /// that names a shard is checked against the device's shard table before anything
     /// changes: an unknown shard is `UnknownShard`, an offset past its end `InvalidInput`.
+    #[tracing::instrument(name = "vram.inject_fault", level = "info", skip_all, fields(device = device))]
     pub async fn inject_fault(&self, device: u32, fault: Fault) -> Result<(), VramError> {
         if let Some((shard_id, _)) = fault.target() {
             validation::validate_identifier("shard_id", shard_id)?;
@@ -33,7 +35,9 @@ impl VramResidency {
             // The actor dies instead of answering: that is the fault working.
             Err(VramError::DeviceStopped { .. }) if crash => Ok(()),
             other => other?,
-        }
+        }?;
+        tracing::debug!("fault injected");
+        Ok(())
     }
 
     /// Makes the audit sink fail (`true`) or work again (`false`): fault injection for the
@@ -53,6 +57,7 @@ impl VramResidency {
 
     /// Status of every device. A status query: it does not wait for request slots, and each
     /// device answers it between requests (hashing runs off its actor).
+    #[tracing::instrument(name = "vram.devices", level = "info", skip_all)]
     pub async fn devices(&self) -> Result<Vec<DeviceStatus>, VramError> {
         let mut out = Vec::new();
         for d in 0..self.inner.device_count {
@@ -66,6 +71,7 @@ impl VramResidency {
 
     /// Writes every audit event emitted so far and fsyncs the log. Fails with
     /// `AuditUnavailable` if the sink is failing (the events stay buffered).
+    #[tracing::instrument(name = "vram.audit_flush", level = "info", skip_all)]
     pub async fn audit_flush(&self) -> Result<AuditStats, VramError> {
         self.live()?;
         self.ask_service(&self.inner.audit, AuditMsg::Flush, "the audit actor")
@@ -75,6 +81,7 @@ impl VramResidency {
     /// Flushes the audit log, then returns its newest durable record's seq and MAC. Keep it
     /// somewhere the worker cannot rewrite: `audit::verify_log_to_head` then catches a log cut
     /// (or rewritten) at or before it. Fails with `AuditUnavailable` while the sink fails.
+    #[tracing::instrument(name = "vram.audit_head", level = "info", skip_all)]
     pub async fn audit_head(&self) -> Result<crate::types::AuditHead, VramError> {
         self.live()?;
         self.ask_service(&self.inner.audit, AuditMsg::Head, "the audit actor")
@@ -82,6 +89,7 @@ impl VramResidency {
     }
 
     /// Audit counters (written, dropped, buffered, sink state).
+    #[tracing::instrument(name = "vram.audit_stats", level = "info", skip_all)]
     pub async fn audit_stats(&self) -> Result<AuditStats, VramError> {
         self.live()?;
         self.ask_service(&self.inner.audit, AuditMsg::Stats, "the audit actor")
@@ -89,6 +97,7 @@ impl VramResidency {
     }
 
     /// The audit lines written so far, when the sink is in memory (flushes first).
+    #[tracing::instrument(name = "vram.audit_lines", level = "info", skip_all)]
     pub async fn audit_lines(&self) -> Result<Vec<String>, VramError> {
         self.audit_flush().await?;
         self.ask_service(&self.inner.audit, AuditMsg::Lines, "the audit actor")

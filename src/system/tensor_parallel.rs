@@ -54,6 +54,7 @@ impl VramResidency {
     /// already sealed is released before this returns, the error names the failing part
     /// ([`VramError::GroupMember`], or `InvalidInput` for an id already resident), and every
     /// device's accounting is back where it started.
+    #[tracing::instrument(name = "vram.seal_group", level = "info", skip_all, fields(group_id = %crate::actors::spans::Shown(&request.group_id), device = %crate::actors::spans::Devices(request.parts.iter().map(|p| p.device).collect())))]
     pub async fn seal_group(&self, request: GroupRequest) -> Result<SealedGroup, VramError> {
         self.live()?;
         let GroupRequest {
@@ -94,7 +95,7 @@ impl VramResidency {
             .into_iter()
             .map(|part| {
                 let system = self.clone();
-                tokio::spawn(async move { system.seal(part).await })
+                crate::actors::spans::spawn(async move { system.seal(part).await })
             })
             .collect();
         let mut sealed = Vec::with_capacity(handles.len());
@@ -171,6 +172,7 @@ impl VramResidency {
                 signature: info.signature.clone(),
             },
         );
+        tracing::debug!(members = total, "group sealed");
         Ok(SealedGroup::new(info, sealed))
     }
 
@@ -244,7 +246,7 @@ impl VramResidency {
             .into_iter()
             .map(|shard| {
                 let system = self.clone();
-                tokio::spawn(async move {
+                crate::actors::spans::spawn(async move {
                     let id = shard.shard_id().to_string();
                     (id, system.release(shard).await)
                 })
@@ -273,6 +275,7 @@ impl VramResidency {
     /// device stops fail-closed as for any failed verification. Other failures (a member
     /// released on its own, a lost device, a timeout) are returned the same way without
     /// quarantining anything: nothing is known to be wrong.
+    #[tracing::instrument(name = "vram.verify_group", level = "info", skip_all, fields(group_id = %group.group_id(), device = %crate::actors::spans::Devices(group.shards().iter().map(SealedShard::device).collect()), mode = %mode))]
     pub async fn verify_group(
         &self,
         group: &SealedGroup,
@@ -288,7 +291,7 @@ impl VramResidency {
             .iter()
             .map(|member| {
                 let (system, member) = (self.clone(), member.clone());
-                tokio::spawn(async move { system.verify(&member, mode).await })
+                crate::actors::spans::spawn(async move { system.verify(&member, mode).await })
             })
             .collect();
         let signature = self.check_group_signature(group.info()).await;
@@ -310,13 +313,16 @@ impl VramResidency {
             }
             Err(e) => return Err(e),
         }
-        self.conclude(group, results).await
+        let reports = self.conclude(group, results).await?;
+        tracing::debug!(members = reports.len(), "group verified");
+        Ok(reports)
     }
 
     /// Checks a `GroupInfo` received from elsewhere: its shape and group signature against this
     /// worker's key, and every member as [`VramResidency::verify_info`] does (signature, and
     /// exactly that shard resident here and not quarantined). Nothing is quarantined by a
     /// failure here: the record came from outside.
+    #[tracing::instrument(name = "vram.verify_group_info", level = "info", skip_all, fields(group_id = %crate::actors::spans::Shown(&info.group_id), device = %crate::actors::spans::Devices(info.members.iter().map(|m| m.gpu_device).collect()), mode = %VerifyMode::SignatureOnly))]
     pub async fn verify_group_info(
         &self,
         info: &GroupInfo,
@@ -350,6 +356,7 @@ impl VramResidency {
                 .map_err(|e| member_error(&info.group_id, index, &member.shard_id, e))?;
             reports.push(report);
         }
+        tracing::debug!(members = reports.len(), "verified a peer's group record");
         Ok(reports)
     }
 
@@ -360,6 +367,7 @@ impl VramResidency {
     /// group record. Each member's device checks residency and obtains the signature in one
     /// handler, as for [`VramResidency::attest`]. Check the answer with
     /// [`crate::verify_group_attestation`] or [`crate::verify_group_attestation_with`].
+    #[tracing::instrument(name = "vram.attest_group", level = "info", skip_all, fields(group_id = %group.group_id(), device = %crate::actors::spans::Devices(group.shards().iter().map(SealedShard::device).collect()), mode = %self.inner.execute_verify))]
     pub async fn attest_group(
         &self,
         group: &SealedGroup,
@@ -373,7 +381,9 @@ impl VramResidency {
             .iter()
             .map(|member| {
                 let (system, member, draft) = (self.clone(), member.clone(), draft.clone());
-                tokio::spawn(async move { system.sign_attestation(&member, draft).await })
+                crate::actors::spans::spawn(
+                    async move { system.sign_attestation(&member, draft).await },
+                )
             })
             .collect();
         let mut results = Vec::with_capacity(handles.len());
@@ -387,6 +397,7 @@ impl VramResidency {
         // A member quarantined (by the scrub) between the verification and its signature is
         // refused by its device; that is a group failure like any other.
         let members: Vec<Attestation> = self.conclude(group, results).await?;
+        tracing::debug!(members = members.len(), "group attested");
         Ok(GroupAttestation {
             group: group.info().clone(),
             members,
@@ -397,6 +408,7 @@ impl VramResidency {
     /// Members released on their own before (through a clone of their `SealedShard`) are
     /// skipped. The group, its clones and every clone of its members' handles are stale
     /// afterwards. Releasing a group twice is `UnknownShard` (naming the group).
+    #[tracing::instrument(name = "vram.release_group", level = "info", skip_all, fields(group_id = %group.group_id(), device = %crate::actors::spans::Devices(group.shards().iter().map(SealedShard::device).collect())))]
     pub async fn release_group(&self, group: SealedGroup) -> Result<u64, VramError> {
         self.live()?;
         if group.inner.released.swap(true, Ordering::AcqRel) {
@@ -407,7 +419,7 @@ impl VramResidency {
             .iter()
             .map(|member| {
                 let (system, member) = (self.clone(), member.clone());
-                tokio::spawn(async move { system.release(member).await })
+                crate::actors::spans::spawn(async move { system.release(member).await })
             })
             .collect();
         let mut freed = 0u64;
@@ -428,7 +440,10 @@ impl VramResidency {
         }
         match first_error {
             Some(e) => Err(e),
-            None => Ok(freed),
+            None => {
+                tracing::debug!(bytes = freed, "group released");
+                Ok(freed)
+            }
         }
     }
 

@@ -19,6 +19,7 @@ mod leaf_kernel_host;
 mod parsers_prop;
 mod provenance;
 mod serving;
+mod spans;
 mod tensor_localisation;
 mod tensors;
 mod trust;

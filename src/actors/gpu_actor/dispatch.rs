@@ -11,6 +11,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 
 use super::{GpuActor, GpuArgs, GpuState, gauges};
 use crate::actors::gpu_actor::shard_table::ShardTable;
+use crate::actors::spans::{ActorName, actor_span, in_span};
 use crate::audit::events::AuditEvent;
 use crate::error::VramError;
 use crate::messages::gpu::{GpuMsg, ShardRef};
@@ -22,6 +23,37 @@ impl Actor for GpuActor {
     type Arguments = GpuArgs;
 
     async fn pre_start(
+        &self,
+        myself: ActorRef<GpuMsg>,
+        args: GpuArgs,
+    ) -> Result<GpuState, ActorProcessingErr> {
+        let span = actor_span(ActorName::Gpu(args.device));
+        in_span(span, self.on_start(myself, args)).await
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<GpuMsg>,
+        message: GpuMsg,
+        state: &mut GpuState,
+    ) -> Result<(), ActorProcessingErr> {
+        let span = actor_span(ActorName::Gpu(state.device()));
+        in_span(span, self.on_message(myself, message, state)).await
+    }
+
+    async fn post_stop(
+        &self,
+        myself: ActorRef<GpuMsg>,
+        state: &mut GpuState,
+    ) -> Result<(), ActorProcessingErr> {
+        let span = actor_span(ActorName::Gpu(state.device()));
+        in_span(span, self.on_stop(myself, state)).await
+    }
+}
+
+/// The handlers, each run inside the actor's span (see the `Actor` impl above).
+impl GpuActor {
+    async fn on_start(
         &self,
         myself: ActorRef<GpuMsg>,
         mut args: GpuArgs,
@@ -47,7 +79,7 @@ impl Actor for GpuActor {
         Ok(state)
     }
 
-    async fn handle(
+    async fn on_message(
         &self,
         myself: ActorRef<GpuMsg>,
         message: GpuMsg,
@@ -148,7 +180,7 @@ impl Actor for GpuActor {
         Ok(())
     }
 
-    async fn post_stop(
+    async fn on_stop(
         &self,
         _myself: ActorRef<GpuMsg>,
         state: &mut GpuState,

@@ -94,7 +94,7 @@ impl BackendSource {
         match std::mem::replace(self, Self::Taken) {
             #[cfg(test)]
             Self::Ready(backend) => Ok(backend),
-            Self::Open(factory) => tokio::task::spawn_blocking(move || factory(device))
+            Self::Open(factory) => crate::actors::spans::spawn_blocking(move || factory(device))
                 .await
                 .map_err(|e| format!("opening device {device} failed: {e}"))?,
             Self::Taken => Err(format!("device {device}'s backend was already taken")),

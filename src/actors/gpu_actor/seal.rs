@@ -252,7 +252,7 @@ impl GpuState {
             .begin_upload(allocation)
             .map_err(|e| self.map(e))?;
         let (tx, rx) = mpsc::channel::<Staged>(2);
-        let hasher = tokio::task::spawn_blocking(move || {
+        let hasher = crate::actors::spans::spawn_blocking(move || {
             let stream: Box<dyn Read + Send> = match source {
                 SealSource::Bytes(bytes) => {
                     return hash_in_memory(bytes, chunk, staging, &tx, progress.as_ref());
@@ -309,7 +309,7 @@ impl GpuState {
         if !reader.hashes_on_device(chunk) {
             return Ok(());
         }
-        let job = tokio::task::spawn_blocking(move || reader.all_leaf_hashes(chunk)).await;
+        let job = crate::actors::spans::spawn_blocking(move || reader.all_leaf_hashes(chunk)).await;
         let on_device = super::joined(self.device(), "the seal's device leaf check", job, || {
             VramError::Internal("the device leaf check was cancelled".into())
         })?
@@ -360,7 +360,7 @@ impl GpuState {
             let n = piece.bytes().len() as u64;
             let (done_tx, done_rx) = tokio::sync::oneshot::channel();
             let at = offset;
-            rayon::spawn(move || {
+            crate::actors::spans::rayon_spawn(move || {
                 // Rayon aborts the process when a spawned job panics: catch it, and re-raise it
                 // on the actor below (which crashes and is replaced).
                 let written = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {

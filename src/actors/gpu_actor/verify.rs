@@ -189,8 +189,8 @@ impl GpuState {
         }
         let started = Instant::now();
         let myself = myself.clone();
-        tokio::spawn(async move {
-            let job = tokio::task::spawn_blocking(move || {
+        crate::actors::spans::spawn(async move {
+            let job = crate::actors::spans::spawn_blocking(move || {
                 hash_leaves(&*reader, chunk, indices, &tree, &root)
             });
             let outcome = match job.await {
