@@ -142,6 +142,9 @@ pub enum BackendError {
     /// A worker thread doing device work for the actor failed.
     #[error("device worker failed: {0}")]
     Worker(String),
+    /// The caller gave up and the work stopped at a piece boundary.
+    #[error("cancelled by caller")]
+    Cancelled,
     /// The VRAM-only policy (`.specs/design.md` §6, VP-001..006) refused the memory: it is not dedicated
     /// device memory (managed, host-mapped or on an integrated GPU). Nothing stays allocated.
     #[error("{policy}: {violation}")]
@@ -170,6 +173,7 @@ impl BackendError {
             Self::Unsupported(m) => VramError::Unsupported(m),
             Self::Driver(m) => VramError::Cuda(m),
             Self::Worker(m) => VramError::Internal(m),
+            Self::Cancelled => VramError::Cancelled,
             e @ Self::Policy { .. } => VramError::PolicyViolation(e.to_string()),
         }
     }
