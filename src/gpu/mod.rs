@@ -208,6 +208,12 @@ pub trait DeviceBackend: Send + 'static {
         id: AllocationId,
         upload: Box<dyn DeviceUpload>,
     ) -> Result<(), BackendError>;
+    /// Takes back the memory of an upload that will not finish (its seal failed or was
+    /// cancelled); the allocation is freed next. The default drops the handle; a backend that
+    /// lends more than the memory (CUDA's pinned staging ring) keeps what it can reuse.
+    fn abandon_upload(&mut self, upload: Box<dyn DeviceUpload>) {
+        drop(upload);
+    }
     /// A shareable read-only view of a sealed allocation.
     fn reader(&self, id: AllocationId) -> Result<Arc<dyn DeviceReader>, BackendError>;
     /// The allocation's device address.

@@ -277,7 +277,11 @@ impl GpuState {
             ..
         } = entry;
         let sealed = match (hashed, upload) {
-            (Err(e), _) => Err(e),
+            (Err(e), Some(upload)) => {
+                self.backend.abandon_upload(upload);
+                Err(e)
+            }
+            (Err(e), None) => Err(e),
             (Ok(_), None) => Err(VramError::Internal(
                 "a seal's upload was not returned".into(),
             )),
@@ -323,8 +327,10 @@ impl GpuState {
             reply,
             ..
         } = entry;
-        // The lent memory comes back (dropped) before its allocation is freed.
-        drop(upload);
+        // The lent memory comes back before its allocation is freed.
+        if let Some(upload) = upload {
+            self.backend.abandon_upload(upload);
+        }
         self.abort_seal(&meta, allocation, len, &error);
         self.publish_capacity();
         let _ = reply.send(Err(error));
