@@ -203,6 +203,13 @@ pub enum VramError {
     #[error("timed out waiting for {0}")]
     Timeout(String),
 
+    /// The caller gave up on the request (dropped its future) and the work stopped at its next
+    /// staging piece: a seal freed what it had allocated, a verification stopped hashing.
+    /// Callers rarely see it (they are gone); it is what a device answers the waiter that
+    /// holds the request's slot, and what `vram_seals_total{result="cancelled"}` counts.
+    #[error("cancelled by caller")]
+    Cancelled,
+
     /// The shard's bytes are not the file the signed model release lists: its SHA-256 differs
     /// from the resource's digest in the verified model-signing manifest. An integrity failure,
     /// audited critical; the allocation was freed and nothing was sealed.

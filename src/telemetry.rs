@@ -149,8 +149,8 @@ pub const METRICS: &[MetricSpec] = {
             SEALS_TOTAL,
             Counter,
             None,
-            "`result`: `ok`, `invalid_input`, `insufficient_vram`, `allocation_failed`, `digest_mismatch`, `error`",
-            "Seal calls (and parts of seal_group) by result.",
+            "`result`: `ok`, `invalid_input`, `insufficient_vram`, `allocation_failed`, `digest_mismatch`, `cancelled`, `error`",
+            "Seal calls (and parts of seal_group) by result; `cancelled`: the caller dropped the call and the seal stopped (counted when it has, once).",
         ),
         spec(
             VERIFICATIONS_TOTAL,
@@ -326,6 +326,7 @@ fn seal_label<T>(result: &Result<T, VramError>) -> &'static str {
         Err(VramError::InsufficientVram { .. }) => "insufficient_vram",
         Err(VramError::AllocationFailed { .. }) => "allocation_failed",
         Err(VramError::DigestMismatch { .. }) => "digest_mismatch",
+        Err(VramError::Cancelled) => "cancelled",
         Err(_) => "error",
     }
 }
@@ -482,5 +483,7 @@ mod tests {
         });
         assert_eq!(seal_label(&no_room), "insufficient_vram");
         assert_eq!(seal_label(&gone), "error");
+        let cancelled: Result<(), VramError> = Err(VramError::Cancelled);
+        assert_eq!(seal_label(&cancelled), "cancelled");
     }
 }

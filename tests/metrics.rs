@@ -8,7 +8,12 @@
 //! one at a time (a lock) and each reads only what happened since its own first snapshot. The
 //! debugging recorder hands counters out as deltas (a snapshot resets them) and gauges as set
 //! since the last snapshot, so a test reads gauges right after something published them.
-#![allow(clippy::unwrap_used, clippy::arithmetic_side_effects, clippy::panic)] // test code fails loudly
+#![allow(
+    clippy::unwrap_used,
+    clippy::arithmetic_side_effects,
+    clippy::panic,
+    clippy::indexing_slicing
+)] // test code fails loudly
 
 mod common;
 
@@ -471,5 +476,69 @@ async fn group_calls_count_each_member() {
     recorded.read();
     assert_eq!(recorded.gauge(DEVICE_USED_BYTES, 0), 0.0);
     assert_eq!(recorded.gauge(DEVICE_USED_BYTES, 1), 0.0);
+    system.shutdown().await.unwrap();
+}
+
+/// 1 GiB of a cheap generated stream (a `SealRequest::from_reader` source).
+struct Zeros(u64);
+
+impl std::io::Read for Zeros {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = buf.len().min(1 << 20).min(self.0 as usize);
+        buf[..n].fill(0);
+        self.0 -= n as u64;
+        Ok(n)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_seal_dropped_by_its_caller_is_counted_once_as_cancelled() {
+    let _serial = SERIAL.lock().await;
+    let mut recorded = Recorded::from_now();
+    let system = VramResidency::start(config(1, 2 << 30)).await.unwrap();
+    let len = 1u64 << 30;
+    let abandoned = tokio::time::timeout(
+        Duration::from_millis(20),
+        system.seal(SealRequest::from_reader(
+            "big",
+            "test:cancel",
+            0,
+            Zeros(len),
+            len,
+        )),
+    )
+    .await;
+    assert!(abandoned.is_err(), "a 1 GiB seal finished within 20 ms");
+    // Counted when the seal has stopped (the device is idle again), exactly once, and as what
+    // the audit log says happened: never as `ok`.
+    let mut counted = false;
+    for _ in 0..300 {
+        recorded.read();
+        if recorded.counter(SEALS_TOTAL, &[("result", "cancelled")]) == 1
+            && system.device_load(0).unwrap().in_flight == 0
+        {
+            counted = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(counted, "the cancelled seal was not counted within 3 s");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    recorded.read();
+    assert_eq!(
+        recorded.counter_sum(SEALS_TOTAL),
+        1,
+        "{:?}",
+        recorded.counters
+    );
+    let sealed = system
+        .audit_lines()
+        .await
+        .unwrap()
+        .iter()
+        .filter(|l| l.contains("\"VramSealed\""))
+        .count() as u64;
+    assert_eq!(recorded.counter(SEALS_TOTAL, &[("result", "ok")]), sealed);
+    assert_eq!(system.capacity(0).await.unwrap().used_bytes, 0);
     system.shutdown().await.unwrap();
 }

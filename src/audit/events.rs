@@ -133,7 +133,10 @@ pub enum AuditEvent {
         /// How serious the event is.
         severity: Severity,
     },
-    /// A seal was refused after hashing (the bytes did not match the caller's expected digest).
+    /// A seal was refused after hashing (the bytes did not match the caller's expected digest),
+    /// or stopped because its caller gave up (reason `cancelled by caller`; `actual_digest`
+    /// empty, since the bytes were not all hashed). Nothing was sealed; the allocation's own
+    /// `VramDeallocated` follows.
     SealRejected {
         /// The shard concerned.
         #[serde(serialize_with = "sanitized")]

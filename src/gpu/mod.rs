@@ -148,6 +148,9 @@ pub enum BackendError {
     /// A worker thread doing device work for the actor failed.
     #[error("device worker failed: {0}")]
     Worker(String),
+    /// The caller gave up and the work stopped at a piece boundary.
+    #[error("cancelled by caller")]
+    Cancelled,
     /// The VRAM-only policy (`.specs/design.md` §6, VP-001..006) refused the memory: it is not dedicated
     /// device memory (managed, host-mapped or on an integrated GPU). Nothing stays allocated.
     #[error("{policy}: {violation}")]
@@ -176,6 +179,7 @@ impl BackendError {
             Self::Unsupported(m) => VramError::Unsupported(m),
             Self::Driver(m) => VramError::Cuda(m),
             Self::Worker(m) => VramError::Internal(m),
+            Self::Cancelled => VramError::Cancelled,
             e @ Self::Policy { .. } => VramError::PolicyViolation(e.to_string()),
         }
     }
@@ -217,6 +221,12 @@ pub trait DeviceBackend: Send + 'static {
         id: AllocationId,
         upload: Box<dyn DeviceUpload>,
     ) -> Result<(), BackendError>;
+    /// Takes back the memory of an upload that will not finish (its seal failed or was
+    /// cancelled); the allocation is freed next. The default drops the handle; a backend that
+    /// lends more than the memory (CUDA's pinned staging ring) keeps what it can reuse.
+    fn abandon_upload(&mut self, upload: Box<dyn DeviceUpload>) {
+        drop(upload);
+    }
     /// A shareable read-only view of a sealed allocation.
     fn reader(&self, id: AllocationId) -> Result<Arc<dyn DeviceReader>, BackendError>;
     /// The device address of the shard's first byte (after the allocation's lead padding).

@@ -1,5 +1,7 @@
 //! Messages for a device's `GpuActor`: everything that touches that device's memory.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use ractor::RpcReplyPort;
@@ -20,6 +22,100 @@ pub struct ShardRef {
     pub handle_id: u64,
 }
 
+/// One staging piece on its way from the hasher to the uploader: a range of a shared buffer
+/// (the caller's whole `Vec` for in-memory seals, one read buffer for streams).
+///
+/// Fresh host memory is expensive to touch (every page faults on first write) and to give back,
+/// so buffers are not thrown away: when the uploader drops the last reference to a stream's
+/// buffer it goes back to the reader for the next piece, and a large in-memory source is freed
+/// on a background thread rather than on the seal's critical path.
+pub struct Staged {
+    pub(crate) buf: Option<Arc<Vec<u8>>>,
+    pub(crate) range: std::ops::Range<usize>,
+    pub(crate) recycle: Option<std::sync::mpsc::Sender<Vec<u8>>>,
+}
+
+impl Staged {
+    pub(crate) fn bytes(&self) -> &[u8] {
+        self.buf
+            .as_ref()
+            .and_then(|b| b.get(self.range.clone()))
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        let Some(buf) = self.buf.take() else { return };
+        let Ok(bytes) = Arc::try_unwrap(buf) else {
+            return; // someone else still holds it and will do this
+        };
+        match &self.recycle {
+            // If the reader has finished, the buffer comes back to us and is freed here.
+            Some(tx) => {
+                if let Err(std::sync::mpsc::SendError(bytes)) = tx.send(bytes) {
+                    free_elsewhere(bytes);
+                }
+            }
+            None => free_elsewhere(bytes),
+        }
+    }
+}
+
+/// Frees a large buffer on a short-lived background thread: unmapping hundreds of MiB takes
+/// tens of milliseconds that a seal should not wait for.
+pub(crate) fn free_elsewhere(bytes: Vec<u8>) {
+    if bytes.capacity() >= 1 << 20 {
+        let _ = std::thread::Builder::new()
+            .name("vram-free".into())
+            .spawn(move || drop(bytes));
+    }
+}
+
+/// A caller's "stop": the facade sets it when the caller of a seal or a verification gives up
+/// (drops its future), and the work checks it at every staging piece — the seal's hashing
+/// thread, its pump and the device actor's piece handler, a verification's hashing — so the
+/// work stops soon and frees what it holds. Cheap to clone; all clones are one flag.
+#[derive(Clone, Default)]
+pub struct Cancel(Arc<CancelInner>);
+
+#[derive(Default)]
+struct CancelInner {
+    flag: AtomicBool,
+    notify: tokio::sync::Notify,
+}
+
+impl Cancel {
+    /// A flag not yet set.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets the flag and wakes whoever waits in [`Cancel::cancelled`].
+    pub fn cancel(&self) {
+        self.0.flag.store(true, Ordering::Release);
+        self.0.notify.notify_waiters();
+    }
+
+    /// Whether the caller gave up.
+    pub fn is_cancelled(&self) -> bool {
+        self.0.flag.load(Ordering::Acquire)
+    }
+
+    /// Resolves once the caller gives up (at once if it already has).
+    pub async fn cancelled(&self) {
+        loop {
+            let notified = self.0.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.is_cancelled() {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
 /// A validated seal request, ready for the device.
 pub struct SealJob {
     /// What the seal will say, and how it will be recorded.
@@ -31,6 +127,8 @@ pub struct SealJob {
     /// The length validated by the handle (against `max_model_size`); the source must deliver
     /// exactly this many bytes.
     pub len: u64,
+    /// Set when the caller gives up: the seal stops at its next staging piece.
+    pub cancel: Cancel,
 }
 
 /// The parts of a seal job that stay with the device actor once the source has been handed to
@@ -114,11 +212,27 @@ pub enum GpuMsg {
         job: Box<SealJob>,
         reply: RpcReplyPort<Result<ShardInfo, VramError>>,
     },
+    /// Internal: the next staging piece of seal `seal` (numbered by the actor), from the
+    /// seal's pump; `done` is answered once it is copied into the seal's allocation (dropped
+    /// when the seal has ended), so at most one piece per seal waits in the mailbox.
+    SealPiece {
+        seal: u64,
+        piece: Staged,
+        done: tokio::sync::oneshot::Sender<()>,
+    },
+    /// Internal: seal `seal`'s source is exhausted and hashed (`Ok`: its SHA-256 and leaves),
+    /// or the seal stopped (hashing failed, the source stalled, the caller cancelled).
+    SealEnded {
+        seal: u64,
+        hashed: Result<(Hash, Vec<Hash>), VramError>,
+    },
     /// Re-read a shard (or part of it) from device memory and check it against its seal.
     Verify {
         shard: ShardRef,
         info: Box<ShardInfo>,
         mode: VerifyMode,
+        /// Set when the caller gives up: hashing stops at its next piece.
+        cancel: Cancel,
         reply: RpcReplyPort<Result<VerifyReport, VramError>>,
     },
     /// Internal: the off-actor hashing of a `Verify` finished.

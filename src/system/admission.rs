@@ -20,7 +20,7 @@ use tokio::sync::OwnedSemaphorePermit;
 
 use crate::actors::ask;
 use crate::error::VramError;
-use crate::messages::gpu::GpuMsg;
+use crate::messages::gpu::{Cancel, GpuMsg};
 use crate::telemetry::ADMISSION_BUSY_TOTAL;
 use crate::types::{DeviceLoad, StopCause};
 use crate::validation;
@@ -35,18 +35,22 @@ impl VramResidency {
         device: u32,
         build: impl FnOnce(ractor::RpcReplyPort<T>) -> GpuMsg,
     ) -> Result<T, VramError> {
-        self.ask_gpu_or_undo(device, build, drop).await
+        self.ask_gpu_cancellable(device, |port, _| build(port), |_, _| {})
+            .await
     }
 
-    /// [`VramResidency::ask_gpu`] for a request whose answer holds something that must not be
-    /// lost when its caller has gone: if the answer arrives after the caller gave up (or the
-    /// call timed out), `undo` gets it (a seal's undo releases the shard no handle will ever
-    /// release).
-    pub(super) async fn ask_gpu_or_undo<T: Send + 'static>(
+    /// [`VramResidency::ask_gpu`] for a request that can stop early and whose answer may hold
+    /// something that must not be lost when its caller has gone. `build` gets the request's
+    /// [`Cancel`] flag, which is set when the caller gives up (drops this future), so the
+    /// device stops the work at its next piece. Whatever the device answers after the caller
+    /// gave up (or the call timed out) goes to `undo`, with which of the two it was (a seal's
+    /// undo releases a shard no handle will ever release, and counts the seal). The slot stays
+    /// taken until that answer: the device is busy until its work has really stopped.
+    pub(super) async fn ask_gpu_cancellable<T: Send + 'static>(
         &self,
         device: u32,
-        build: impl FnOnce(ractor::RpcReplyPort<T>) -> GpuMsg,
-        undo: impl FnOnce(T) + Send + 'static,
+        build: impl FnOnce(ractor::RpcReplyPort<T>, Cancel) -> GpuMsg,
+        undo: impl FnOnce(T, Abandoned) + Send + 'static,
     ) -> Result<T, VramError> {
         validation::validate_device(device, self.inner.device_count)?;
         let admission = usize::try_from(device)
@@ -57,11 +61,12 @@ impl VramResidency {
         let gpu = self.gpu(device)?;
         let (port, answer) = ractor::concurrency::oneshot();
         let inner = Arc::clone(&self.inner);
-        if gpu.cast(build(port.into())).is_err() {
+        let cancel = Cancel::new();
+        if gpu.cast(build(port.into(), cancel.clone())).is_err() {
             return Err(device_gone(&inner, device));
         }
         let gone = move || device_gone(&inner, device);
-        answer_holding_slot(slot, answer, self.inner.call_timeout, gone, undo).await
+        answer_holding_slot(slot, answer, self.inner.call_timeout, cancel, gone, undo).await
     }
 
     /// Calls a device actor without waiting for room: for releases, resets and status queries,
@@ -111,18 +116,31 @@ fn device_gone(inner: &Inner, device: u32) -> VramError {
     VramError::DeviceStopped { device, cause }
 }
 
+/// Why a request's answer went to its undo instead of its caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Abandoned {
+    /// The caller dropped its future: the request was cancelled (its [`Cancel`] set), and
+    /// nobody has counted it yet.
+    CallerLeft,
+    /// The call timeout passed: the caller already got (and counted) `Timeout`.
+    TimedOut,
+}
+
 /// Waits for a device's answer while holding its slot. The slot stays taken until the device
 /// is done with the request, whoever stops waiting first: a task of its own owns it. When the
-/// caller gives up (its future dropped) or the call timeout passes, that task keeps waiting for
-/// the device's answer, hands it to `undo` (a seal finished for nobody is released, not
-/// leaked), and only then frees the slot. (Closing the reply port instead would free the slot
-/// at once: a closed oneshot receiver cannot tell when its sender is done.)
+/// caller gives up (its future dropped), that task sets the request's `cancel` flag so the
+/// device stops the work at its next piece; then (as after the call timeout) it keeps waiting
+/// for the device's answer, hands it to `undo` (a seal finished for nobody is released, not
+/// leaked), and only then frees the slot, so `device_load` counts the work until it has
+/// really stopped. (Closing the reply port instead would free the slot at once: a closed
+/// oneshot receiver cannot tell when its sender is done.)
 async fn answer_holding_slot<T: Send + 'static>(
     slot: OwnedSemaphorePermit,
     mut answer: ractor::concurrency::OneshotReceiver<T>,
     timeout: Duration,
+    cancel: Cancel,
     gone: impl FnOnce() -> VramError + Send + 'static,
-    undo: impl FnOnce(T) + Send + 'static,
+    undo: impl FnOnce(T, Abandoned) + Send + 'static,
 ) -> Result<T, VramError> {
     enum Ended<T> {
         Answered(Result<T, tokio::sync::oneshot::error::RecvError>),
@@ -143,10 +161,16 @@ async fn answer_holding_slot<T: Send + 'static>(
                 let _ = to_caller.send(answered.map_err(|_| gone()));
             }
             Ended::CallerLeft | Ended::TimedOut => {
+                let abandoned = if matches!(ended, Ended::CallerLeft) {
+                    cancel.cancel();
+                    Abandoned::CallerLeft
+                } else {
+                    Abandoned::TimedOut
+                };
                 let _ = to_caller.send(Err(VramError::Timeout("the device actor".to_string())));
                 // Resolves when the device answers or drops the port: its work is over.
                 if let Ok(late) = answer.await {
-                    undo(late);
+                    undo(late, abandoned);
                 }
                 drop(slot);
             }

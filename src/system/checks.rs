@@ -168,12 +168,18 @@ impl VramResidency {
             {
                 self.check_signature(info).await?;
                 let shard_ref = shard.inner.shard_ref();
-                self.ask_gpu(device, |reply| GpuMsg::Verify {
-                    shard: shard_ref,
-                    info: Box::new(info.clone()),
-                    mode,
-                    reply,
-                })
+                // A caller that gives up stops the hashing at its next piece.
+                self.ask_gpu_cancellable(
+                    device,
+                    |reply, cancel| GpuMsg::Verify {
+                        shard: shard_ref,
+                        info: Box::new(info.clone()),
+                        mode,
+                        cancel,
+                        reply,
+                    },
+                    |_, _| {},
+                )
                 .await?
             }
         }

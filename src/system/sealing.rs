@@ -4,8 +4,9 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use super::admission::Abandoned;
 use crate::error::VramError;
-use crate::messages::gpu::{GpuMsg, SealJob, SealMeta, ShardRef, SignedSource};
+use crate::messages::gpu::{Cancel, GpuMsg, SealJob, SealMeta, ShardRef, SignedSource};
 use crate::seal::claims::ShardInfo;
 use crate::seal::tensors::TensorLayout;
 use crate::shard::{SealRequest, SealSource, SealedShard, ShardHandle};
@@ -16,10 +17,17 @@ use super::*;
 
 impl VramResidency {
     /// Copies a shard into device memory, hashes it (SHA-256 and Merkle leaves), and seals it.
+    ///
+    /// Dropping the returned future (a `tokio::time::timeout`, a client gone) cancels the
+    /// seal: the device stops it at the next staging piece and frees what it allocated,
+    /// audited as `SealRejected` with reason `cancelled by caller` and counted in
+    /// `vram_seals_total{result="cancelled"}`.
     #[tracing::instrument(name = "vram.seal", level = "info", skip_all, fields(shard_id = %crate::actors::spans::Shown(&request.shard_id), device = request.device))]
     pub async fn seal(&self, request: SealRequest) -> Result<SealedShard, VramError> {
         let started = std::time::Instant::now();
-        let sealed = self.seal_uncounted(request).await;
+        let mut count = SealCount::default();
+        let sealed = self.seal_uncounted(request, &count.handed_over).await;
+        count.done = true;
         telemetry::record_seal(&sealed);
         if let Ok(shard) = &sealed {
             tracing::debug!(bytes = shard.info().vram_bytes, elapsed = ?started.elapsed(), "sealed");
@@ -27,8 +35,14 @@ impl VramResidency {
         sealed
     }
 
-    /// `seal` without the `vram_seals_total` count (which `seal` adds for every outcome).
-    async fn seal_uncounted(&self, request: SealRequest) -> Result<SealedShard, VramError> {
+    /// `seal` without the `vram_seals_total` count (which `seal` adds for every outcome, or,
+    /// for a seal whose caller left after it reached its device, the seal's undo). Sets
+    /// `handed_over` once the device has the job.
+    async fn seal_uncounted(
+        &self,
+        request: SealRequest,
+        handed_over: &Arc<AtomicBool>,
+    ) -> Result<SealedShard, VramError> {
         self.live()?;
         let SealRequest {
             shard_id,
@@ -94,10 +108,15 @@ impl VramResidency {
             source,
             progress,
             len,
+            cancel: Cancel::new(),
         };
-        // A seal that finishes after its caller left is released: no handle will ever be.
+        // A seal whose caller left is counted when its work ends (usually `cancelled`); one
+        // that finished anyway is released: no handle will ever be.
         let system = self.clone();
-        let undo = move |late: Result<ShardInfo, VramError>| {
+        let undo = move |late: Result<ShardInfo, VramError>, abandoned: Abandoned| {
+            if abandoned == Abandoned::CallerLeft {
+                telemetry::record_seal(&late);
+            }
             if let (Ok(info), Ok(gpu)) = (late, system.gpu(device)) {
                 tracing::warn!(gpu_device = device, shard_id = %info.shard_id,
                     "seal finished after its caller left; releasing it");
@@ -109,11 +128,14 @@ impl VramResidency {
             }
         };
         let info = self
-            .ask_gpu_or_undo(
+            .ask_gpu_cancellable(
                 device,
-                |reply| GpuMsg::Seal {
-                    job: Box::new(job),
-                    reply,
+                |reply, cancel| {
+                    handed_over.store(true, Ordering::Release);
+                    GpuMsg::Seal {
+                        job: Box::new(SealJob { cancel, ..job }),
+                        reply,
+                    }
                 },
                 undo,
             )
@@ -128,6 +150,23 @@ impl VramResidency {
                 tensors: tensor_list,
             }),
         })
+    }
+}
+
+/// Counts a `seal` call whose caller left before the device got the job (dropped while its
+/// source was inspected or it waited for a slot) as `cancelled`: nothing was allocated, so the
+/// device has nothing to say about it. Once the device has it, the seal's undo counts it.
+#[derive(Default)]
+struct SealCount {
+    handed_over: Arc<AtomicBool>,
+    done: bool,
+}
+
+impl Drop for SealCount {
+    fn drop(&mut self) {
+        if !self.done && !self.handed_over.load(Ordering::Acquire) {
+            telemetry::record_seal::<()>(&Err(VramError::Cancelled));
+        }
     }
 }
 

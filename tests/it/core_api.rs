@@ -1043,19 +1043,17 @@ async fn shutdown_with_work_in_flight_ends_cleanly() {
     .unwrap();
     assert!(report.is_intact(), "{report:?}");
     assert_eq!(report.counts_by_type.get("AuditLogClosed"), Some(&1));
-    let sealed = report
-        .counts_by_type
-        .get("VramSealed")
-        .copied()
-        .unwrap_or(0);
-    let freed = report
-        .counts_by_type
-        .get("VramDeallocated")
-        .copied()
-        .unwrap_or(0);
+    let count = |t: &str| report.counts_by_type.get(t).copied().unwrap_or(0);
+    // Every allocation was freed: the sealed shards, and the seals still uploading when the
+    // device stopped (those end with `ShuttingDown`).
     assert_eq!(
-        sealed, freed,
-        "every sealed shard was freed at shutdown: {report:?}"
+        count("VramAllocated"),
+        count("VramDeallocated"),
+        "every allocation was freed at shutdown: {report:?}"
+    );
+    assert!(
+        count("VramSealed") <= count("VramDeallocated"),
+        "{report:?}"
     );
 }
 

@@ -9,6 +9,7 @@ mod common;
 
 mod attestation_v2;
 mod audit_trail;
+mod cancellation;
 mod core_api;
 mod docs;
 mod group_vectors;

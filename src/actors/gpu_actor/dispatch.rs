@@ -70,6 +70,8 @@ impl GpuActor {
             backend,
             identity,
             table: ShardTable::default(),
+            sealing: std::collections::BTreeMap::new(),
+            next_seal: 0,
             stopped,
             lost: false,
             scrub_cursor: 0,
@@ -87,25 +89,16 @@ impl GpuActor {
     ) -> Result<(), ActorProcessingErr> {
         let publish = gauges::may_change_capacity(&message);
         match message {
-            GpuMsg::Seal { job, reply } => {
-                if reply.is_closed() {
-                    return Ok(()); // the caller gave up before we started: allocate nothing
-                }
-                let r = state.seal(*job).await;
-                if let Err(ractor::MessagingErr::SendErr(Ok(info))) = reply.send(r) {
-                    // The caller is gone (timed out, dropped its future): no handle will ever
-                    // release this shard, so release it now rather than leak the capacity.
-                    tracing::warn!(gpu_device = state.device(), shard_id = %info.shard_id,
-                        "seal finished after its caller left; releasing it");
-                    let _ = state.release_now(&info.shard_id);
-                }
-            }
+            GpuMsg::Seal { job, reply } => state.start_seal(&myself, *job, reply),
+            GpuMsg::SealPiece { seal, piece, done } => state.seal_piece(seal, piece, done).await,
+            GpuMsg::SealEnded { seal, hashed } => state.seal_ended(seal, hashed).await,
             GpuMsg::Verify {
                 shard,
                 info,
                 mode,
+                cancel,
                 reply,
-            } => state.verify_request(&myself, shard, &info, mode, reply),
+            } => state.verify_request(&myself, shard, &info, mode, cancel, reply),
             GpuMsg::VerifyFinished {
                 shard,
                 mode,
@@ -185,7 +178,11 @@ impl GpuActor {
         _myself: ActorRef<GpuMsg>,
         state: &mut GpuState,
     ) -> Result<(), ActorProcessingErr> {
-        // Shutdown frees everything the device holds, and says so in the audit log.
+        // Shutdown frees everything the device holds, and says so in the audit log: the
+        // allocations of seals still uploading, then the shards.
+        for seal in state.sealing.keys().copied().collect::<Vec<_>>() {
+            state.end_seal(seal, VramError::ShuttingDown);
+        }
         for id in state.table.ids() {
             let _ = state.release_now(&id);
         }

@@ -12,7 +12,8 @@ impl GpuState {
     }
 }
 
-/// Whether handling `message` can change the device's memory figures: seals, releases (also
+/// Whether handling `message` can change the device's memory figures: seals (a piece that
+/// ends its seal early publishes them itself), releases (also
 /// the ones a finished verification lets go ahead), faults, and the scrub tick, which refreshes
 /// the gauges now and then so a real device's free memory, shared with other processes, stays
 /// current. Residency checks, executions and status queries change nothing, and skipping them
@@ -21,6 +22,7 @@ pub(super) fn may_change_capacity(message: &GpuMsg) -> bool {
     matches!(
         message,
         GpuMsg::Seal { .. }
+            | GpuMsg::SealEnded { .. }
             | GpuMsg::VerifyFinished { .. }
             | GpuMsg::Release { .. }
             | GpuMsg::InjectFault { .. }

@@ -6,8 +6,11 @@
 //!   actor, which uploads it. The upload of piece k overlaps its hashing, and at most a few
 //!   staging buffers exist at once, so host memory stays O(staging) whatever the model size.
 //! * Verify: [`hash_leaves`] re-hashes all leaves (`Full`) or a CSPRNG sample of them
-//!   (`Sampled`) through a [`DeviceReader`] on the blocking pool; the actor compares the result
-//!   when it comes back as `GpuMsg::VerifyFinished`.
+//!   (`Sampled`) through a [`DeviceReader`] on the blocking pool, a staging piece of leaves at a
+//!   time; the actor compares the result when it comes back as `GpuMsg::VerifyFinished`.
+//!
+//! Both look at the request's [`Cancel`] flag before every piece, so work whose caller gave up
+//! stops at the next piece boundary.
 
 use std::io::Read;
 use std::sync::Arc;
@@ -17,7 +20,7 @@ use tokio::sync::mpsc;
 
 use crate::error::VramError;
 use crate::gpu::{BackendError, DeviceReader};
-use crate::messages::gpu::LeafCheck;
+use crate::messages::gpu::{Cancel, LeafCheck, Staged, free_elsewhere};
 use crate::seal::merkle::{Hash, MerkleTree, leaf_hashes_parallel};
 use crate::types::ProgressFn;
 
@@ -33,13 +36,19 @@ pub(crate) fn sample_indices(n: u64, k: u64) -> Vec<u64> {
         .collect()
 }
 
-/// Hashes the chunks of one verification (runs on the blocking pool).
+/// Hashes the chunks of one verification (runs on the blocking pool), `piece_leaves` leaves at a
+/// time: between pieces it looks at `cancel`, so a verification whose caller gave up stops at
+/// the next piece boundary (`BackendError::Cancelled`). A backend that
+/// hashes every leaf on the device in one launch (CUDA with the leaf kernel) is asked for all of
+/// them at once: a launch cannot be stopped half way.
 pub(crate) fn hash_leaves(
     reader: &dyn DeviceReader,
     chunk: u64,
     indices: Option<Vec<u64>>,
     tree: &MerkleTree,
     root: &Hash,
+    piece_leaves: usize,
+    cancel: &Cancel,
 ) -> Result<LeafCheck, BackendError> {
     // Rechecking the sealed leaf list against the signed root is O(leaves): a full verify does
     // it every time; a sampled verify, whose cost must not grow with the shard, relies on the
@@ -47,7 +56,13 @@ pub(crate) fn hash_leaves(
     let leaves_match_root = indices.is_some() || tree.leaves_match_root(root);
     match indices {
         None => {
-            let observed = reader.all_leaf_hashes(chunk)?;
+            let observed = if reader.hashes_on_device(chunk) {
+                reader.all_leaf_hashes(chunk)?
+            } else {
+                let n = crate::seal::merkle::leaf_count(reader.len(), chunk);
+                let all: Vec<u64> = (0..n).collect();
+                leaf_hashes_in_pieces(reader, chunk, &all, piece_leaves, cancel)?
+            };
             let observed_root = crate::seal::merkle::root_from_leaves(&observed);
             Ok(LeafCheck {
                 indices: (0..observed.len() as u64).collect(),
@@ -57,11 +72,7 @@ pub(crate) fn hash_leaves(
             })
         }
         Some(indices) => {
-            let observed = if indices.is_empty() {
-                Vec::new()
-            } else {
-                reader.leaf_hashes(chunk, &indices)?
-            };
+            let observed = leaf_hashes_in_pieces(reader, chunk, &indices, piece_leaves, cancel)?;
             Ok(LeafCheck {
                 indices,
                 observed,
@@ -72,54 +83,23 @@ pub(crate) fn hash_leaves(
     }
 }
 
-/// One staging piece on its way from the hasher to the uploader: a range of a shared buffer
-/// (the caller's whole `Vec` for in-memory seals, one read buffer for streams).
-///
-/// Fresh host memory is expensive to touch (every page faults on first write) and to give back,
-/// so buffers are not thrown away: when the uploader drops the last reference to a stream's
-/// buffer it goes back to the reader for the next piece, and a large in-memory source is freed
-/// on a background thread rather than on the seal's critical path.
-pub(crate) struct Staged {
-    buf: Option<Arc<Vec<u8>>>,
-    range: std::ops::Range<usize>,
-    recycle: Option<std::sync::mpsc::Sender<Vec<u8>>>,
-}
-
-impl Staged {
-    pub(crate) fn bytes(&self) -> &[u8] {
-        self.buf
-            .as_ref()
-            .and_then(|b| b.get(self.range.clone()))
-            .unwrap_or_default()
-    }
-}
-
-impl Drop for Staged {
-    fn drop(&mut self) {
-        let Some(buf) = self.buf.take() else { return };
-        let Ok(bytes) = Arc::try_unwrap(buf) else {
-            return; // someone else still holds it and will do this
-        };
-        match &self.recycle {
-            // If the reader has finished, the buffer comes back to us and is freed here.
-            Some(tx) => {
-                if let Err(std::sync::mpsc::SendError(bytes)) = tx.send(bytes) {
-                    free_elsewhere(bytes);
-                }
-            }
-            None => free_elsewhere(bytes),
+/// [`DeviceReader::leaf_hashes`] of `indices`, `piece_leaves` at a time, stopping between
+/// pieces once `cancel` is set.
+fn leaf_hashes_in_pieces(
+    reader: &dyn DeviceReader,
+    chunk: u64,
+    indices: &[u64],
+    piece_leaves: usize,
+    cancel: &Cancel,
+) -> Result<Vec<Hash>, BackendError> {
+    let mut observed = Vec::with_capacity(indices.len());
+    for piece in indices.chunks(piece_leaves.max(1)) {
+        if cancel.is_cancelled() {
+            return Err(BackendError::Cancelled);
         }
+        observed.extend(reader.leaf_hashes(chunk, piece)?);
     }
-}
-
-/// Frees a large buffer on a short-lived background thread: unmapping hundreds of MiB takes
-/// tens of milliseconds that a seal should not wait for.
-fn free_elsewhere(bytes: Vec<u8>) {
-    if bytes.capacity() >= 1 << 20 {
-        let _ = std::thread::Builder::new()
-            .name("vram-free".into())
-            .spawn(move || drop(bytes));
-    }
+    Ok(observed)
 }
 
 /// Hashes one staging piece: the plain SHA-256 stream on one worker while the piece's Merkle
@@ -137,6 +117,7 @@ pub(crate) fn hash_in_memory(
     staging: usize,
     tx: &mpsc::Sender<Staged>,
     progress: Option<&ProgressFn>,
+    cancel: &Cancel,
 ) -> Result<(Hash, Vec<Hash>), VramError> {
     let total = bytes.len();
     let buf = Arc::new(bytes);
@@ -144,6 +125,9 @@ pub(crate) fn hash_in_memory(
     let mut leaves = Vec::new();
     let mut start = 0usize;
     while start < total {
+        if cancel.is_cancelled() {
+            return Err(VramError::Cancelled);
+        }
         let end = start.saturating_add(staging).min(total);
         // Hand the piece to the uploader first, so its upload overlaps its hashing.
         tx.blocking_send(Staged {
@@ -180,12 +164,16 @@ pub(crate) fn hash_stream(
     staging: usize,
     tx: &mpsc::Sender<Staged>,
     progress: Option<&ProgressFn>,
+    cancel: &Cancel,
 ) -> Result<(Hash, Vec<Hash>), VramError> {
     let mut sha = Sha256::new();
     let mut leaves = Vec::new();
     let mut done = 0u64;
     let (recycle_tx, recycle_rx) = std::sync::mpsc::channel::<Vec<u8>>();
     loop {
+        if cancel.is_cancelled() {
+            return Err(VramError::Cancelled);
+        }
         // Reuse a buffer the uploader has finished with; allocate only while the pipeline fills.
         let mut buf = recycle_rx.try_recv().unwrap_or_default();
         buf.resize(staging, 0);

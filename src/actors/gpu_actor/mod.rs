@@ -6,9 +6,11 @@
 //! * [`dispatch`](self::dispatch) — the mailbox: which handler each [`GpuMsg`] goes to, and the
 //!   shutdown path (`post_stop` frees what the device holds);
 //! * [`seal`](self::seal) — the seal pipeline: a blocking thread hashes the source piece by
-//!   piece (see [`crate::actors::gpu_actor::hashing`]) and hands each piece to this actor, which lends the
-//!   allocation's memory to an upload job on the rayon pool and takes it back, so the copy of
-//!   piece k overlaps the hashing of piece k and host memory stays O(staging);
+//!   piece (see [`crate::actors::gpu_actor::hashing`]) and hands each piece to this actor, one
+//!   message per piece, which lends the allocation's memory to an upload job on the rayon pool
+//!   and takes it back, so the copy of piece k overlaps the hashing of piece k, host memory
+//!   stays O(staging), the mailbox answers other requests between pieces, and a seal whose
+//!   caller gave up stops at the next piece;
 //! * [`verify`](self::verify) — verification: the actor takes a read-only
 //!   [`DeviceReader`](crate::gpu::DeviceReader), counts the check as in flight and hashes off the
 //!   actor; the verdict on the result is a pure function ([`verify::verdict`]); a release that
@@ -149,6 +151,9 @@ pub struct GpuState {
     backend: Box<dyn DeviceBackend>,
     identity: DeviceIdentity,
     table: ShardTable,
+    /// Seals between their `Seal` message and their end, by the number the actor gave them.
+    sealing: std::collections::BTreeMap<u64, seal::Sealing>,
+    next_seal: u64,
     stopped: Option<String>,
     lost: bool,
     scrub_cursor: usize,
@@ -207,10 +212,18 @@ impl GpuState {
         }
     }
 
+    /// Bytes held on the device: sealed shards plus the allocations of seals in progress.
+    fn used_bytes(&self) -> u64 {
+        self.sealing
+            .values()
+            .map(seal::Sealing::allocated_bytes)
+            .fold(self.table.used_bytes(), u64::saturating_add)
+    }
+
     fn available(&self) -> u64 {
         let total = self.identity.total_bytes;
         let books = total
-            .saturating_sub(self.table.used_bytes())
+            .saturating_sub(self.used_bytes())
             .saturating_sub(self.args.settings.headroom_bytes);
         // A real device may have less free than our books say (other processes); trust the
         // smaller figure.
@@ -224,7 +237,7 @@ impl GpuState {
         VramCapacity {
             gpu_device: self.device(),
             total_bytes: self.identity.total_bytes,
-            used_bytes: self.table.used_bytes(),
+            used_bytes: self.used_bytes(),
             available_bytes: self.available(),
             headroom_bytes: self.args.settings.headroom_bytes,
         }
@@ -256,7 +269,7 @@ impl GpuState {
         self.audit(AuditEvent::VramDeallocated {
             shard_id: shard_id.to_string(),
             freed_bytes: freed,
-            remaining_used: self.table.used_bytes(),
+            remaining_used: self.used_bytes(),
             gpu_device: self.device(),
         });
         for reply in entry.pending_release.into_iter().flatten() {
@@ -271,7 +284,7 @@ impl GpuState {
             stopped: self.stopped.clone(),
             lost: self.lost,
             shards: self.table.len(),
-            used_bytes: self.table.used_bytes(),
+            used_bytes: self.used_bytes(),
             policy: match self.identity.backend {
                 BackendKind::Simulated => {
                     "simulated device memory (VRAM-only policy not applicable)".into()

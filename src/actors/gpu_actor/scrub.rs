@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use ractor::ActorRef;
 
 use super::GpuState;
-use crate::messages::gpu::{GpuMsg, ShardRef};
+use crate::messages::gpu::{Cancel, GpuMsg, ShardRef};
 use crate::types::VerifyMode;
 
 impl GpuState {
@@ -41,6 +41,6 @@ impl GpuState {
                 .unwrap_or_else(Instant::now);
         }
         tracing::debug!(gpu_device = self.device(), shard_id = %shard.shard_id, "scrubbing");
-        let _ = self.start_verify(myself, shard, VerifyMode::Full, None);
+        let _ = self.start_verify(myself, shard, VerifyMode::Full, Cancel::new(), None);
     }
 }

@@ -2,62 +2,370 @@
 //!
 //! A blocking thread reads the source in staging pieces of whole chunks and hashes each piece
 //! (the plain SHA-256 and the piece's Merkle leaves side by side; see
-//! [`crate::actors::gpu_actor::hashing`]). Each piece is handed to this handler *before* it is hashed; the
-//! handler lends the allocation's memory (a [`DeviceUpload`]) to a copy job on the rayon pool
-//! and takes it back when the copy is done, so the copy of piece k overlaps the hashing of piece
-//! k, and the memory is always owned by exactly one party — never shared behind a lock. The
-//! upload stays inside this handler, in mailbox order (`.specs/design.md` §2: writes are device-memory
-//! mutation). When the source is exhausted the memory goes back to the backend, which freezes
-//! it read-only for verifications.
+//! [`crate::actors::gpu_actor::hashing`]). Each piece is handed over *before* it is hashed to
+//! the seal's pump, a small task that forwards it to this actor as one `GpuMsg::SealPiece` and
+//! waits until the actor has copied it. The piece handler lends the allocation's memory (a
+//! [`DeviceUpload`]) to a copy job on the rayon pool and takes it back when the copy is done, so
+//! the copy of piece k overlaps the hashing of piece k, the memory is always owned by exactly
+//! one party — never shared behind a lock — and every write still happens in this actor's
+//! handlers, in mailbox order (`.specs/design.md` §2). Between two pieces the mailbox answers
+//! everything else (capacity, verifications of other shards, releases, other seals): a seal
+//! holds it for one piece's copy at a time, never for the whole upload. When the source is
+//! exhausted the pump sends `GpuMsg::SealEnded` with the hashes; the memory goes back to the
+//! backend, which freezes it read-only for verifications, and the shard is signed and recorded.
 //!
-//! Every way out before the shard is recorded frees the allocation and audits it, so a failed
-//! seal never changes the device's accounting.
+//! A seal whose caller gave up (its [`Cancel`] flag) stops at the next piece, wherever it
+//! notices first: the hashing thread before reading a piece, the pump before forwarding one,
+//! the piece handler before copying one, and the end handler before signing. Every way out
+//! before the shard is recorded frees the allocation and audits it (a cancellation also as a
+//! `SealRejected` with reason `cancelled by caller`), so a failed seal never changes the
+//! device's accounting. Memory of a seal in progress counts as used until it is freed.
 
 use std::io::Read;
 use std::sync::Arc;
 
+use ractor::ActorRef;
 use tokio::sync::mpsc;
 
 use super::GpuState;
 use crate::actors::ask;
-use crate::actors::gpu_actor::hashing::{Staged, hash_in_memory, hash_stream};
+use crate::actors::gpu_actor::hashing::{hash_in_memory, hash_stream};
 use crate::actors::gpu_actor::shard_table::ShardEntry;
 use crate::audit::events::AuditEvent;
 use crate::error::VramError;
 use crate::gpu::{AllocationId, BackendError, DeviceUpload};
-use crate::messages::gpu::{SealJob, SealMeta};
+use crate::messages::gpu::{Cancel, GpuMsg, SealJob, SealMeta, Staged};
 use crate::messages::seal_keeper::SealKeeperMsg;
 use crate::seal::claims::{SEAL_FORMAT, ShardInfo};
 use crate::seal::merkle::{Hash, MerkleTree};
-use crate::types::{ProgressFn, SealSource};
+use crate::types::SealSource;
 
 use super::now_unix_nanos;
 
+/// Where a seal's result goes.
+pub(super) type SealReply = ractor::RpcReplyPort<Result<ShardInfo, VramError>>;
+
+/// A seal between its `Seal` message and its end: the allocation it writes, the memory lent
+/// for the upload (here between two pieces), and who is waiting for it.
+pub(super) struct Sealing {
+    meta: SealMeta,
+    allocation: AllocationId,
+    len: u64,
+    /// Back here after each piece's copy; `None` only while a copy runs.
+    upload: Option<Box<dyn DeviceUpload>>,
+    /// Bytes copied so far.
+    offset: u64,
+    cancel: Cancel,
+    reply: SealReply,
+}
+
+/// A seal whose every piece was copied: its allocation and the memory lent for the upload.
+struct Copied {
+    allocation: AllocationId,
+    len: u64,
+    offset: u64,
+    upload: Box<dyn DeviceUpload>,
+}
+
+impl Sealing {
+    /// Bytes allocated for it.
+    /// Device memory it holds: the shard's bytes and the lead padding that aligns a
+    /// safetensors shard's data section.
+    pub(super) fn allocated_bytes(&self) -> u64 {
+        self.len.saturating_add(self.meta.lead_padding)
+    }
+
+    /// The shard it will be.
+    pub(super) fn shard_id(&self) -> &str {
+        &self.meta.shard_id
+    }
+}
+
 impl GpuState {
-    /// Seals one shard; on any failure nothing stays allocated.
-    pub(super) async fn seal(&mut self, job: SealJob) -> Result<ShardInfo, VramError> {
+    /// Starts a seal: allocates its memory (audited), starts its hashing thread and its pump,
+    /// and returns; the pieces and the end arrive as messages. Any refusal is answered at once,
+    /// with nothing left allocated; a caller already gone gets nothing allocated at all.
+    pub(super) fn start_seal(&mut self, myself: &ActorRef<GpuMsg>, job: SealJob, reply: SealReply) {
         let SealJob {
             meta,
             source,
             progress,
             len,
+            cancel,
         } = job;
-        let allocation = self.allocate_for(&meta, len)?;
-        let allocated = len.saturating_add(meta.lead_padding);
-        let sealed = match self
-            .upload_and_hash(source, progress, allocation, len)
-            .await
-        {
-            Ok((digest, tree)) => {
-                self.sign_and_record(&meta, allocation, len, digest, tree)
-                    .await
-            }
-            Err(e) => Err(e),
-        };
-        if sealed.is_err() {
-            self.abort_seal(&meta.shard_id, allocation, allocated);
+        if reply.is_closed() || cancel.is_cancelled() {
+            let _ = reply.send(Err(VramError::Cancelled));
+            return;
         }
-        sealed
+        let staging = match self.staging_piece() {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = reply.send(Err(e));
+                return;
+            }
+        };
+        let allocation = match self.allocate_for(&meta, len) {
+            Ok(a) => a,
+            Err(e) => {
+                let _ = reply.send(Err(e));
+                return;
+            }
+        };
+        let upload = match self.backend.begin_upload(allocation) {
+            Ok(u) => u,
+            Err(e) => {
+                let e = self.map(e);
+                self.abort_seal(&meta, allocation, len, &e);
+                let _ = reply.send(Err(e));
+                return;
+            }
+        };
+        let seal = self.next_seal;
+        self.next_seal = self.next_seal.wrapping_add(1);
+        let (tx, rx) = mpsc::channel::<Staged>(2);
+        let (chunk, hasher_cancel) = (staging.0, cancel.clone());
+        let piece = staging.1;
+        let hasher = crate::actors::spans::spawn_blocking(move || {
+            let stream: Box<dyn Read + Send> = match source {
+                SealSource::Bytes(bytes) => {
+                    return hash_in_memory(
+                        bytes,
+                        chunk,
+                        piece,
+                        &tx,
+                        progress.as_ref(),
+                        &hasher_cancel,
+                    );
+                }
+                SealSource::File(path) => Box::new(std::fs::File::open(&path).map_err(|e| {
+                    VramError::io(
+                        e.kind(),
+                        format!(
+                            "cannot read model file {}: {e}",
+                            crate::validation::shown_path(&path)
+                        ),
+                    )
+                })?),
+                SealSource::Reader(reader, _) => reader,
+            };
+            hash_stream(
+                stream,
+                len,
+                chunk,
+                piece,
+                &tx,
+                progress.as_ref(),
+                &hasher_cancel,
+            )
+        });
+        crate::actors::spans::spawn(pump(Pump {
+            actor: myself.clone(),
+            seal,
+            rx,
+            hasher,
+            cancel: cancel.clone(),
+            idle: self.args.settings.seal_stall_timeout,
+        }));
+        self.sealing.insert(
+            seal,
+            Sealing {
+                meta,
+                allocation,
+                len,
+                upload: Some(upload),
+                offset: 0,
+                cancel,
+                reply,
+            },
+        );
+    }
+
+    /// The chunk size and the staging piece (whole chunks, so leaves never straddle pieces).
+    fn staging_piece(&self) -> Result<(usize, usize), VramError> {
+        let chunk = usize::try_from(self.args.settings.chunk_size)
+            .map_err(|_| VramError::invalid("chunk_size does not fit this platform"))?;
+        let staging = self
+            .args
+            .settings
+            .staging_bytes
+            .div_ceil(chunk)
+            .max(1)
+            .saturating_mul(chunk);
+        Ok((chunk, staging))
+    }
+
+    /// Copies one piece of seal `seal` into its allocation, on the rayon pool, and answers
+    /// `done` (the pump then forwards the next). A seal already ended drops the piece; a
+    /// cancelled one ends here instead of copying.
+    pub(super) async fn seal_piece(
+        &mut self,
+        seal: u64,
+        piece: Staged,
+        done: tokio::sync::oneshot::Sender<()>,
+    ) {
+        let Some(entry) = self.sealing.get_mut(&seal) else {
+            return; // it ended already (failed or cancelled); `done` dropped stops the pump
+        };
+        if entry.cancel.is_cancelled() {
+            self.end_seal(seal, VramError::Cancelled);
+            return;
+        }
+        let Some(mut upload) = entry.upload.take() else {
+            self.end_seal(
+                seal,
+                VramError::Internal("a seal's upload was not returned".into()),
+            );
+            return;
+        };
+        let at = entry.offset;
+        let n = piece.bytes().len() as u64;
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+        crate::actors::spans::rayon_spawn(move || {
+            // Rayon aborts the process when a spawned job panics: catch it, and re-raise it
+            // on the actor below (which crashes and is replaced).
+            let written = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                upload.write(at, piece.bytes())
+            }));
+            // Give the staging buffer back (to the reader, for recycling) before answering.
+            drop(piece);
+            let _ = done_tx.send((upload, written));
+        });
+        let copied = match done_rx.await {
+            Ok((upload, written)) => {
+                let written = written.unwrap_or_else(|payload| {
+                    super::worker_panicked(self.device(), "an upload copy", payload)
+                });
+                written.map(|()| upload).map_err(|e| self.map(e))
+            }
+            Err(_) => Err(self.map(BackendError::Worker(
+                "the upload task ended without a result".into(),
+            ))),
+        };
+        match copied {
+            Ok(upload) => {
+                if let Some(entry) = self.sealing.get_mut(&seal) {
+                    entry.upload = Some(upload);
+                    entry.offset = entry.offset.saturating_add(n);
+                }
+                let _ = done.send(());
+            }
+            Err(e) => self.end_seal(seal, e),
+        }
+    }
+
+    /// Concludes seal `seal` once its source is exhausted and hashed (or its pump stopped it):
+    /// takes the memory back, checks it, signs and records the shard, and answers the caller.
+    pub(super) async fn seal_ended(
+        &mut self,
+        seal: u64,
+        hashed: Result<(Hash, Vec<Hash>), VramError>,
+    ) {
+        let Some(entry) = self.sealing.remove(&seal) else {
+            return;
+        };
+        // Nothing is recorded yet: a caller who left before this point cancels the seal.
+        let hashed = if entry.cancel.is_cancelled() {
+            Err(VramError::Cancelled)
+        } else {
+            hashed
+        };
+        let Sealing {
+            meta,
+            allocation,
+            len,
+            upload,
+            offset,
+            reply,
+            ..
+        } = entry;
+        let sealed = match (hashed, upload) {
+            (Err(e), Some(upload)) => {
+                self.backend.abandon_upload(upload);
+                Err(e)
+            }
+            (Err(e), None) => Err(e),
+            (Ok(_), None) => Err(VramError::Internal(
+                "a seal's upload was not returned".into(),
+            )),
+            (Ok(hashed), Some(upload)) => {
+                let copied = Copied {
+                    allocation,
+                    len,
+                    offset,
+                    upload,
+                };
+                self.land(&meta, copied, hashed).await
+            }
+        };
+        match sealed {
+            Ok(info) => {
+                if let Err(ractor::MessagingErr::SendErr(Ok(info))) = reply.send(Ok(info)) {
+                    // The caller is gone (and so is the waiter that would have released it):
+                    // no handle will ever release this shard, so release it now rather than
+                    // leak the capacity.
+                    tracing::warn!(gpu_device = self.device(), shard_id = %info.shard_id,
+                        "seal finished after its caller left; releasing it");
+                    let _ = self.release_now(&info.shard_id);
+                }
+            }
+            Err(e) => {
+                self.abort_seal(&meta, allocation, len, &e);
+                let _ = reply.send(Err(e));
+            }
+        }
+    }
+
+    /// Ends seal `seal` early with `error`: its memory is freed (audited) and the caller
+    /// answered. Its pump stops at its next piece (the piece's `done` is dropped).
+    pub(super) fn end_seal(&mut self, seal: u64, error: VramError) {
+        let Some(entry) = self.sealing.remove(&seal) else {
+            return;
+        };
+        let Sealing {
+            meta,
+            allocation,
+            len,
+            upload,
+            reply,
+            ..
+        } = entry;
+        // The lent memory comes back before its allocation is freed.
+        if let Some(upload) = upload {
+            self.backend.abandon_upload(upload);
+        }
+        self.abort_seal(&meta, allocation, len, &error);
+        self.publish_capacity();
+        let _ = reply.send(Err(error));
+    }
+
+    /// The end of a seal whose every piece was copied: the memory goes back to the backend
+    /// (read-only from here on), the device's copy is checked where that is cheap, and the
+    /// shard is signed and recorded.
+    async fn land(
+        &mut self,
+        meta: &SealMeta,
+        copied: Copied,
+        (digest, leaves): (Hash, Vec<Hash>),
+    ) -> Result<ShardInfo, VramError> {
+        let Copied {
+            allocation,
+            len,
+            offset,
+            upload,
+        } = copied;
+        if offset != len {
+            return Err(VramError::io(
+                std::io::ErrorKind::UnexpectedEof,
+                format!("source changed size while sealing: expected {len} bytes, read {offset}"),
+            ));
+        }
+        self.backend
+            .finish_upload(allocation, upload)
+            .map_err(|e| self.map(e))?;
+        self.check_landed(allocation, &leaves).await?;
+        let tree = MerkleTree::from_leaves(leaves);
+        self.sign_and_record(meta, allocation, len, digest, tree)
+            .await
     }
 
     /// Checks that the seal may start and allocates its memory (audited either way): the
@@ -66,15 +374,15 @@ impl GpuState {
     fn allocate_for(&mut self, meta: &SealMeta, len: u64) -> Result<AllocationId, VramError> {
         self.accepting_work()?;
         let device = self.device();
-        if self.table.contains(&meta.shard_id) {
+        if self.table.contains(&meta.shard_id)
+            || self.sealing.values().any(|s| s.shard_id() == meta.shard_id)
+        {
             return Err(VramError::invalid(format!(
                 "shard_id {} is already resident on device {device}; release it first",
                 meta.shard_id
             )));
         }
         let available = self.available();
-        let lead = meta.lead_padding;
-        let needed = len.saturating_add(lead);
         let refused = |reason: String| AuditEvent::VramAllocationFailed {
             shard_id: meta.shard_id.clone(),
             requested_bytes: len,
@@ -82,6 +390,8 @@ impl GpuState {
             reason,
             gpu_device: device,
         };
+        let lead = meta.lead_padding;
+        let needed = len.saturating_add(lead);
         if needed > available {
             self.audit(refused("insufficient VRAM".into()));
             return Err(VramError::InsufficientVram { needed, available });
@@ -112,7 +422,7 @@ impl GpuState {
             requested_bytes: len,
             allocated_bytes: needed,
             available_bytes: available.saturating_sub(needed),
-            used_bytes: self.table.used_bytes().saturating_add(needed),
+            used_bytes: self.used_bytes().saturating_add(needed),
             gpu_device: device,
         });
         Ok(allocation)
@@ -216,81 +526,26 @@ impl GpuState {
         Ok(info)
     }
 
-    /// Frees the allocation (`allocated` bytes, padding included) of a seal that did not
-    /// complete, and audits it.
-    fn abort_seal(&mut self, shard_id: &str, allocation: AllocationId, allocated: u64) {
+    /// Frees the allocation (the shard's `len` bytes and its lead padding) of a seal that did
+    /// not complete, and audits it: a cancelled seal also as `SealRejected` with reason
+    /// `cancelled by caller` (nothing was sealed).
+    fn abort_seal(&mut self, meta: &SealMeta, allocation: AllocationId, len: u64, why: &VramError) {
         let _ = self.backend.free(allocation);
+        if matches!(why, VramError::Cancelled) {
+            self.audit(AuditEvent::SealRejected {
+                shard_id: meta.shard_id.clone(),
+                gpu_device: self.device(),
+                reason: why.to_string(),
+                expected_digest: meta.expected_sha256.clone().unwrap_or_default(),
+                actual_digest: String::new(),
+            });
+        }
         self.audit(AuditEvent::VramDeallocated {
-            shard_id: shard_id.to_string(),
-            freed_bytes: allocated,
-            remaining_used: self.table.used_bytes(),
+            shard_id: meta.shard_id.clone(),
+            freed_bytes: len.saturating_add(meta.lead_padding),
+            remaining_used: self.used_bytes(),
             gpu_device: self.device(),
         });
-    }
-
-    /// Streams the source into the allocation while a blocking thread hashes it: each piece is
-    /// handed over before it is hashed, and copied on the rayon pool while it is hashed.
-    async fn upload_and_hash(
-        &mut self,
-        source: SealSource,
-        progress: Option<ProgressFn>,
-        allocation: AllocationId,
-        len: u64,
-    ) -> Result<(Hash, MerkleTree), VramError> {
-        let chunk = usize::try_from(self.args.settings.chunk_size)
-            .map_err(|_| VramError::invalid("chunk_size does not fit this platform"))?;
-        // Staging pieces hold whole chunks so leaves never straddle two pieces.
-        let staging = self
-            .args
-            .settings
-            .staging_bytes
-            .div_ceil(chunk)
-            .max(1)
-            .saturating_mul(chunk);
-        let upload = self
-            .backend
-            .begin_upload(allocation)
-            .map_err(|e| self.map(e))?;
-        let (tx, rx) = mpsc::channel::<Staged>(2);
-        let hasher = crate::actors::spans::spawn_blocking(move || {
-            let stream: Box<dyn Read + Send> = match source {
-                SealSource::Bytes(bytes) => {
-                    return hash_in_memory(bytes, chunk, staging, &tx, progress.as_ref());
-                }
-                SealSource::File(path) => Box::new(std::fs::File::open(&path).map_err(|e| {
-                    VramError::io(
-                        e.kind(),
-                        format!(
-                            "cannot read model file {}: {e}",
-                            crate::validation::shown_path(&path)
-                        ),
-                    )
-                })?),
-                SealSource::Reader(reader, _) => reader,
-            };
-            hash_stream(stream, len, chunk, staging, &tx, progress.as_ref())
-        });
-        let copied = self.copy_pieces(rx, upload).await;
-        // The receiver is gone now, so a hasher still running ends at its next hand-over.
-        let hashed = super::joined(
-            self.device(),
-            "the seal's hashing thread",
-            hasher.await,
-            || VramError::Internal("the hashing thread was cancelled".into()),
-        )?;
-        let (upload, offset) = copied?;
-        let (digest, leaves) = hashed?;
-        if offset != len {
-            return Err(VramError::io(
-                std::io::ErrorKind::UnexpectedEof,
-                format!("source changed size while sealing: expected {len} bytes, read {offset}"),
-            ));
-        }
-        self.backend
-            .finish_upload(allocation, upload)
-            .map_err(|e| self.map(e))?;
-        self.check_landed(allocation, &leaves).await?;
-        Ok((digest, MerkleTree::from_leaves(leaves)))
     }
 
     /// The seal covers what landed on the device: where the backend hashes in device memory
@@ -334,53 +589,73 @@ impl GpuState {
             }),
         }
     }
+}
 
-    /// Copies each staged piece into the lent memory, in order, on the rayon pool; returns the
-    /// memory and the bytes copied. Consumes the receiver, so an early return stops the hasher.
-    async fn copy_pieces(
-        &mut self,
-        mut rx: mpsc::Receiver<Staged>,
-        mut upload: Box<dyn DeviceUpload>,
-    ) -> Result<(Box<dyn DeviceUpload>, u64), VramError> {
-        // A source that stops delivering (a stalled socket or disk) must not hold this device's
-        // mailbox forever: each piece has `seal_stall_timeout` to arrive.
-        let idle = self.args.settings.seal_stall_timeout;
-        let mut offset = 0u64;
-        loop {
-            let piece = match tokio::time::timeout(idle, rx.recv()).await {
-                Ok(Some(piece)) => piece,
-                Ok(None) => return Ok((upload, offset)),
-                Err(_) => {
-                    return Err(VramError::Timeout(format!(
-                        "the seal source (no data for {:.1} s)",
-                        idle.as_secs_f64()
-                    )));
-                }
-            };
-            let n = piece.bytes().len() as u64;
-            let (done_tx, done_rx) = tokio::sync::oneshot::channel();
-            let at = offset;
-            crate::actors::spans::rayon_spawn(move || {
-                // Rayon aborts the process when a spawned job panics: catch it, and re-raise it
-                // on the actor below (which crashes and is replaced).
-                let written = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    upload.write(at, piece.bytes())
-                }));
-                // Give the staging buffer back (to the reader, for recycling) before answering.
-                drop(piece);
-                let _ = done_tx.send((upload, written));
-            });
-            let (back, written) = done_rx.await.map_err(|_| {
-                self.map(BackendError::Worker(
-                    "the upload task ended without a result".into(),
-                ))
-            })?;
-            upload = back;
-            let written = written.unwrap_or_else(|payload| {
-                super::worker_panicked(self.device(), "an upload copy", payload)
-            });
-            written.map_err(|e| self.map(e))?;
-            offset = offset.saturating_add(n);
+/// What a seal's pump needs.
+struct Pump {
+    actor: ActorRef<GpuMsg>,
+    seal: u64,
+    rx: mpsc::Receiver<Staged>,
+    hasher: tokio::task::JoinHandle<Result<(Hash, Vec<Hash>), VramError>>,
+    cancel: Cancel,
+    idle: std::time::Duration,
+}
+
+/// A seal's pump: forwards each staged piece from the hashing thread to the device actor (one
+/// `SealPiece` at a time, waiting until it is copied), and ends the seal with `SealEnded` when
+/// the source is exhausted (with the hashes), when a piece takes longer than
+/// `seal_stall_timeout` to arrive (`Timeout`), or when the caller gives up (`Cancelled`). When it
+/// stops, the hashing thread's channel closes, so the thread ends at its next hand-over.
+async fn pump(p: Pump) {
+    let Pump {
+        actor,
+        seal,
+        mut rx,
+        hasher,
+        cancel,
+        idle,
+    } = p;
+    let stopped = loop {
+        let next = tokio::select! {
+            biased;
+            () = cancel.cancelled() => break Some(VramError::Cancelled),
+            next = tokio::time::timeout(idle, rx.recv()) => next,
+        };
+        let piece = match next {
+            Ok(Some(piece)) => piece,
+            Ok(None) => break None,
+            Err(_) => {
+                break Some(VramError::Timeout(format!(
+                    "the seal source (no data for {:.1} s)",
+                    idle.as_secs_f64()
+                )));
+            }
+        };
+        let (done, copied) = tokio::sync::oneshot::channel();
+        if actor.cast(GpuMsg::SealPiece { seal, piece, done }).is_err() {
+            return; // the actor is gone, and the seal with it
         }
-    }
+        if copied.await.is_err() {
+            return; // the seal ended on the actor (a failed copy, a cancellation), answered
+        }
+    };
+    drop(rx);
+    let hashed = match stopped {
+        Some(e) => Err(e),
+        None => match hasher.await {
+            Ok(hashed) => hashed,
+            Err(e) if e.is_panic() => {
+                // The actor re-raises it and is replaced; the seal's memory goes with it.
+                let _ = actor.cast(GpuMsg::WorkerPanicked {
+                    job: "the seal's hashing thread",
+                    payload: e.into_panic(),
+                });
+                return;
+            }
+            Err(_) => Err(VramError::Internal(
+                "the hashing thread was cancelled".into(),
+            )),
+        },
+    };
+    let _ = actor.cast(GpuMsg::SealEnded { seal, hashed });
 }

@@ -19,7 +19,7 @@ use crate::actors::gpu_actor::shard_table::Quarantine;
 use crate::audit::events::{AuditEvent, Severity};
 use crate::error::{MAX_REPORTED_BAD_CHUNKS, VramError};
 use crate::gpu::BackendError;
-use crate::messages::gpu::{GpuMsg, LeafCheck, ShardRef};
+use crate::messages::gpu::{Cancel, GpuMsg, LeafCheck, ShardRef};
 use crate::seal::claims::ShardInfo;
 use crate::seal::merkle::{Hash, MerkleTree, chunk_range, leaf_count};
 use crate::seal::tensors::TensorMap;
@@ -126,10 +126,11 @@ impl GpuState {
         shard: ShardRef,
         info: &ShardInfo,
         mode: VerifyMode,
+        cancel: Cancel,
         reply: VerifyReply,
     ) {
         let r = match self.table.get(&shard).map(|e| e.info == *info) {
-            Ok(true) => match self.start_verify(myself, shard, mode, Some(reply)) {
+            Ok(true) => match self.start_verify(myself, shard, mode, cancel, Some(reply)) {
                 Err((e, Some(reply))) => (e, reply),
                 _ => return,
             },
@@ -141,12 +142,14 @@ impl GpuState {
     }
 
     /// Starts hashing the shard off the actor; the result arrives as `VerifyFinished`. On a
-    /// refusal the reply port comes back with the error.
+    /// refusal the reply port comes back with the error. The hashing stops at its next piece
+    /// once `cancel` is set (the caller gave up); the check counts as in flight until then.
     pub(super) fn start_verify(
         &mut self,
         myself: &ActorRef<GpuMsg>,
         shard: ShardRef,
         mode: VerifyMode,
+        cancel: Cancel,
         reply: Option<VerifyReply>,
     ) -> Result<(), (VramError, Option<VerifyReply>)> {
         if let Err(e) = self.live() {
@@ -189,9 +192,18 @@ impl GpuState {
         }
         let started = Instant::now();
         let myself = myself.clone();
+        let piece_leaves = self.piece_leaves();
         crate::actors::spans::spawn(async move {
             let job = crate::actors::spans::spawn_blocking(move || {
-                hash_leaves(&*reader, chunk, indices, &tree, &root)
+                hash_leaves(
+                    &*reader,
+                    chunk,
+                    indices,
+                    &tree,
+                    &root,
+                    piece_leaves,
+                    &cancel,
+                )
             });
             let outcome = match job.await {
                 Ok(outcome) => outcome,
@@ -219,6 +231,17 @@ impl GpuState {
             });
         });
         Ok(())
+    }
+
+    /// Leaves per hashing piece: one staging piece's worth (at least one leaf).
+    fn piece_leaves(&self) -> usize {
+        let chunk = usize::try_from(self.args.settings.chunk_size).unwrap_or(usize::MAX);
+        self.args
+            .settings
+            .staging_bytes
+            .checked_div(chunk)
+            .unwrap_or(1)
+            .max(1)
     }
 
     /// Concludes a verification: judges it, acts on the verdict, audits it, and lets a release

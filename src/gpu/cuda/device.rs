@@ -323,6 +323,17 @@ impl DeviceBackend for CudaDevice {
         Ok(())
     }
 
+    fn abandon_upload(&mut self, upload: Box<dyn DeviceUpload>) {
+        // Keep the pinned staging ring for the next seal once its copies are done (a ring
+        // whose copies cannot be waited for is dropped, which leaks what it must).
+        if let Ok(upload) = upload.into_any().downcast::<CudaUpload>()
+            && self.ring.is_none()
+            && let Ok(ring) = upload.finish()
+        {
+            self.ring = Some(ring);
+        }
+    }
+
     fn reader(&self, id: AllocationId) -> Result<Arc<dyn DeviceReader>, BackendError> {
         let entry = self.allocation(id)?;
         if entry.state != State::Sealed {

@@ -1,0 +1,254 @@
+//! Cancellation that stops work: a `seal` or `verify` whose future is dropped (here by
+//! `tokio::time::timeout`) stops at its next staging piece, frees what it allocated, is audited
+//! (`SealRejected` / `VerificationError` with `cancelled by caller`), and counts as in flight in
+//! `device_load` until it has really stopped; the device keeps answering meanwhile.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects
+)] // test code fails loudly
+
+use std::io::Read;
+use std::time::{Duration, Instant};
+
+use crate::common;
+use vram_residency::{Fault, SealRequest, VerifyMode, VramResidency};
+
+const MIB: u64 = 1 << 20;
+const GIB: u64 = 1 << 30;
+
+/// `len` bytes of a cheap generated stream, `delay` per `read` call (each call fills at most
+/// 1 MiB), so a large seal takes a while without a large buffer in the test.
+struct Generated {
+    left: u64,
+    delay: Duration,
+}
+
+impl Read for Generated {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = buf.len().min(MIB as usize).min(self.left as usize);
+        if n == 0 {
+            return Ok(0);
+        }
+        if !self.delay.is_zero() {
+            std::thread::sleep(self.delay);
+        }
+        buf[..n].fill(0x5a);
+        self.left -= n as u64;
+        Ok(n)
+    }
+}
+
+fn generated(shard_id: &str, len: u64, delay: Duration) -> SealRequest {
+    SealRequest::from_reader(
+        shard_id,
+        "hf:org/m@r",
+        0,
+        Generated { left: len, delay },
+        len,
+    )
+}
+
+/// The audit records about `shard_id`, as JSON events.
+async fn events_of(system: &VramResidency, shard_id: &str) -> Vec<serde_json::Value> {
+    system
+        .audit_lines()
+        .await
+        .unwrap()
+        .iter()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["event"].clone())
+        .filter(|e| e["shard_id"] == shard_id)
+        .collect()
+}
+
+/// Polls `f` every 10 ms until it is true or `within` passes.
+async fn within<F, Fut>(within: Duration, mut f: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let until = Instant::now() + within;
+    loop {
+        if f().await {
+            return true;
+        }
+        if Instant::now() > until {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_seal_stops_frees_its_memory_and_is_audited() {
+    let system = common::start(1, 2 * GIB).await;
+    let before = system.capacity(0).await.unwrap().used_bytes;
+
+    // A 1 GiB seal, abandoned after 20 ms.
+    let abandoned = tokio::time::timeout(
+        Duration::from_millis(20),
+        system.seal(generated("big", GIB, Duration::ZERO)),
+    )
+    .await;
+    assert!(abandoned.is_err(), "a 1 GiB seal finished within 20 ms");
+
+    // The device answers at once: the abandoned upload does not hold its mailbox.
+    let asked = Instant::now();
+    tokio::time::timeout(Duration::from_millis(500), system.capacity(0))
+        .await
+        .expect("capacity answered within 500 ms of the cancellation")
+        .unwrap();
+    assert!(asked.elapsed() < Duration::from_millis(500));
+
+    // The next (small) seal goes through within a second.
+    let small = tokio::time::timeout(
+        Duration::from_secs(1),
+        system.seal(SealRequest::new(
+            "small",
+            "hf:org/m@r",
+            0,
+            vec![7u8; 64 * 1024],
+        )),
+    )
+    .await
+    .expect("the next seal completed within 1 s")
+    .unwrap();
+
+    // The cancelled seal counts as in flight until its memory is back: whenever nothing is in
+    // flight, the books hold exactly the small shard.
+    let settled = within(Duration::from_secs(3), || async {
+        let load = system.device_load(0).unwrap();
+        if load.in_flight != 0 {
+            return false;
+        }
+        let used = system.capacity(0).await.unwrap().used_bytes;
+        assert_eq!(
+            used,
+            before + 64 * 1024,
+            "nothing in flight, yet memory still held"
+        );
+        true
+    })
+    .await;
+    assert!(
+        settled,
+        "device_load did not return to 0 in flight within 3 s"
+    );
+
+    // On record: the seal was refused as cancelled and its allocation freed; never sealed.
+    let events = events_of(&system, "big").await;
+    let kinds: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert!(!kinds.contains(&"VramSealed"), "{kinds:?}");
+    let rejected: Vec<_> = events
+        .iter()
+        .filter(|e| e["type"] == "SealRejected")
+        .collect();
+    assert_eq!(rejected.len(), 1, "{kinds:?}");
+    assert_eq!(rejected[0]["reason"], "cancelled by caller");
+    assert_eq!(kinds.iter().filter(|k| **k == "VramAllocated").count(), 1);
+    assert_eq!(kinds.iter().filter(|k| **k == "VramDeallocated").count(), 1);
+
+    system.release(small).await.unwrap();
+    assert_eq!(system.capacity(0).await.unwrap().used_bytes, before);
+    system.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_device_answers_while_a_seal_uploads() {
+    let system = common::start(1, 256 * MIB).await;
+    let other = system
+        .seal(SealRequest::new(
+            "other",
+            "hf:org/m@r",
+            0,
+            vec![3u8; MIB as usize],
+        ))
+        .await
+        .unwrap();
+    // 64 MiB at 1 MiB per 20 ms: well over a second of upload.
+    let sealer = system.clone();
+    let sealing = tokio::spawn(async move {
+        sealer
+            .seal(generated("slow", 64 * MIB, Duration::from_millis(20)))
+            .await
+    });
+    // Once the upload has started, its allocation counts as used…
+    let started = within(Duration::from_secs(5), || async {
+        system.capacity(0).await.unwrap().used_bytes == 65 * MIB
+    })
+    .await;
+    assert!(started, "the seal's allocation was not counted as used");
+    assert!(!sealing.is_finished());
+    // …and the mailbox answers between its pieces.
+    let asked = Instant::now();
+    system.capacity(0).await.unwrap();
+    system.verify(&other, VerifyMode::Full).await.unwrap();
+    assert!(
+        asked.elapsed() < Duration::from_millis(500),
+        "capacity and verify waited {:?} for the upload",
+        asked.elapsed()
+    );
+    assert!(!sealing.is_finished(), "the upload ended before the check");
+    let slow = sealing.await.unwrap().unwrap();
+    system.verify(&slow, VerifyMode::Full).await.unwrap();
+    system.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_verify_stops_hashing_and_leaves_the_shard_intact() {
+    let system = common::start(1, 256 * MIB).await;
+    let shard = system
+        .seal(SealRequest::new(
+            "large",
+            "hf:org/m@r",
+            0,
+            vec![9u8; 64 << 20],
+        ))
+        .await
+        .unwrap();
+    // Each read of device memory takes 100 ms: a full pass of 8 pieces takes most of a second.
+    system
+        .inject_fault(
+            0,
+            Fault::SlowDevice {
+                millis_per_read: 100,
+            },
+        )
+        .await
+        .unwrap();
+    let abandoned = tokio::time::timeout(
+        Duration::from_millis(50),
+        system.verify(&shard, VerifyMode::Full),
+    )
+    .await;
+    assert!(abandoned.is_err());
+    // The hashing stops at the next piece: the device is idle again well before a full pass.
+    let stopped = within(Duration::from_millis(600), || async {
+        system.device_load(0).unwrap().in_flight == 0
+    })
+    .await;
+    assert!(stopped, "the abandoned verification kept the device busy");
+    // On record as a verification that did not complete, not as a pass.
+    let kinds: Vec<serde_json::Value> = events_of(&system, "large").await;
+    let errors: Vec<_> = kinds
+        .iter()
+        .filter(|e| e["type"] == "VerificationError")
+        .collect();
+    assert_eq!(errors.len(), 1, "{kinds:?}");
+    assert_eq!(errors[0]["error"], "cancelled by caller");
+    assert!(
+        !kinds.iter().any(|e| e["type"] == "SealVerified"),
+        "{kinds:?}"
+    );
+
+    // The shard is untouched and still verifies.
+    system
+        .inject_fault(0, Fault::SlowDevice { millis_per_read: 0 })
+        .await
+        .unwrap();
+    let report = system.verify(&shard, VerifyMode::Full).await.unwrap();
+    assert_eq!(report.chunks_checked, report.total_chunks);
+    assert_eq!(system.capacity(0).await.unwrap().used_bytes, 64 << 20);
+    system.shutdown().await.unwrap();
+}
