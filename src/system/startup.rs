@@ -19,15 +19,23 @@ use crate::messages::supervisor::SupervisorMsg;
 
 use super::*;
 
-/// The CUDA backend factory: probes the driver (a clear `Cuda` error when there is no library or
-/// no device) and checks the integrated-GPU policy before any actor starts; each device actor
-/// then opens its own device with it.
+/// The CUDA backend factory: probes the driver (`BackendUnavailable` when there is no library
+/// or no device) and checks the integrated-GPU policy before any actor starts; each device
+/// actor then opens its own device with it.
 fn cuda_backend(config: &Config) -> Result<(u32, BackendFactory), VramError> {
-    let found = crate::gpu::cuda::probe()
-        .map_err(|why| VramError::Cuda(format!("CUDA was requested but cannot be used: {why}")))?;
+    let found = crate::gpu::cuda::probe().map_err(|why| VramError::BackendUnavailable {
+        device: None,
+        reason: format!("CUDA was requested but cannot be used: {why}"),
+    })?;
     if !config.allow_integrated_gpu {
         for index in 0..found.device_count {
-            if crate::gpu::cuda::probe::is_integrated(index)? {
+            let integrated = crate::gpu::cuda::probe::is_integrated(index).map_err(|e| {
+                VramError::BackendUnavailable {
+                    device: Some(index),
+                    reason: format!("cannot query the device: {e}"),
+                }
+            })?;
+            if integrated {
                 return Err(VramError::PolicyViolation(format!(
                     "VP-001: CUDA device {index} is an integrated GPU (its memory is host memory); \
                      refused unless Config::allow_integrated_gpu(true)"
@@ -50,10 +58,25 @@ fn cuda_backend(config: &Config) -> Result<(u32, BackendFactory), VramError> {
     ))
 }
 
+/// The error of a supervisor that did not start: the supervisor says which part failed (a
+/// `VramError`: `AuditUnavailable` for the audit log, `BackendUnavailable` for a device);
+/// anything else is a bug.
+fn start_failure(e: ractor::SpawnErr) -> VramError {
+    if let ractor::SpawnErr::StartupFailed(inner) = &e
+        && let Some(known) = inner.downcast_ref::<VramError>()
+    {
+        return known.clone();
+    }
+    VramError::Internal(format!("start-up failed: {e}"))
+}
+
 impl VramResidency {
     /// Starts the actors: audit log (opened, or verified and continued), seal keeper, and one
-    /// device actor per device. Fails with `InvalidInput` for a bad configuration, and
-    /// `AuditUnavailable` if the audit log cannot be opened (or does not verify).
+    /// device actor per device. Fails with `InvalidInput` for a bad configuration,
+    /// `PolicyViolation` for a device the policy refuses (an integrated GPU),
+    /// `AuditUnavailable` if the audit log cannot be opened (or does not verify), and
+    /// `BackendUnavailable` if the backend cannot start (no CUDA driver or device, a device
+    /// that cannot be opened).
     pub async fn start(mut config: Config) -> Result<Self, VramError> {
         let token = config.take_token()?;
         let identity = config.take_identity(&token)?;
@@ -98,7 +121,7 @@ impl VramResidency {
         };
         let (supervisor, _) = Actor::spawn(None, Supervisor, args)
             .await
-            .map_err(|e| VramError::AuditUnavailable(format!("start-up failed: {e}")))?;
+            .map_err(start_failure)?;
         let (seal_keeper, audit) = ask(
             &supervisor,
             SupervisorMsg::Children,

@@ -11,6 +11,7 @@ mod attestation_v2;
 mod audit_trail;
 mod core_api;
 mod docs;
+mod errors;
 mod group_vectors;
 mod groups;
 mod hostile;

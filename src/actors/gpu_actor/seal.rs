@@ -254,10 +254,10 @@ impl GpuState {
                     return hash_in_memory(bytes, chunk, staging, &tx, progress.as_ref());
                 }
                 SealSource::File(path) => Box::new(std::fs::File::open(&path).map_err(|e| {
-                    VramError::io(
-                        e.kind(),
-                        format!(
-                            "cannot read model file {}: {e}",
+                    VramError::io_error(
+                        e,
+                        format_args!(
+                            "cannot read model file {}",
                             crate::validation::shown_path(&path)
                         ),
                     )
