@@ -17,6 +17,7 @@ mod groups;
 mod hostile;
 mod layering;
 mod leaf_kernel_host;
+mod lifecycle;
 mod parsers_prop;
 mod provenance;
 mod serving;
