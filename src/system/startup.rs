@@ -58,6 +58,30 @@ fn cuda_backend(config: &Config) -> Result<(u32, BackendFactory), VramError> {
     ))
 }
 
+/// The opt-level cargo compiled this crate at (`build.rs`): `"0"` in a debug build without
+/// profile overrides.
+const OPT_LEVEL: &str = env!("VRAM_RESIDENCY_OPT_LEVEL");
+
+/// Warns, once per process, when this crate was compiled without optimisation: a dependent's
+/// debug build then usually compiles the hashers unoptimised too, and sealing or verifying
+/// gigabytes takes minutes instead of seconds.
+fn warn_if_unoptimised() {
+    static WARNED: std::sync::Once = std::sync::Once::new();
+    if OPT_LEVEL != "0" {
+        return;
+    }
+    WARNED.call_once(|| {
+        tracing::warn!(
+            opt_level = OPT_LEVEL,
+            "vram-residency was compiled without optimisation (opt-level 0): if its hashers \
+             (sha2, hmac) were too, as in a dependent's debug build, SHA-256 runs about 45x \
+             slower (sealing 64 MiB took 12.4 s instead of 1.07 s); add the profile overrides \
+             from the README section \"Building a dependent: profile overrides\" to your \
+             Cargo.toml, or build with --release"
+        );
+    });
+}
+
 /// The error of a supervisor that did not start: the supervisor says which part failed (a
 /// `VramError`: `AuditUnavailable` for the audit log, `BackendUnavailable` for a device);
 /// anything else is a bug.
@@ -77,7 +101,11 @@ impl VramResidency {
     /// `AuditUnavailable` if the audit log cannot be opened (or does not verify), and
     /// `BackendUnavailable` if the backend cannot start (no CUDA driver or device, a device
     /// that cannot be opened).
+    ///
+    /// In a build that compiled this crate without optimisation it logs one warning per
+    /// process (see the README's "Building a dependent: profile overrides").
     pub async fn start(mut config: Config) -> Result<Self, VramError> {
+        warn_if_unoptimised();
         let token = config.take_token()?;
         let identity = config.take_identity(&token)?;
         let identity_public = identity.public()?;
