@@ -67,6 +67,8 @@ use zeroize::Zeroizing;
 
 #[path = "support/bearer.rs"]
 pub mod bearer;
+#[path = "support/shutdown.rs"]
+mod shutdown;
 
 /// The largest request body accepted: a 1024-byte nonce in hex plus room for the JSON around it.
 const MAX_BODY_BYTES: usize = 4096;
@@ -447,29 +449,6 @@ fn read_challenger_token(
     Ok(token)
 }
 
-/// Resolves when the process is told to stop: Ctrl-C (SIGINT) or SIGTERM.
-async fn stop_requested() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
-}
-
 /// Runs the worker until Ctrl-C or SIGTERM, then releases the model and shuts down (the audit
 /// log ends with `AuditLogClosed`).
 pub async fn run(opts: Opts) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
@@ -554,7 +533,10 @@ pub async fn run(opts: Opts) -> Result<(), Box<dyn std::error::Error + Send + Sy
         system.identity_public_key_pem().trim_end()
     );
     axum::serve(listener, app(Arc::clone(&worker)))
-        .with_graceful_shutdown(stop_requested())
+        .with_graceful_shutdown(async {
+            let what = shutdown::stop_requested().await;
+            println!("{what}: stopping");
+        })
         .await?;
 
     drop(worker);

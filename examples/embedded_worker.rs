@@ -1,11 +1,11 @@
 //! An inference worker embedded in a tokio service: it seals a model at start, serves concurrent
 //! requests that each run through `execute` (which verifies the shard before the closure sees a
-//! byte), scrubs every resident shard in full in the background, and shuts down — on Ctrl-C or
-//! after `--requests N` requests — with the audit log flushed and closed, then verifies that log.
+//! byte), scrubs every resident shard in full in the background, and shuts down — on Ctrl-C,
+//! SIGTERM or after `--requests N` requests — with the audit log flushed and closed, then verifies that log.
 //!
 //! ```sh
 //! cargo run --release --example embedded_worker                 # 200 requests, then exit
-//! cargo run --release --example embedded_worker -- --requests 0 # serve until Ctrl-C
+//! cargo run --release --example embedded_worker -- --requests 0 # serve until Ctrl-C or SIGTERM
 //! ```
 //!
 //! Serving verifies a random sample of chunks before each request (`execute_verify`), while the
@@ -22,10 +22,13 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use vram_residency::{Config, SealRequest, SealedShard, VerifyMode, VramError, VramResidency};
 
+#[path = "support/shutdown.rs"]
+mod shutdown;
+
 /// Command-line options.
 #[derive(Debug, Parser)]
 struct Opts {
-    /// Stop after serving this many requests (0: serve until Ctrl-C).
+    /// Stop after serving this many requests (0: serve until Ctrl-C or SIGTERM).
     #[arg(long, default_value_t = 200)]
     requests: u64,
     /// Requests in flight at once.
@@ -104,9 +107,9 @@ async fn main() -> Result<(), BoxError> {
     let serving = serve(&system, &shard, &opts, Arc::clone(&served));
     let outcome = tokio::select! {
         r = serving => r,
-        r = tokio::signal::ctrl_c() => {
-            println!("Ctrl-C: stopping");
-            r.map_err(BoxError::from)
+        what = shutdown::stop_requested() => {
+            println!("{what}: stopping");
+            Ok(())
         }
     };
     let n = served.load(Ordering::Relaxed);

@@ -5,6 +5,8 @@
 //! pointer, a key or the worker token: only ids, sizes, indices and hex digests that are already
 //! public parts of a seal.
 
+use std::sync::Arc;
+
 use thiserror::Error;
 
 use crate::types::{ChunkSpan, StopCause};
@@ -155,9 +157,24 @@ pub enum VramError {
     #[error("policy violation: {0}")]
     PolicyViolation(String),
 
-    /// The CUDA driver reported an error.
+    /// The CUDA driver reported an error during an operation (not at start: a backend that
+    /// cannot start is [`VramError::BackendUnavailable`]).
     #[error("CUDA error: {0}")]
     Cuda(String),
+
+    /// The backend could not start, so the system did not start: [`crate::Config::cuda`] with
+    /// no CUDA driver library or no device, a driver that fails to initialise, or a device that
+    /// could not be opened (`device` says which). Not retriable: a missing driver will not
+    /// appear on a retry; fix the machine or choose another backend (`Config::auto`,
+    /// `Config::simulated`).
+    #[error("backend unavailable{}: {reason}", describe_device(*device))]
+    BackendUnavailable {
+        /// The device that could not be opened, when one device was the problem (`None` when
+        /// the backend as a whole is missing: no driver, no device).
+        device: Option<u32>,
+        /// Why, in words (what the driver or the loader said).
+        reason: String,
+    },
 
     /// The audit sink is down and the configuration says to fail closed.
     #[error("audit log unavailable: {0}")]
@@ -172,15 +189,22 @@ pub enum VramError {
     ShuttingDown,
 
     /// Reading or writing a file (or another byte source) failed. `kind` is the
-    /// [`std::io::ErrorKind`] the operating system reported, for callers that branch on it
-    /// (`NotFound`, `PermissionDenied`, …); a source that delivered more or fewer bytes than it
-    /// declared is `UnexpectedEof` or `InvalidData`.
+    /// [`std::io::ErrorKind`] the operating system reported, for callers that branch on it:
+    /// `NotFound` for a model file that does not exist, `PermissionDenied` for one that cannot
+    /// be opened, …; a source that delivered more or fewer bytes than it declared is
+    /// `UnexpectedEof` or `InvalidData`. (A path that exists but is not a regular file — a
+    /// directory, a FIFO, a device — is `InvalidInput`.) The `source` is the underlying
+    /// [`std::io::Error`] ([`IoSource::get_ref`], also reached through
+    /// [`std::error::Error::source`]), e.g. for its `raw_os_error`.
     #[error("I/O error ({kind}): {message}")]
     Io {
         /// What kind of I/O failure.
         kind: std::io::ErrorKind,
-        /// What failed, in words (never file contents).
+        /// What failed, in words (never file contents); it already ends with what the
+        /// operating system said, so the message alone is a complete report.
         message: String,
+        /// The underlying I/O error.
+        source: IoSource,
     },
 
     /// A verification could not be completed: the device answered with fewer leaf hashes than
@@ -251,6 +275,10 @@ pub enum VramError {
     /// `attest_group`); `cause` is that member's own error. Every part a failed `seal_group`
     /// had already sealed was released before this was returned; a member that failed
     /// verification quarantined every member of its group (fail-all).
+    ///
+    /// The message already includes the member's error; [`std::error::Error::source`] returns
+    /// it too (`cause` itself, a `Box<VramError>`: downcast to that), for code that walks the
+    /// chain; [`VramError::innermost`] is the direct way to it.
     #[error("group {group_id}: member {shard_index} ({shard_id}): {cause}")]
     GroupMember {
         /// The group.
@@ -260,6 +288,7 @@ pub enum VramError {
         /// The member's shard id.
         shard_id: String,
         /// What went wrong with it.
+        #[source]
         cause: Box<VramError>,
     },
 
@@ -281,10 +310,12 @@ pub enum VramError {
 }
 
 impl VramError {
-    /// Whether trying again later may succeed: true for capacity and allocation failures,
-    /// timeouts, a busy device, a failing audit sink and a device whose actor is restarting; false for integrity, policy, input, stopped or lost
-    /// devices, and permanent backend failures (`Cuda`: a driver that cannot start will not
-    /// start on a retry). A [`VramError::GroupMember`] is retriable when its member's error is
+    /// Whether trying again later may succeed: true for capacity and allocation failures
+    /// (`InsufficientVram`, `AllocationFailed`), `Timeout`, `Busy`, a failing audit sink
+    /// (`AuditUnavailable`) and a device whose actor is restarting (`DeviceStopped` with
+    /// [`StopCause::Restarting`]); false for everything else: integrity failures, policy,
+    /// input, I/O, stopped or lost devices, driver errors (`Cuda`) and a backend that cannot
+    /// start (`BackendUnavailable`: a missing driver will not appear on a retry). A [`VramError::GroupMember`] is retriable when its member's error is
     /// (a group that failed to seal was rolled back, so sealing it again may succeed).
     pub fn is_retriable(&self) -> bool {
         if let Self::GroupMember { cause, .. } = self {
@@ -315,11 +346,25 @@ impl VramError {
         }
     }
 
-    /// An I/O error of `kind` with a message.
+    /// An I/O error of `kind` with a message, raised by the crate itself (a source that did
+    /// not deliver what it declared): its source is an [`std::io::Error`] of that kind and
+    /// message.
     pub(crate) fn io(kind: std::io::ErrorKind, message: impl Into<String>) -> Self {
+        let message = message.into();
         Self::Io {
             kind,
-            message: message.into(),
+            source: IoSource::new(std::io::Error::new(kind, message.clone())),
+            message,
+        }
+    }
+
+    /// The I/O error `e` while doing `what` ("cannot read model file /m.bin"): the message is
+    /// `what: e`, the kind and the source are `e`'s.
+    pub(crate) fn io_error(e: std::io::Error, what: impl std::fmt::Display) -> Self {
+        Self::Io {
+            kind: e.kind(),
+            message: format!("{what}: {e}"),
+            source: IoSource::new(e),
         }
     }
 
@@ -362,6 +407,63 @@ impl From<crate::types::InvalidVerifyMode> for VramError {
 
 impl From<std::io::Error> for VramError {
     fn from(e: std::io::Error) -> Self {
-        Self::io(e.kind(), e.to_string())
+        Self::Io {
+            kind: e.kind(),
+            message: e.to_string(),
+            source: IoSource::new(e),
+        }
+    }
+}
+
+fn describe_device(device: Option<u32>) -> String {
+    device.map(|d| format!(" (device {d})")).unwrap_or_default()
+}
+
+/// The [`std::io::Error`] behind a [`VramError::Io`], shared so that the error stays `Clone`.
+/// Two are equal when their kind, OS error code and message are (an `io::Error` has no
+/// equality of its own).
+#[derive(Debug, Clone)]
+pub struct IoSource(Arc<std::io::Error>);
+
+impl IoSource {
+    pub(crate) fn new(e: std::io::Error) -> Self {
+        Self(Arc::new(e))
+    }
+
+    /// The I/O error itself.
+    pub fn get_ref(&self) -> &std::io::Error {
+        &self.0
+    }
+
+    /// Its kind.
+    pub fn kind(&self) -> std::io::ErrorKind {
+        self.0.kind()
+    }
+
+    /// The operating system's error code, when the operating system reported it.
+    pub fn raw_os_error(&self) -> Option<i32> {
+        self.0.raw_os_error()
+    }
+}
+
+impl PartialEq for IoSource {
+    fn eq(&self, other: &Self) -> bool {
+        self.kind() == other.kind()
+            && self.raw_os_error() == other.raw_os_error()
+            && self.0.to_string() == other.0.to_string()
+    }
+}
+
+impl Eq for IoSource {}
+
+impl std::fmt::Display for IoSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for IoSource {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
     }
 }

@@ -61,7 +61,7 @@ pub use attestation::{
 };
 pub use audit::events::AuditEvent;
 pub use config::Config;
-pub use error::VramError;
+pub use error::{IoSource, VramError};
 pub use gpu::{BackendKind, DeviceIdentity, DevicePtr};
 pub use messages::audit::AuditStats;
 pub use provenance::{ModelSignature, Provenance, SignedResource};

@@ -146,7 +146,11 @@ async fn cuda_without_a_driver_is_a_clear_error() {
         return; // a GPU is here: nothing to refuse
     }
     let err = VramResidency::start(cuda_config()).await.unwrap_err();
-    assert!(matches!(err, VramError::Cuda(_)), "{err:?}");
+    assert!(
+        matches!(err, VramError::BackendUnavailable { device: None, .. }),
+        "{err:?}"
+    );
+    assert!(!err.is_retriable());
     assert!(err.to_string().contains("cannot be used"), "{err}");
 }
 

@@ -33,6 +33,7 @@ use crate::actors::seal_keeper::SealKeeper;
 use crate::actors::spans::{ActorName, actor_span, in_span};
 use crate::audit::events::AuditEvent;
 use crate::config::AuditSinkConfig;
+use crate::error::VramError;
 use crate::gpu::DeviceBackend;
 use crate::messages::audit::AuditMsg;
 use crate::messages::directory::DirectoryWriter;
@@ -193,6 +194,23 @@ impl SupervisorState {
     }
 }
 
+/// The text of what actually failed in a start-up error: `e` without the "Actor panicked
+/// during startup" wrappers (`SpawnErr`) of each actor it went through.
+fn innermost(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cause = e;
+    while cause.downcast_ref::<ractor::SpawnErr>().is_some()
+        && let Some(next) = cause.source()
+    {
+        cause = next;
+    }
+    cause.to_string()
+}
+
+/// A start-up failure `VramResidency::start` returns as it is (it downcasts it).
+fn start_error(e: VramError) -> ActorProcessingErr {
+    Box::new(e)
+}
+
 impl Actor for Supervisor {
     type Msg = SupervisorMsg;
     type State = SupervisorState;
@@ -249,7 +267,8 @@ impl Supervisor {
             },
             myself.get_cell(),
         )
-        .await?;
+        .await
+        .map_err(|e| start_error(VramError::AuditUnavailable(innermost(&e))))?;
         let keeper_args = crate::actors::seal_keeper::SealKeeperArgs {
             token: args.token,
             identity: args.identity,
@@ -281,7 +300,10 @@ impl Supervisor {
                 }
                 Err(e) => {
                     state.stop_all().await;
-                    return Err(e);
+                    return Err(start_error(VramError::BackendUnavailable {
+                        device: Some(device),
+                        reason: innermost(e.as_ref()),
+                    }));
                 }
             }
         }

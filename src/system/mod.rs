@@ -63,6 +63,25 @@ struct Inner {
     identity_public: crate::seal::identity::IdentityPublicKey,
 }
 
+impl Drop for Inner {
+    /// The last handle (clones and leases included) is gone. After `shutdown` nothing is left
+    /// to do; without it, say what was lost: nothing stops the actors now, so the audit log is
+    /// never closed and whatever is resident stays allocated until the process ends.
+    fn drop(&mut self) {
+        if *self.shut_down.get_mut() {
+            return;
+        }
+        tracing::warn!(
+            worker_id = %self.worker_id,
+            devices = self.device_count,
+            "the last VramResidency handle was dropped without shutdown(): the audit log was \
+             not closed (no AuditLogClosed record; records still buffered are lost if the \
+             process ends now) and every shard not released stays resident in device memory \
+             until the process exits; call shutdown().await before dropping the last handle"
+        );
+    }
+}
+
 impl std::fmt::Debug for VramResidency {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("VramResidency")

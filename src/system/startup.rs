@@ -19,15 +19,23 @@ use crate::messages::supervisor::SupervisorMsg;
 
 use super::*;
 
-/// The CUDA backend factory: probes the driver (a clear `Cuda` error when there is no library or
-/// no device) and checks the integrated-GPU policy before any actor starts; each device actor
-/// then opens its own device with it.
+/// The CUDA backend factory: probes the driver (`BackendUnavailable` when there is no library
+/// or no device) and checks the integrated-GPU policy before any actor starts; each device
+/// actor then opens its own device with it.
 fn cuda_backend(config: &Config) -> Result<(u32, BackendFactory), VramError> {
-    let found = crate::gpu::cuda::probe()
-        .map_err(|why| VramError::Cuda(format!("CUDA was requested but cannot be used: {why}")))?;
+    let found = crate::gpu::cuda::probe().map_err(|why| VramError::BackendUnavailable {
+        device: None,
+        reason: format!("CUDA was requested but cannot be used: {why}"),
+    })?;
     if !config.allow_integrated_gpu {
         for index in 0..found.device_count {
-            if crate::gpu::cuda::probe::is_integrated(index)? {
+            let integrated = crate::gpu::cuda::probe::is_integrated(index).map_err(|e| {
+                VramError::BackendUnavailable {
+                    device: Some(index),
+                    reason: format!("cannot query the device: {e}"),
+                }
+            })?;
+            if integrated {
                 return Err(VramError::PolicyViolation(format!(
                     "VP-001: CUDA device {index} is an integrated GPU (its memory is host memory); \
                      refused unless Config::allow_integrated_gpu(true)"
@@ -50,12 +58,55 @@ fn cuda_backend(config: &Config) -> Result<(u32, BackendFactory), VramError> {
     ))
 }
 
+/// The opt-level cargo compiled this crate at (`build.rs`): `"0"` in a debug build without
+/// profile overrides.
+const OPT_LEVEL: &str = env!("VRAM_RESIDENCY_OPT_LEVEL");
+
+/// Warns, once per process, when this crate was compiled without optimisation: a dependent's
+/// debug build then usually compiles the hashers unoptimised too, and sealing or verifying
+/// gigabytes takes minutes instead of seconds.
+fn warn_if_unoptimised() {
+    static WARNED: std::sync::Once = std::sync::Once::new();
+    if OPT_LEVEL != "0" {
+        return;
+    }
+    WARNED.call_once(|| {
+        tracing::warn!(
+            opt_level = OPT_LEVEL,
+            "vram-residency was compiled without optimisation (opt-level 0): if its hashers \
+             (sha2, hmac) were too, as in a dependent's debug build, SHA-256 runs about 45x \
+             slower (sealing 64 MiB took 12.4 s instead of 1.07 s); add the profile overrides \
+             from the README section \"Building a dependent: profile overrides\" to your \
+             Cargo.toml, or build with --release"
+        );
+    });
+}
+
+/// The error of a supervisor that did not start: the supervisor says which part failed (a
+/// `VramError`: `AuditUnavailable` for the audit log, `BackendUnavailable` for a device);
+/// anything else is a bug.
+fn start_failure(e: ractor::SpawnErr) -> VramError {
+    if let ractor::SpawnErr::StartupFailed(inner) = &e
+        && let Some(known) = inner.downcast_ref::<VramError>()
+    {
+        return known.clone();
+    }
+    VramError::Internal(format!("start-up failed: {e}"))
+}
+
 impl VramResidency {
     /// Starts the actors: audit log (opened, or verified and continued), seal keeper, and one
-    /// device actor per device. Fails with `InvalidInput` for a bad configuration, and
-    /// `AuditUnavailable` if the audit log cannot be opened (or does not verify).
+    /// device actor per device. Fails with `InvalidInput` for a bad configuration,
+    /// `PolicyViolation` for a device the policy refuses (an integrated GPU),
+    /// `AuditUnavailable` if the audit log cannot be opened (or does not verify), and
+    /// `BackendUnavailable` if the backend cannot start (no CUDA driver or device, a device
+    /// that cannot be opened).
+    ///
+    /// In a build that compiled this crate without optimisation it logs one warning per
+    /// process (see the README's "Building a dependent: profile overrides").
     #[tracing::instrument(name = "vram.start", level = "info", skip_all, fields(worker_id = %crate::actors::spans::Shown(&config.worker_id)))]
     pub async fn start(mut config: Config) -> Result<Self, VramError> {
+        warn_if_unoptimised();
         let token = config.take_token()?;
         let identity = config.take_identity(&token)?;
         let identity_public = identity.public()?;
@@ -99,7 +150,7 @@ impl VramResidency {
         };
         let (supervisor, _) = Actor::spawn(None, Supervisor, args)
             .await
-            .map_err(|e| VramError::AuditUnavailable(format!("start-up failed: {e}")))?;
+            .map_err(start_failure)?;
         let (seal_keeper, audit) = ask(
             &supervisor,
             SupervisorMsg::Children,

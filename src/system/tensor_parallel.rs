@@ -178,7 +178,8 @@ impl VramResidency {
 
     /// Validates one part of a group (everything `seal` would check before allocating, plus
     /// the group's own rules) and tags it with its position. Errors are `InvalidInput` naming
-    /// the group and the part.
+    /// the group and the part, except a part file that cannot be read: that member's `Io`
+    /// error, as a [`VramError::GroupMember`].
     async fn check_part(
         &self,
         group_id: &str,
@@ -220,7 +221,12 @@ impl VramResidency {
             SealSource::File(path) => {
                 let shown = validation::shown_path(path);
                 let meta = tokio::fs::metadata(path).await.map_err(|e| {
-                    VramError::invalid(format!("{at}: cannot read model file {shown}: {e}"))
+                    member_error(
+                        group_id,
+                        index,
+                        &part.shard_id,
+                        VramError::io_error(e, format_args!("cannot read model file {shown}")),
+                    )
                 })?;
                 if !meta.is_file() {
                     return Err(VramError::invalid(format!(

@@ -153,10 +153,12 @@ pub fn validate_tensor_parallel(index: u32, total: u32) -> Result<(), VramError>
 }
 
 /// The metadata of `path`, which must be a regular file; `what` names it in the error
-/// ("model file", "token file"). Refusals are `InvalidInput` with the (sanitised) path.
+/// ("model file"). A path that cannot be read is [`VramError::Io`] with the operating system's
+/// kind (`NotFound`, `PermissionDenied`, …); one that is not a regular file (a directory, a
+/// FIFO, a device) is `InvalidInput`. Both name the (sanitised) path.
 pub fn regular_file(path: &std::path::Path, what: &str) -> Result<std::fs::Metadata, VramError> {
     let meta = std::fs::metadata(path)
-        .map_err(|e| VramError::invalid(format!("cannot read {what} {}: {e}", shown_path(path))))?;
+        .map_err(|e| VramError::io_error(e, format!("cannot read {what} {}", shown_path(path))))?;
     if !meta.is_file() {
         return Err(VramError::invalid(format!(
             "{what} {} is not a regular file",

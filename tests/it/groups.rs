@@ -366,24 +366,41 @@ async fn bad_group_requests_are_invalid_input_and_allocate_nothing() {
             GroupRequest::new("g", MODEL).part(p("ok", 0).expected_sha256("zz")),
             "expected_sha256",
         ),
-        (
-            "missing file",
-            GroupRequest::new("g", MODEL)
-                .part(p("ok", 0))
-                .part(SealRequest::from_file(
-                    "file-part",
-                    MODEL,
-                    1,
-                    "/nonexistent/vram-residency/part.bin",
-                )),
-            "file-part",
-        ),
     ];
     for (what, request, needle) in cases {
         match system.seal_group(request).await {
             Err(VramError::InvalidInput(m)) => assert!(m.contains(needle), "{what}: {m}"),
             other => panic!("{what}: {other:?}"),
         }
+    }
+    // A missing part file is that member's I/O error (NotFound), found before anything is
+    // allocated.
+    let missing =
+        system
+            .seal_group(GroupRequest::new("g", MODEL).part(p("ok", 0)).part(
+                SealRequest::from_file(
+                    "file-part",
+                    MODEL,
+                    1,
+                    "/nonexistent/vram-residency/part.bin",
+                ),
+            ))
+            .await;
+    match &missing {
+        Err(VramError::GroupMember {
+            shard_index: 1,
+            shard_id,
+            cause,
+            ..
+        }) if shard_id == "file-part"
+            && matches!(
+                **cause,
+                VramError::Io {
+                    kind: std::io::ErrorKind::NotFound,
+                    ..
+                }
+            ) => {}
+        other => panic!("missing file: {other:?}"),
     }
     assert_eq!(capacities(&system).await, start);
     let types = common::audit_types(&system).await;

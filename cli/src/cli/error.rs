@@ -137,6 +137,14 @@ impl From<VramError> for CliError {
             VramError::DeviceStopped { .. } => Self::env(e.to_string()).hint(
                 "the device stopped after an integrity failure; investigate, then reset it",
             ),
+            // A model file that is not there is a usage error, as for the files the command
+            // checks itself.
+            VramError::Io {
+                kind: std::io::ErrorKind::NotFound,
+                ..
+            } => Self::usage(e.to_string()).hint("check the path"),
+            VramError::BackendUnavailable { .. } => Self::env(e.to_string())
+                .hint("use --backend simulated, or check the driver and the device"),
             VramError::InsufficientVram { .. } => Self::env(e.to_string()).hint(
                 "seal a smaller file, pick another --device, or (simulated devices) raise --device-capacity",
             ),

@@ -15,6 +15,7 @@ pub mod logging;
 pub mod progress;
 pub mod provenance;
 pub mod seal;
+pub mod shutdown;
 pub mod token;
 pub mod untrusted;
 pub mod verify_attestation;
@@ -141,7 +142,7 @@ pub enum Command {
     /// --group ID --group-devices 0,1,... the files are the parts of one tensor-parallel group
     /// (part i on the i-th listed device, shard id ID-i), sealed all or nothing; the group's
     /// GroupInfo is printed instead. With --hold the shards stay resident and are verified
-    /// periodically until the time is up or Ctrl-C, then released cleanly.
+    /// periodically until the time is up, Ctrl-C or SIGTERM, then released cleanly.
     #[command(after_help = AFTER_HELP)]
     Seal(seal::SealArgs),
 

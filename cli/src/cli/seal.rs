@@ -4,7 +4,7 @@
 //! With `--group ID --group-devices 0,1,…` the files are the parts of one tensor-parallel group
 //! instead (part *i* on the *i*-th listed device, shard id `ID-i`), sealed all or nothing, and
 //! the group's `GroupInfo` is printed as one JSON line. With `--hold`, the shards (or the group)
-//! stay resident and are verified in full every few seconds until the time is up or Ctrl-C,
+//! stay resident and are verified in full every few seconds until the time is up, Ctrl-C or SIGTERM,
 //! then released cleanly before the system shuts down.
 
 use std::collections::HashSet;
@@ -78,8 +78,8 @@ pub struct SealArgs {
     #[arg(long, value_name = "BYTES")]
     pub chunk_size: Option<u64>,
 
-    /// Keep the shards resident for SECONDS (0: until Ctrl-C), verifying them in full
-    /// periodically; Ctrl-C releases them cleanly.
+    /// Keep the shards resident for SECONDS (0: until Ctrl-C or SIGTERM), verifying them in
+    /// full periodically; Ctrl-C or SIGTERM releases them cleanly (the audit log is closed).
     #[arg(long, value_name = "SECONDS")]
     pub hold: Option<u64>,
 
@@ -420,16 +420,18 @@ async fn hold(
     };
     let until = match deadline {
         Some(_) => format!("for {secs} s"),
-        None => "until Ctrl-C".to_string(),
+        None => "until Ctrl-C or SIGTERM".to_string(),
     };
+    // Installed before the "holding" line, so a stop request sent once it is printed is
+    // always a clean stop.
+    let mut stop = super::shutdown::StopSignals::install()
+        .map_err(|e| CliError::env(format!("cannot listen for Ctrl-C or SIGTERM: {e}")))?;
     eprintln!(
-        "holding {} shard(s) resident {until}, verifying in full every {} s (Ctrl-C releases them)",
+        "holding {} shard(s) resident {until}, verifying in full every {} s (Ctrl-C or SIGTERM releases them)",
         shards.len(),
         every.as_secs()
     );
     let interactive = std::io::stderr().is_terminal();
-    let ctrl_c = tokio::signal::ctrl_c();
-    tokio::pin!(ctrl_c);
     loop {
         let now = Instant::now();
         let mut wait = every;
@@ -441,11 +443,11 @@ async fn hold(
             wait = wait.min(left);
         }
         tokio::select! {
-            r = &mut ctrl_c => {
-                if let Err(e) = r {
-                    return Err(CliError::env(format!("cannot listen for Ctrl-C: {e}")));
-                }
-                eprintln!("interrupted; releasing");
+            r = stop.recv() => {
+                let what = r.map_err(|e| {
+                    CliError::env(format!("cannot listen for Ctrl-C or SIGTERM: {e}"))
+                })?;
+                eprintln!("{what}: releasing");
                 return Ok(());
             }
             () = tokio::time::sleep(wait) => {}

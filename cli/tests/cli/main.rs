@@ -7,5 +7,6 @@ mod basics;
 mod bench;
 mod groups;
 mod hostile;
+mod lifecycle;
 mod provenance;
 mod trust;

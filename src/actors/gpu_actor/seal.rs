@@ -138,10 +138,10 @@ impl GpuState {
                     );
                 }
                 SealSource::File(path) => Box::new(std::fs::File::open(&path).map_err(|e| {
-                    VramError::io(
-                        e.kind(),
-                        format!(
-                            "cannot read model file {}: {e}",
+                    VramError::io_error(
+                        e,
+                        format_args!(
+                            "cannot read model file {}",
                             crate::validation::shown_path(&path)
                         ),
                     )
