@@ -62,6 +62,9 @@ enum Backend {
     Cuda,
 }
 
+#[path = "support/shutdown.rs"]
+mod shutdown;
+
 /// Command-line options.
 #[derive(Debug, Parser)]
 struct Opts {
@@ -80,6 +83,9 @@ struct Opts {
     /// Background scrub interval in milliseconds.
     #[arg(long, default_value_t = 40)]
     scrub_ms: u64,
+    /// Audit log path (default: a file in a temporary folder, removed at exit).
+    #[arg(long)]
+    audit_log: Option<PathBuf>,
 }
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -344,30 +350,13 @@ async fn main() -> Result<(), BoxError> {
     }
     let dir = std::env::temp_dir().join(format!("inference-worker-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
-    let story = tokio::select! {
-        r = run(&opts, &dir) => r,
-        r = shutdown_signal() => r.map_err(BoxError::from).and_then(|s| Err(format!("stopped by {s}").into())),
-    };
+    let outcome = run(&opts, &dir).await;
     let _ = std::fs::remove_dir_all(&dir);
-    story
+    outcome
 }
 
-/// Resolves on Ctrl-C or SIGTERM, with the signal's name.
-async fn shutdown_signal() -> std::io::Result<&'static str> {
-    #[cfg(unix)]
-    {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        tokio::select! {
-            r = tokio::signal::ctrl_c() => r.map(|()| "Ctrl-C"),
-            _ = term.recv() => Ok("SIGTERM"),
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        tokio::signal::ctrl_c().await.map(|()| "Ctrl-C")
-    }
-}
-
+/// Writes the model, starts the worker, tells the story (or stops early on Ctrl-C or SIGTERM),
+/// then shuts down cleanly either way and verifies the audit log.
 async fn run(opts: &Opts, dir: &Path) -> Result<(), BoxError> {
     // 1. The model, written deterministically.
     let weights = Weights::generate();
@@ -380,7 +369,10 @@ async fn run(opts: &Opts, dir: &Path) -> Result<(), BoxError> {
     );
 
     // 2. The worker: two devices, sampled verification per lease, a full background scrub.
-    let audit_path: PathBuf = dir.join("audit.jsonl");
+    let audit_path: PathBuf = opts
+        .audit_log
+        .clone()
+        .unwrap_or_else(|| dir.join("audit.jsonl"));
     let token = hex_token();
     let config = match opts.backend {
         Backend::Sim => Config::simulated(2, 64 << 20),
@@ -396,11 +388,53 @@ async fn run(opts: &Opts, dir: &Path) -> Result<(), BoxError> {
     )
     .await?;
     println!("worker started: {}", system.backend_description());
+
+    let mut sealed = Vec::new();
+    let outcome = tokio::select! {
+        r = story(&system, opts, &model_path, weights, &mut sealed) => r,
+        signal = shutdown::stop_requested() => {
+            println!("{signal}: stopping before the story's end");
+            Ok(())
+        }
+    };
+
+    // 6. Shut down, story told or not: release, close the log, verify it.
+    for shard in sealed {
+        // A quarantined replica's release still frees its memory.
+        let _ = system.release(shard).await;
+    }
+    system.shutdown().await?;
+    let token = vram_residency::WorkerToken::new(token.into_bytes())?;
+    let report = vram_residency::audit::verify_log(&audit_path, &token)?;
+    println!(
+        "shut down; audit log: {} records, intact: {}, last record {}",
+        report.records,
+        report.is_intact(),
+        if report.closed {
+            "AuditLogClosed"
+        } else {
+            "not AuditLogClosed"
+        }
+    );
+    outcome?;
+    if !report.is_intact() {
+        return Err("the audit log is not intact".into());
+    }
+    Ok(())
+}
+
+/// Seals the two replicas (recorded in `sealed` as they are), checks the pass over the sealed
+/// weights, serves, flips a bit and serves on. Fails when a step of the story does not hold.
+async fn story(
+    system: &VramResidency,
+    opts: &Opts,
+    model_path: &Path,
+    weights: Weights,
+    sealed: &mut Vec<SealedShard>,
+) -> Result<(), BoxError> {
     if system.device_count() < 2 {
-        system.shutdown().await?;
         return Err("this story needs two devices (one per replica)".into());
     }
-
     let mut replicas = Vec::new();
     for (label, device) in [("A", 0u32), ("B", 1u32)] {
         let shard = system
@@ -408,7 +442,7 @@ async fn run(opts: &Opts, dir: &Path) -> Result<(), BoxError> {
                 format!("mlp-replica-{label}"),
                 "example:inference-worker/mlp",
                 device,
-                &model_path,
+                model_path,
             ))
             .await?;
         println!(
@@ -416,6 +450,7 @@ async fn run(opts: &Opts, dir: &Path) -> Result<(), BoxError> {
             shard.info().vram_bytes,
             shard.info().digest
         );
+        sealed.push(shard.clone());
         replicas.push(Replica {
             label,
             shard,
@@ -452,7 +487,6 @@ async fn run(opts: &Opts, dir: &Path) -> Result<(), BoxError> {
     let (expected, got) = (weights.forward(&x), forward_on(&probe, &x)?);
     drop(probe);
     if expected != got {
-        system.shutdown().await?;
         return Err(
             "self-check failed: the sealed weights do not give the reference output".into(),
         );
@@ -519,7 +553,6 @@ async fn run(opts: &Opts, dir: &Path) -> Result<(), BoxError> {
         .is_some_and(|a| a.serving.load(Ordering::Acquire))
     {
         if Instant::now() > deadline {
-            system.shutdown().await?;
             return Err("the flipped bit was not caught within 30 s".into());
         }
         for (k, v) in serve(&worker, next, opts.concurrency as u64, opts.concurrency).await? {
@@ -549,26 +582,8 @@ async fn run(opts: &Opts, dir: &Path) -> Result<(), BoxError> {
         worker.refused.load(Ordering::Relaxed)
     );
 
-    // 6. Shut down: release, close the log, verify it.
-    let replicas: Vec<SealedShard> = worker.replicas.iter().map(|r| r.shard.clone()).collect();
-    drop(worker);
-    for shard in replicas {
-        // Replica A is quarantined; releasing it still frees its memory.
-        let _ = system.release(shard).await;
-    }
-    system.shutdown().await?;
-    let token = vram_residency::WorkerToken::new(token.into_bytes())?;
-    let report = vram_residency::audit::verify_log(&audit_path, &token)?;
-    println!(
-        "shut down; audit log: {} records, intact: {}",
-        report.records,
-        report.is_intact()
-    );
     if !named {
         return Err(format!("no refusal named the flipped tensor {FLIPPED_TENSOR}").into());
-    }
-    if !report.is_intact() {
-        return Err("the audit log is not intact".into());
     }
     Ok(())
 }
