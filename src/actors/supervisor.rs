@@ -13,8 +13,9 @@
 //!   backend context. The budget is a sliding window ([`RestartBudget`], default 8 restarts per
 //!   device per minute): it recovers as old restarts age out. A device over budget, or whose
 //!   restart fails (audited), is left `Crashed`. Old handles get `UnknownShard`.
-//! * a fail-closed stop outlives the actor: device actors report their stop and reset here
-//!   (`SupervisorMsg::DeviceStop`), and a replacement starts stopped until `reset_device`.
+//! * a fail-closed stop outlives the actor: each device's stop lives in a [`StopSlot`] shared
+//!   with its actor, written before the actor answers the request that stopped or reset it, and
+//!   a replacement starts with it (stopped until `reset_device`).
 //! * a `SealKeeper` or `AuditActor` failure stops the whole system (fail-closed): without the
 //!   key nothing can be sealed or verified, and without the audit actor nothing could be
 //!   proven afterwards.
@@ -28,7 +29,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 
 use crate::actors::audit_actor::{AuditActor, AuditArgs};
 pub use crate::actors::gpu_actor::DeviceSettings;
-use crate::actors::gpu_actor::{BackendSource, GpuActor, GpuArgs};
+use crate::actors::gpu_actor::{BackendSource, GpuActor, GpuArgs, StopSlot};
 use crate::actors::seal_keeper::SealKeeper;
 use crate::actors::spans::{ActorName, actor_span, in_span};
 use crate::audit::events::AuditEvent;
@@ -95,8 +96,8 @@ pub struct SupervisorState {
     gpus: Vec<Option<ActorRef<GpuMsg>>>,
     /// Per device: when its actor was restarted, within the budget's window.
     restarts: Vec<VecDeque<Instant>>,
-    /// Per device: its fail-closed stop, handed to a replacement actor.
-    stopped: Vec<Option<String>>,
+    /// Per device: its fail-closed stop, shared with its actor and handed to a replacement.
+    stopped: Vec<StopSlot>,
     restart_budget: RestartBudget,
     factory: BackendFactory,
     settings: DeviceSettings,
@@ -119,12 +120,11 @@ impl SupervisorState {
                 settings: self.settings.clone(),
                 seal_keeper: self.seal_keeper.clone(),
                 audit: self.audit.clone(),
-                supervisor: Some(myself.clone()),
-                stopped: usize::try_from(device)
+                stop: usize::try_from(device)
                     .ok()
                     .and_then(|i| self.stopped.get(i))
                     .cloned()
-                    .flatten(),
+                    .unwrap_or_default(),
             },
             myself.get_cell(),
         )
@@ -281,7 +281,8 @@ impl Supervisor {
             seal_keeper,
             gpus: vec![None; n],
             restarts: vec![VecDeque::new(); n],
-            stopped: vec![None; n],
+            // One slot per device (not `vec![slot; n]`, which would share one).
+            stopped: (0..n).map(|_| StopSlot::default()).collect(),
             restart_budget: args.restart_budget,
             factory: args.factory,
             settings: args.settings,
@@ -319,14 +320,6 @@ impl Supervisor {
         match message {
             SupervisorMsg::Children(reply) => {
                 let _ = reply.send((state.seal_keeper.clone(), state.audit.clone()));
-            }
-            SupervisorMsg::DeviceStop { device, stopped } => {
-                if let Some(slot) = usize::try_from(device)
-                    .ok()
-                    .and_then(|i| state.stopped.get_mut(i))
-                {
-                    *slot = stopped;
-                }
             }
             SupervisorMsg::Shutdown(reply) => {
                 state.stop_all().await;

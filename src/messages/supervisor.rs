@@ -12,13 +12,4 @@ pub enum SupervisorMsg {
     /// Stop everything in order: devices (draining their mailboxes, freeing memory), then the
     /// seal keeper, then the audit log (flushed and closed). Replies when done.
     Shutdown(RpcReplyPort<()>),
-    /// A device actor stopped itself fail-closed (`Some(why)`) or was reset (`None`). The
-    /// supervisor remembers it, so a replacement for a crashed actor starts stopped too: a
-    /// crash must never clear a fail-closed stop.
-    DeviceStop {
-        /// The device.
-        device: u32,
-        /// Why it is stopped, or `None` once reset.
-        stopped: Option<String>,
-    },
 }

@@ -64,7 +64,7 @@ impl GpuActor {
         if let Some(interval) = args.settings.scrub_interval {
             myself.send_interval(interval, || GpuMsg::ScrubTick);
         }
-        let stopped = args.stopped.clone();
+        let stopped = args.stop.get();
         let state = GpuState {
             args,
             backend,

@@ -48,7 +48,6 @@ use crate::error::VramError;
 use crate::gpu::{BackendError, BackendKind, DeviceBackend, DeviceIdentity};
 use crate::messages::audit::AuditMsg;
 use crate::messages::seal_keeper::SealKeeperMsg;
-use crate::messages::supervisor::SupervisorMsg;
 use crate::types::{DeviceStatus, StopCause, VerifyReport, VramCapacity};
 
 /// The actor.
@@ -70,12 +69,37 @@ pub struct GpuArgs {
     pub seal_keeper: ActorRef<SealKeeperMsg>,
     /// Receives audit events.
     pub audit: ActorRef<AuditMsg>,
-    /// Told when the device stops fail-closed or is reset, so the stop outlives this actor
-    /// (`None` when the actor runs without a supervisor, as in unit tests).
-    pub supervisor: Option<ActorRef<SupervisorMsg>>,
-    /// The fail-closed stop this actor starts with: a replacement for a crashed actor inherits
-    /// the stop of the one it replaces.
-    pub stopped: Option<String>,
+    /// The device's fail-closed stop, shared with the supervisor so that it outlives this
+    /// actor: a replacement for a crashed actor starts with the stop of the one it replaces.
+    pub stop: StopSlot,
+}
+
+/// A device's fail-closed stop (`Some(why)`), kept outside its actor. The actor writes it
+/// synchronously, before it answers the request that stopped (or reset) the device, and the
+/// supervisor hands the same slot to a replacement. A message to the supervisor would not do:
+/// ractor delivers a crashed child's supervision event ahead of ordinary messages, so a
+/// replacement could start before the stop was known and serve from a device that failed
+/// closed.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct StopSlot(std::sync::Arc<std::sync::Mutex<Option<String>>>);
+
+impl StopSlot {
+    /// The stop now.
+    pub(crate) fn get(&self) -> Option<String> {
+        match self.0.lock() {
+            Ok(g) => g.clone(),
+            // A panic while holding this lock cannot leave a half-written Option: use it.
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Stops (`Some`) or lifts the stop (`None`).
+    pub(crate) fn set(&self, stopped: Option<String>) {
+        match self.0.lock() {
+            Ok(mut g) => *g = stopped,
+            Err(poisoned) => *poisoned.into_inner() = stopped,
+        }
+    }
 }
 
 /// How a `GpuActor` gets its backend.
@@ -187,19 +211,11 @@ impl GpuState {
         e.into_vram(self.device())
     }
 
-    /// Stops the device fail-closed (`Some`) or lifts the stop (`None`), and tells the
-    /// supervisor so the state survives a crash of this actor.
+    /// Stops the device fail-closed (`Some`) or lifts the stop (`None`), in the shared slot
+    /// too, so the state survives a crash of this actor.
     fn set_stopped(&mut self, stopped: Option<String>) {
         self.stopped.clone_from(&stopped);
-        if let Some(supervisor) = &self.args.supervisor {
-            let device = self.device();
-            if supervisor
-                .cast(SupervisorMsg::DeviceStop { device, stopped })
-                .is_err()
-            {
-                crate::telemetry::record_internal_send_failure("supervisor");
-            }
-        }
+        self.args.stop.set(stopped);
     }
 
     fn mark_lost(&mut self, why: &str) {

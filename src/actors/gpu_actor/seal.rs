@@ -657,5 +657,8 @@ async fn pump(p: Pump) {
             )),
         },
     };
-    let _ = actor.cast(GpuMsg::SealEnded { seal, hashed });
+    if actor.cast(GpuMsg::SealEnded { seal, hashed }).is_err() {
+        // The actor is gone (its seals were ended and freed when it stopped).
+        crate::telemetry::record_internal_send_failure("gpu");
+    }
 }

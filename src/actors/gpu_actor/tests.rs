@@ -58,8 +58,7 @@ async fn spawn_gpu_on(backend: Box<dyn crate::gpu::DeviceBackend>) -> ActorRef<G
             settings: DeviceSettings::for_tests(),
             seal_keeper: keeper,
             audit,
-            supervisor: None,
-            stopped: None,
+            stop: Default::default(),
         },
     )
     .await

@@ -222,13 +222,18 @@ impl GpuState {
             };
             // If the actor is gone, the reply port is dropped with the message and the caller
             // sees the system shutting down.
-            let _ = myself.cast(GpuMsg::VerifyFinished {
-                shard,
-                mode,
-                started,
-                outcome,
-                reply,
-            });
+            if myself
+                .cast(GpuMsg::VerifyFinished {
+                    shard,
+                    mode,
+                    started,
+                    outcome,
+                    reply,
+                })
+                .is_err()
+            {
+                crate::telemetry::record_internal_send_failure("gpu");
+            }
         });
         Ok(())
     }
