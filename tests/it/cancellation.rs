@@ -100,6 +100,11 @@ async fn a_dropped_seal_stops_frees_its_memory_and_is_audited() {
         .expect("capacity answered within 500 ms of the cancellation")
         .unwrap();
     assert!(asked.elapsed() < Duration::from_millis(500));
+    eprintln!(
+        "capacity after the cancelled 1 GiB seal: {:?}",
+        asked.elapsed()
+    );
+    let next = Instant::now();
 
     // The next (small) seal goes through within a second.
     let small = tokio::time::timeout(
@@ -114,6 +119,8 @@ async fn a_dropped_seal_stops_frees_its_memory_and_is_audited() {
     .await
     .expect("the next seal completed within 1 s")
     .unwrap();
+    eprintln!("the next 64 KiB seal: {:?}", next.elapsed());
+    let settling = Instant::now();
 
     // The cancelled seal counts as in flight until its memory is back: whenever nothing is in
     // flight, the books hold exactly the small shard.
@@ -135,6 +142,7 @@ async fn a_dropped_seal_stops_frees_its_memory_and_is_audited() {
         settled,
         "device_load did not return to 0 in flight within 3 s"
     );
+    eprintln!("accounting exact again after: {:?}", settling.elapsed());
 
     // On record: the seal was refused as cancelled and its allocation freed; never sealed.
     let events = events_of(&system, "big").await;
