@@ -26,7 +26,8 @@ use crate::types::{VerifyMode, VramCapacity};
 
 /// Gauge: device memory in bytes, by `gpu_device`.
 pub const DEVICE_TOTAL_BYTES: &str = "vram_device_total_bytes";
-/// Gauge: bytes held by sealed shards, by `gpu_device`.
+/// Gauge: bytes held on the device (sealed shards with their alignment padding, shards released
+/// while leases hold them, seals in progress), by `gpu_device`.
 pub const DEVICE_USED_BYTES: &str = "vram_device_used_bytes";
 /// Gauge: bytes a new seal may use, by `gpu_device`.
 pub const DEVICE_AVAILABLE_BYTES: &str = "vram_device_available_bytes";
@@ -136,7 +137,7 @@ pub const METRICS: &[MetricSpec] = {
             Gauge,
             Some(Bytes),
             "`gpu_device`",
-            "Device memory held by sealed shards.",
+            "Device memory held: sealed shards (with their alignment padding), shards released while leases still hold them, and seals in progress.",
         ),
         spec(
             DEVICE_AVAILABLE_BYTES,

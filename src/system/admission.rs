@@ -122,32 +122,39 @@ pub(super) enum Abandoned {
     /// The caller dropped its future: the request was cancelled (its [`Cancel`] set), and
     /// nobody has counted it yet.
     CallerLeft,
-    /// The call timeout passed: the caller already got (and counted) `Timeout`.
+    /// The call timeout passed: the caller already got (and counted) `Timeout`; the request
+    /// was cancelled too.
     TimedOut,
 }
 
 /// Waits for a device's answer while holding its slot. The slot stays taken until the device
 /// is done with the request, whoever stops waiting first: a task of its own owns it. When the
-/// caller gives up (its future dropped), that task sets the request's `cancel` flag so the
-/// device stops the work at its next piece; then (as after the call timeout) it keeps waiting
-/// for the device's answer, hands it to `undo` (a seal finished for nobody is released, not
-/// leaked), and only then frees the slot, so `device_load` counts the work until it has
-/// really stopped. (Closing the reply port instead would free the slot at once: a closed
-/// oneshot receiver cannot tell when its sender is done.)
-async fn answer_holding_slot<T: Send + 'static>(
+/// caller gives up (its future dropped) or the call timeout passes, that task sets the
+/// request's `cancel` flag so the device stops the work at its next piece; then it keeps
+/// waiting for the device's answer, hands it to `undo` (a seal finished for nobody is
+/// released, not leaked), and only then frees the slot, so `device_load` counts the work until
+/// it has really stopped. (Closing the reply port instead would free the slot at once: a
+/// closed oneshot receiver cannot tell when its sender is done.) An answer that reaches the
+/// waiter just as the caller leaves is not lost either: it travels in a [`Delivery`], which
+/// hands it to `undo` if the caller never takes it.
+async fn answer_holding_slot<T, U>(
     slot: OwnedSemaphorePermit,
     mut answer: ractor::concurrency::OneshotReceiver<T>,
     timeout: Duration,
     cancel: Cancel,
     gone: impl FnOnce() -> VramError + Send + 'static,
-    undo: impl FnOnce(T, Abandoned) + Send + 'static,
-) -> Result<T, VramError> {
+    undo: U,
+) -> Result<T, VramError>
+where
+    T: Send + 'static,
+    U: FnOnce(T, Abandoned) + Send + 'static,
+{
     enum Ended<T> {
         Answered(Result<T, tokio::sync::oneshot::error::RecvError>),
         CallerLeft,
         TimedOut,
     }
-    let (mut to_caller, from_waiter) = tokio::sync::oneshot::channel();
+    let (mut to_caller, from_waiter) = tokio::sync::oneshot::channel::<Delivery<T, U>>();
     crate::actors::spans::spawn(async move {
         let ended = tokio::select! {
             answered = &mut answer => Ended::Answered(answered),
@@ -158,16 +165,24 @@ async fn answer_holding_slot<T: Send + 'static>(
             Ended::Answered(answered) => {
                 drop(slot);
                 // The actor dropped the reply port unanswered: it went away mid-call.
-                let _ = to_caller.send(answered.map_err(|_| gone()));
+                let delivery = match answered {
+                    Ok(value) => Delivery::answer(value, undo),
+                    Err(_) => Delivery::failed(gone()),
+                };
+                // A failed send drops the delivery, which hands the answer to `undo`.
+                let _ = to_caller.send(delivery);
             }
             Ended::CallerLeft | Ended::TimedOut => {
+                // Either way nobody will take the result: stop the work.
+                cancel.cancel();
                 let abandoned = if matches!(ended, Ended::CallerLeft) {
-                    cancel.cancel();
                     Abandoned::CallerLeft
                 } else {
                     Abandoned::TimedOut
                 };
-                let _ = to_caller.send(Err(VramError::Timeout("the device actor".to_string())));
+                let _ = to_caller.send(Delivery::failed(VramError::Timeout(
+                    "the device actor".to_string(),
+                )));
                 // Resolves when the device answers or drops the port: its work is over.
                 if let Ok(late) = answer.await {
                     undo(late, abandoned);
@@ -176,9 +191,51 @@ async fn answer_holding_slot<T: Send + 'static>(
             }
         }
     });
-    from_waiter
-        .await
-        .unwrap_or_else(|_| Err(VramError::Internal("a device call's waiter failed".into())))
+    match from_waiter.await {
+        Ok(mut delivery) => delivery.take(),
+        Err(_) => Err(VramError::Internal("a device call's waiter failed".into())),
+    }
+}
+
+/// A device's answer on its way from the waiter to the caller. Dropped untaken (the caller
+/// left as it was sent, or after it was sent but before it was polled), it hands the answer to
+/// its `undo` as [`Abandoned::CallerLeft`].
+struct Delivery<T, U: FnOnce(T, Abandoned)> {
+    outcome: Option<Result<T, VramError>>,
+    undo: Option<U>,
+}
+
+impl<T, U: FnOnce(T, Abandoned)> Delivery<T, U> {
+    fn answer(value: T, undo: U) -> Self {
+        Self {
+            outcome: Some(Ok(value)),
+            undo: Some(undo),
+        }
+    }
+
+    fn failed(error: VramError) -> Self {
+        Self {
+            outcome: Some(Err(error)),
+            undo: None,
+        }
+    }
+
+    /// The outcome, for the caller (once).
+    fn take(&mut self) -> Result<T, VramError> {
+        self.outcome.take().unwrap_or_else(|| {
+            Err(VramError::Internal(
+                "a device answer was taken twice".into(),
+            ))
+        })
+    }
+}
+
+impl<T, U: FnOnce(T, Abandoned)> Drop for Delivery<T, U> {
+    fn drop(&mut self) {
+        if let (Some(Ok(value)), Some(undo)) = (self.outcome.take(), self.undo.take()) {
+            undo(value, Abandoned::CallerLeft);
+        }
+    }
 }
 
 /// Admission to one device's mailbox: at most `limit` requests in flight; callers beyond that

@@ -21,6 +21,7 @@ mod leaf_kernel_host;
 mod lifecycle;
 mod parsers_prop;
 mod provenance;
+mod seals_in_progress;
 mod serving;
 mod spans;
 mod tensor_localisation;

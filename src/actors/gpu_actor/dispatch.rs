@@ -71,6 +71,7 @@ impl GpuActor {
             identity,
             table: ShardTable::default(),
             sealing: std::collections::BTreeMap::new(),
+            seal_queue: std::collections::VecDeque::new(),
             next_seal: 0,
             stopped,
             lost: false,
@@ -167,6 +168,9 @@ impl GpuActor {
                 let _ = reply.send(state.quarantine_for_group(&shard, group_id, failed_shard_id));
             }
         }
+        // A seal that ended lets the next queued one start; a queued seal whose caller left
+        // is answered now (its slot frees) rather than when its turn comes.
+        state.start_queued_seals(&myself);
         if publish {
             state.publish_capacity();
         }
@@ -182,6 +186,9 @@ impl GpuActor {
         // allocations of seals still uploading, then the shards.
         for seal in state.sealing.keys().copied().collect::<Vec<_>>() {
             state.end_seal(seal, VramError::ShuttingDown);
+        }
+        for (_, reply) in state.seal_queue.drain(..) {
+            let _ = reply.send(Err(VramError::ShuttingDown));
         }
         for id in state.table.ids() {
             let _ = state.release_now(&id);

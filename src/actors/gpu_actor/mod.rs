@@ -177,6 +177,9 @@ pub struct GpuState {
     table: ShardTable,
     /// Seals between their `Seal` message and their end, by the number the actor gave them.
     sealing: std::collections::BTreeMap<u64, seal::Sealing>,
+    /// Seals waiting for the one in progress to end: a device uploads one seal at a time (one
+    /// staging ring, one copy engine's worth of bandwidth), in arrival order.
+    seal_queue: std::collections::VecDeque<(crate::messages::gpu::SealJob, seal::SealReply)>,
     next_seal: u64,
     stopped: Option<String>,
     lost: bool,

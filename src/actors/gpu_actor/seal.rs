@@ -68,7 +68,6 @@ struct Copied {
 }
 
 impl Sealing {
-    /// Bytes allocated for it.
     /// Device memory it holds: the shard's bytes and the lead padding that aligns a
     /// safetensors shard's data section.
     pub(super) fn allocated_bytes(&self) -> u64 {
@@ -86,6 +85,10 @@ impl GpuState {
     /// and returns; the pieces and the end arrive as messages. Any refusal is answered at once,
     /// with nothing left allocated; a caller already gone gets nothing allocated at all.
     pub(super) fn start_seal(&mut self, myself: &ActorRef<GpuMsg>, job: SealJob, reply: SealReply) {
+        if !self.sealing.is_empty() {
+            self.seal_queue.push_back((job, reply));
+            return;
+        }
         let SealJob {
             meta,
             source,
@@ -180,6 +183,25 @@ impl GpuState {
         );
     }
 
+    /// Starts the next queued seal when none is in progress, after answering every queued seal
+    /// whose caller has left (nothing was allocated for them).
+    pub(super) fn start_queued_seals(&mut self, myself: &ActorRef<GpuMsg>) {
+        let queued = std::mem::take(&mut self.seal_queue);
+        for (job, reply) in queued {
+            if reply.is_closed() || job.cancel.is_cancelled() {
+                let _ = reply.send(Err(VramError::Cancelled));
+            } else {
+                self.seal_queue.push_back((job, reply));
+            }
+        }
+        // One that is refused at once (no room, a duplicate id) lets the next one start.
+        while self.sealing.is_empty()
+            && let Some((job, reply)) = self.seal_queue.pop_front()
+        {
+            self.start_seal(myself, job, reply);
+        }
+    }
+
     /// The chunk size and the staging piece (whole chunks, so leaves never straddle pieces).
     fn staging_piece(&self) -> Result<(usize, usize), VramError> {
         let chunk = usize::try_from(self.args.settings.chunk_size)
@@ -210,6 +232,14 @@ impl GpuState {
             self.end_seal(seal, VramError::Cancelled);
             return;
         }
+        // The device may have stopped fail-closed (or been lost) since the seal started.
+        if let Err(e) = self.accepting_work() {
+            self.end_seal(seal, e);
+            return;
+        }
+        let Some(entry) = self.sealing.get_mut(&seal) else {
+            return;
+        };
         let Some(mut upload) = entry.upload.take() else {
             self.end_seal(
                 seal,
@@ -264,8 +294,11 @@ impl GpuState {
             return;
         };
         // Nothing is recorded yet: a caller who left before this point cancels the seal.
+        // Nor is a seal signed on a device that stopped fail-closed (or was lost) meanwhile.
         let hashed = if entry.cancel.is_cancelled() {
             Err(VramError::Cancelled)
+        } else if let Err(e) = self.accepting_work() {
+            Err(e)
         } else {
             hashed
         };
@@ -383,15 +416,16 @@ impl GpuState {
             )));
         }
         let available = self.available();
+        let lead = meta.lead_padding;
+        let needed = len.saturating_add(lead);
+        // What was asked of the device: the shard and its lead padding, as the check counts it.
         let refused = |reason: String| AuditEvent::VramAllocationFailed {
             shard_id: meta.shard_id.clone(),
-            requested_bytes: len,
+            requested_bytes: needed,
             available_bytes: available,
             reason,
             gpu_device: device,
         };
-        let lead = meta.lead_padding;
-        let needed = len.saturating_add(lead);
         if needed > available {
             self.audit(refused("insufficient VRAM".into()));
             return Err(VramError::InsufficientVram { needed, available });
