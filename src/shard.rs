@@ -226,8 +226,11 @@ impl SealedShard {
     /// them: every tensor, zero-size ones included, in file order (by data offset), with byte
     /// ranges counted from the shard's first byte. `None` for any other source (bytes that do
     /// not parse as safetensors, and `SealRequest::from_reader` streams, whose header is not
-    /// inspected). Read at seal time from the header; the list is as trustworthy as the
-    /// sealed bytes, which verification covers.
+    /// inspected). Read at seal time from the header, before the source is read again to be
+    /// hashed; the seal then checks that the bytes it sealed start with exactly that header
+    /// (a file replaced in between fails the seal with `VramError::Io`, kind `InvalidData`),
+    /// so the list describes the sealed bytes and is as trustworthy as they are, which
+    /// verification covers.
     pub fn tensors(&self) -> Option<&[TensorInfo]> {
         self.inner.tensors.as_ref().map(TensorList::as_slice)
     }

@@ -151,6 +151,9 @@ pub struct SealMeta {
     pub lead_padding: u64,
     /// The signed-model file the bytes must be, when the caller asked.
     pub provenance: Option<SignedSource>,
+    /// The safetensors header `tensors` (and the caller's tensor list) were parsed from, when
+    /// the source had one: the bytes sealed must start with it, checked before signing.
+    pub header: Option<crate::seal::tensors::HeaderDigest>,
 }
 
 /// The file of a verified model signature a seal's bytes must be.

@@ -31,6 +31,11 @@
 //! so at most about four times the header — some 400 MB for a 100 MB header of nothing but
 //! empty tensors, which the caller chose to seal, held while its handle lives. The map, which
 //! the device actor keeps, stays as small as above.
+//!
+//! The header is parsed before the seal reads the source again to hash it, so a layout keeps
+//! the digest of the header bytes it came from ([`HeaderDigest`]), and the device refuses to
+//! sign a shard whose first bytes are not those: the list and the map always describe the
+//! bytes sealed.
 
 use std::borrow::Cow;
 use std::collections::hash_map::RandomState;
@@ -147,7 +152,8 @@ impl TensorList {
 
 /// Everything a seal keeps of a safetensors header: the [`TensorMap`] that names the tensors
 /// behind bad chunks (kept by the device actor), the full [`TensorList`] (kept in the
-/// caller's handle) and where the data section starts.
+/// caller's handle), where the data section starts, and the digest of the header bytes it was
+/// all parsed from (which the device checks against the bytes it sealed).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TensorLayout {
     /// The spans that hold bytes, for naming bad chunks.
@@ -156,6 +162,49 @@ pub struct TensorLayout {
     pub tensors: TensorList,
     /// The data section's first byte within the shard: 8 + the header's length.
     pub data_start: u64,
+    /// The bytes `0..data_start` the map and the list were parsed from.
+    pub header: HeaderDigest,
+}
+
+/// The length and SHA-256 of the bytes a safetensors header was parsed from (the 8-byte
+/// length and the JSON: `0..data_start`).
+///
+/// A file's header is read and parsed before the seal, the file itself is read again when it
+/// is hashed: a file replaced in between (same length, another header) would otherwise be
+/// sealed with a tensor list that does not describe it. The device actor checks, before it
+/// signs, that the first `len` bytes it sealed hash to `sha256`; a seal whose bytes do not
+/// fails ([`HeaderDigest::changed`]) and nothing is sealed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeaderDigest {
+    /// How many bytes: the layout's `data_start`.
+    pub len: u64,
+    /// Their SHA-256.
+    pub sha256: [u8; 32],
+}
+
+impl HeaderDigest {
+    /// The digest of `bytes`.
+    pub fn of(bytes: &[u8]) -> Self {
+        use sha2::Digest as _;
+        Self {
+            len: bytes.len() as u64,
+            sha256: sha2::Sha256::digest(bytes).into(),
+        }
+    }
+
+    /// Whether `bytes` are the bytes this digest was taken of.
+    pub fn matches(&self, bytes: &[u8]) -> bool {
+        *self == Self::of(bytes)
+    }
+
+    /// The error of a seal whose bytes do not start with the header that was inspected.
+    pub fn changed() -> crate::error::VramError {
+        crate::error::VramError::io(
+            std::io::ErrorKind::InvalidData,
+            "the model file changed while it was being sealed: its safetensors header differs \
+             from the one inspected; nothing was sealed",
+        )
+    }
 }
 
 /// Device addresses of a safetensors shard's data section are multiples of this.
@@ -166,10 +215,12 @@ impl TensorLayout {
     /// keeping the full tensor list too.
     pub fn parse(head: &[u8], total_len: u64) -> Option<Self> {
         let (map, tensors, data_start) = parse_header(head, total_len, true)?;
+        let header = HeaderDigest::of(head.get(..usize::try_from(data_start).ok()?)?);
         Some(Self {
             map,
             tensors: tensors?,
             data_start,
+            header,
         })
     }
 
@@ -512,6 +563,7 @@ impl<'de> Deserialize<'de> for StringMap {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::VramError;
     use safetensors::tensor::{Dtype, TensorView};
 
     fn file() -> Vec<u8> {
@@ -967,6 +1019,39 @@ mod tests {
     }
 
     #[test]
+    fn the_header_digest_covers_exactly_the_bytes_parsed() {
+        let header = format!("{{{},{}}}", entry("a", 10, 0), entry("b", 6, 10));
+        let bytes = raw(&header, 16);
+        let layout = TensorLayout::parse(&bytes, bytes.len() as u64).unwrap();
+        let d = usize::try_from(layout.data_start).unwrap();
+        assert_eq!(layout.header.len, layout.data_start);
+        assert_eq!(layout.header, HeaderDigest::of(&bytes[..d]));
+        assert!(layout.header.matches(&bytes[..d]));
+        // the data is not the header's: other tensor bytes match
+        let mut data_changed = bytes.clone();
+        data_changed[d + 3] ^= 0xff;
+        assert!(layout.header.matches(&data_changed[..d]));
+        // a header of the same length that names other tensors does not, nor a cut or a
+        // longer prefix
+        let renamed = raw(&header.replace("\"a\"", "\"x\""), 16);
+        assert_eq!(renamed.len(), bytes.len());
+        assert!(TensorLayout::parse(&renamed, renamed.len() as u64).is_some());
+        assert!(!layout.header.matches(&renamed[..d]));
+        assert!(!layout.header.matches(&bytes[..d - 1]));
+        assert!(!layout.header.matches(&bytes[..d + 1]));
+        // and the error says what happened
+        let e = HeaderDigest::changed();
+        assert!(
+            matches!(&e, VramError::Io { kind, .. } if *kind == std::io::ErrorKind::InvalidData),
+            "{e:?}"
+        );
+        assert!(
+            e.to_string().contains("changed while it was being sealed"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn the_lead_padding_aligns_the_data_section() {
         for (data_start, lead) in [
             (8, 248),
@@ -980,6 +1065,7 @@ mod tests {
                 map: TensorMap::default(),
                 tensors: TensorList::default(),
                 data_start,
+                header: HeaderDigest::of(&[]),
             };
             assert_eq!(layout.lead_padding(), lead, "{data_start}");
             assert_eq!((data_start + lead) % DATA_ALIGN, 0);

@@ -87,12 +87,20 @@ impl VramResidency {
         }
         let handle_id = self.inner.next_handle.fetch_add(1, Ordering::Relaxed);
         // The device keeps the map that names bad chunks; the handle keeps the tensor list.
-        let (tensors, lead_padding, tensor_list) = match layout {
+        // Both come from the header inspected here; the device checks that the bytes it seals
+        // start with that header (a file replaced in between fails the seal).
+        let (tensors, lead_padding, tensor_list, header) = match layout {
             Some(layout) => {
                 let lead = layout.lead_padding();
-                (Some(Arc::new(layout.map)), lead, Some(layout.tensors))
+                let header = Some(layout.header);
+                (
+                    Some(Arc::new(layout.map)),
+                    lead,
+                    Some(layout.tensors),
+                    header,
+                )
             }
-            None => (None, 0, None),
+            None => (None, 0, None, None),
         };
         let job = SealJob {
             meta: SealMeta {
@@ -104,6 +112,7 @@ impl VramResidency {
                 tensors,
                 lead_padding,
                 provenance: provenance.clone(),
+                header,
             },
             source,
             progress,

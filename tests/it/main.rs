@@ -15,6 +15,7 @@ mod docs;
 mod errors;
 mod group_vectors;
 mod groups;
+mod header_swap;
 mod hostile;
 mod layering;
 mod leaf_kernel_host;

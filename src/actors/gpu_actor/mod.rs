@@ -19,7 +19,8 @@
 //! * [`scrub`](self::scrub) — the background scrub, round robin between requests;
 //! * [`faults`](self::faults) — fault injection;
 //! * [`gauges`](self::gauges) — the device's memory gauges (see [`crate::telemetry`]);
-//! * [`group`](self::group) — quarantining a member of a tensor-parallel group that failed.
+//! * [`group`](self::group) — quarantining a member of a tensor-parallel group that failed;
+//! * [`header`](self::header) — a seal's check that its tensor list describes its bytes.
 //!
 //! Fail-closed: a verification that finds a bad chunk quarantines the shard, stops the device for
 //! new seals and executions until `reset_device`, and emits a critical audit event.
@@ -30,6 +31,7 @@ mod faults;
 mod gauges;
 mod group_quarantine;
 pub(crate) mod hashing;
+mod header;
 mod scrub;
 mod seal;
 pub(crate) mod shard_table;

@@ -396,6 +396,7 @@ impl GpuState {
             .finish_upload(allocation, upload)
             .map_err(|e| self.map(e))?;
         self.check_landed(allocation, &leaves).await?;
+        self.check_header(meta, allocation).await?;
         let tree = MerkleTree::from_leaves(leaves);
         self.sign_and_record(meta, allocation, len, digest, tree)
             .await

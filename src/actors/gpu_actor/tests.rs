@@ -97,6 +97,7 @@ async fn seal(
             tensors: None,
             lead_padding: 0,
             provenance: None,
+            header: None,
         },
         source: SealSource::Bytes((0..len).map(|i| (i % 251) as u8).collect()),
         progress: None,
@@ -569,6 +570,79 @@ async fn stopped(gpu: &ActorRef<GpuMsg>) -> bool {
     false
 }
 
+/// A seal whose bytes do not start with the safetensors header its tensor list was parsed
+/// from (a file replaced after it was inspected) fails before it is signed, with nothing left
+/// allocated; one whose bytes do is sealed. The check reads the header back from the device.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_seal_whose_bytes_are_not_the_inspected_header_fails() {
+    use crate::seal::tensors::HeaderDigest;
+    let gpu = spawn_gpu(1 << 20).await;
+    let bytes: Vec<u8> = (0..20_000u32).map(|i| (i % 253) as u8).collect();
+    let job = |id: &str, handle_id, header| {
+        Box::new(SealJob {
+            meta: SealMeta {
+                shard_id: id.into(),
+                model_ref: "m".into(),
+                expected_sha256: None,
+                tensor_parallel: None,
+                handle_id,
+                tensors: None,
+                lead_padding: 160,
+                provenance: None,
+                header: Some(header),
+            },
+            source: SealSource::Bytes(bytes.clone()),
+            progress: None,
+            len: bytes.len() as u64,
+            cancel: Cancel::new(),
+        })
+    };
+    let mut other = bytes[..5000].to_vec();
+    other[4999] ^= 1;
+    for (i, wrong) in [
+        HeaderDigest::of(&other),
+        HeaderDigest {
+            len: 4999,
+            ..HeaderDigest::of(&bytes[..5000])
+        },
+        HeaderDigest::of(&bytes[1..5001]),
+        HeaderDigest {
+            len: 20_001,
+            sha256: [0; 32],
+        },
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let job = job("x", i as u64, wrong);
+        let e = call(&gpu, |reply| GpuMsg::Seal { job, reply })
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&e, VramError::Io { kind, .. } if *kind == std::io::ErrorKind::InvalidData),
+            "{e:?}"
+        );
+        assert!(e.to_string().contains("header differs"), "{e}");
+        assert_eq!(capacity(&gpu).await.used_bytes, 0);
+    }
+    for (i, right) in [
+        HeaderDigest::of(&bytes[..5000]),
+        HeaderDigest::of(&bytes),
+        HeaderDigest::of(&[]),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let id = format!("ok{i}");
+        let job = job(&id, 10 + i as u64, right);
+        call(&gpu, |reply| GpuMsg::Seal { job, reply })
+            .await
+            .unwrap();
+        release(&gpu, shard(&id, 10 + i as u64)).await.unwrap();
+    }
+    assert_eq!(capacity(&gpu).await.used_bytes, 0);
+}
+
 /// A panic in an upload copy (a rayon job, where a panic would abort the process) crashes the
 /// device actor instead, for its supervisor to replace: the caller hears the device went away,
 /// and the process, this test included, lives on.
@@ -589,6 +663,7 @@ async fn a_panicking_upload_crashes_the_device_actor_not_the_process() {
             tensors: None,
             lead_padding: 0,
             provenance: None,
+            header: None,
         },
         source: SealSource::Bytes(vec![7u8; 20_000]),
         progress: None,
