@@ -1,7 +1,9 @@
 //! Cancellation that stops work: a `seal` or `verify` whose future is dropped (here by
-//! `tokio::time::timeout`) stops at its next staging piece, frees what it allocated, is audited
-//! (`SealRejected` / `VerificationError` with `cancelled by caller`), and counts as in flight in
-//! `device_load` until it has really stopped; the device keeps answering meanwhile.
+//! `tokio::time::timeout`) stops at its next piece, frees what it allocated, is audited
+//! (`SealRejected` / `VerificationError` with `cancelled by caller`, the latter coalesced), and
+//! counts as in flight in `device_load` until it has really stopped; the device keeps answering
+//! meanwhile. A cancelled verification is still judged on what it read: a bad chunk among it
+//! quarantines the shard.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
