@@ -38,8 +38,9 @@ pub const VERIFICATIONS_TOTAL: &str = "vram_verifications_total";
 /// Histogram: seconds from the start of a verification to its verdict, by `mode`.
 pub const VERIFICATION_DURATION_SECONDS: &str = "vram_verification_duration_seconds";
 /// Counter: refusals that repeat (forged or stale peer records, calls on a quarantined shard
-/// or failed group), by `reason`: each is counted here, and only the first of a reason per
-/// window is written to the audit log in full (`audit::refusals`).
+/// or failed group, verifications cancelled by their caller), by `reason`: each is counted
+/// here, and only the first of a reason per window is written to the audit log in full
+/// (`audit::refusals`).
 pub const REFUSALS_TOTAL: &str = "vram_refusals_total";
 /// Counter: requests refused with `VramError::Busy` (no device slot within
 /// `Config::admission_timeout`), by `gpu_device`.
@@ -214,7 +215,7 @@ pub const METRICS: &[MetricSpec] = {
             Counter,
             None,
             "`reason`",
-            "Repeated refusals (forged or stale peer records, quarantined shards, failed groups); only the first per reason and minute is audited in full.",
+            "Repeated refusals (forged or stale peer records, quarantined shards, failed groups) and verifications cancelled by their caller (`cancelled_verification`); only the first per reason and minute is audited in full.",
         ),
         spec(
             ADMISSION_BUSY_TOTAL,

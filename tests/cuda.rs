@@ -784,6 +784,50 @@ async fn fault_later_launch_failure_switches_the_kernel_off_and_the_seal_succeed
     system.shutdown().await.unwrap();
 }
 
+/// A sampled verification of at least `KERNEL_MIN_LEAVES` (256) chunks reaches the leaf kernel:
+/// a verification reads in pieces of at least the backend's preferred batch, not a staging
+/// buffer's 16 leaves (each of which would be hashed on the host). Seen through a launch that
+/// fails once the self-test and the seal's own check have launched: the sampled verify's launch
+/// is the one that fails, so the kernel is switched off (counted once) and the verification
+/// passes on the host.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fault_a_sampled_verify_of_256_chunks_launches_the_leaf_kernel() {
+    if !fault_body_with(
+        "launch-fail",
+        &[("VR_FAKE_CUDA_FAULT_AFTER", "5")],
+        "fault_a_sampled_verify_of_256_chunks_launches_the_leaf_kernel",
+    ) {
+        return;
+    }
+    let snapshotter = install_recorder();
+    let system = VramResidency::start(cuda_config()).await.unwrap();
+    // 33 MiB of 64 KiB chunks: 528 leaves; the seal's check of what landed is launch 5.
+    let shard = system
+        .seal(SealRequest::new(
+            "sampled",
+            "test:cuda",
+            0,
+            pattern(33 * MIB),
+        ))
+        .await
+        .unwrap();
+    let devices = system.devices().await.unwrap();
+    assert_eq!(devices[0].leaf_kernel.as_deref(), Some("on (embedded PTX)"));
+    system
+        .verify(&shard, VerifyMode::Sampled { chunks: 300 })
+        .await
+        .unwrap();
+    let devices = system.devices().await.unwrap();
+    let kernel = devices[0].leaf_kernel.as_deref().unwrap();
+    assert!(
+        kernel.starts_with("off (a launch failed"),
+        "the sampled verify never launched the kernel: {kernel}"
+    );
+    assert_eq!(kernel_off_counts(&snapshotter), [("0".to_string(), 1)]);
+    system.release(shard).await.unwrap();
+    system.shutdown().await.unwrap();
+}
+
 /// An uncorrectable ECC error after a seal: device 0 is lost mid-verify (`DeviceLost`,
 /// fail-closed: no verdict of "pass", nothing new accepted there), and device 1 serves on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -325,7 +325,7 @@ pub enum AuditEvent {
     /// (`audit::refusals`).
     RefusalsSuppressed {
         /// The reason (`forged_shard_record`, `residency_mismatch`, `forged_group_record`,
-        /// `quarantined_shard`, `quarantined_group`).
+        /// `quarantined_shard`, `quarantined_group`, `cancelled_verification`).
         #[serde(serialize_with = "sanitized")]
         reason: String,
         /// How many refusals were counted.

@@ -1,7 +1,8 @@
 //! Refusals that repeat are counted, not written one record each.
 //!
 //! Once a shard or group is quarantined, or a forger keeps sending records that do not verify,
-//! every further call is refused the same way. Writing a full record for each let any caller
+//! every further call is refused the same way (and a client that keeps dropping its `verify`
+//! calls has each one cancelled the same way). Writing a full record for each let any caller
 //! grow the log (and, on the in-memory sink, push the original finding out of it) as fast as it
 //! could send. [`RefusalCoalescer`] decides per [`RefusalReason`], a small fixed set, so that
 //! what a caller chooses cannot multiply the records:
@@ -47,6 +48,11 @@ pub enum RefusalReason {
     QuarantinedShard,
     /// A verification or challenge of a group already failed (its failure is on record).
     QuarantinedGroup,
+    /// A verification whose caller gave up (dropped its future) before it ended, and whose
+    /// leaves read until then all matched (one that already showed a bad leaf fails closed and
+    /// is recorded critically instead). Not a refusal strictly, but just as repeatable: a
+    /// client can drop as many requests as it sends.
+    CancelledVerification,
 }
 
 impl RefusalReason {
@@ -58,20 +64,23 @@ impl RefusalReason {
             Self::ForgedGroupRecord => "forged_group_record",
             Self::QuarantinedShard => "quarantined_shard",
             Self::QuarantinedGroup => "quarantined_group",
+            Self::CancelledVerification => "cancelled_verification",
         }
     }
 
+    /// Every reason.
+    pub const ALL: [Self; 6] = [
+        Self::ForgedShardRecord,
+        Self::ResidencyMismatch,
+        Self::ForgedGroupRecord,
+        Self::QuarantinedShard,
+        Self::QuarantinedGroup,
+        Self::CancelledVerification,
+    ];
+
     /// Parses [`RefusalReason::as_str`]'s spelling.
     pub fn parse(text: &str) -> Option<Self> {
-        [
-            Self::ForgedShardRecord,
-            Self::ResidencyMismatch,
-            Self::ForgedGroupRecord,
-            Self::QuarantinedShard,
-            Self::QuarantinedGroup,
-        ]
-        .into_iter()
-        .find(|r| r.as_str() == text)
+        Self::ALL.into_iter().find(|r| r.as_str() == text)
     }
 }
 
@@ -253,13 +262,7 @@ mod tests {
 
     #[test]
     fn reasons_round_trip() {
-        for r in [
-            RefusalReason::ForgedShardRecord,
-            RefusalReason::ResidencyMismatch,
-            RefusalReason::ForgedGroupRecord,
-            RefusalReason::QuarantinedShard,
-            RefusalReason::QuarantinedGroup,
-        ] {
+        for r in RefusalReason::ALL {
             assert_eq!(RefusalReason::parse(r.as_str()), Some(r));
         }
         assert_eq!(RefusalReason::parse("Forged_Shard_Record"), None);

@@ -295,6 +295,29 @@ pub trait DeviceReader: Send + Sync {
         let indices: Vec<u64> = (0..n).collect();
         self.leaf_hashes(chunk_size, &indices)
     }
+
+    /// The fewest leaves one [`DeviceReader::leaf_hashes`] call should be given for the backend
+    /// to hash at full speed. A verification reads a piece of leaves at a time (and may stop
+    /// between pieces once its caller gives up), and never hands a backend pieces smaller than
+    /// this. The default, [`host_batch_leaves`], keeps every worker of the rayon pool busy; a
+    /// backend with a batch threshold of its own (CUDA's leaf kernel) raises it.
+    fn preferred_batch_leaves(&self, chunk_size: u64) -> u64 {
+        let _ = chunk_size;
+        host_batch_leaves()
+    }
+}
+
+/// Leaves per worker of the rayon pool in a host-hashed piece: one leaf is hashed by one
+/// worker (SHA-256 is sequential within a leaf), and a piece ends with a barrier, so each worker
+/// gets several leaves and the idle tail at the barrier stays a small part of the piece.
+pub const HOST_LEAVES_PER_WORKER: u64 = 16;
+
+/// The default [`DeviceReader::preferred_batch_leaves`]: [`HOST_LEAVES_PER_WORKER`] leaves for
+/// each worker of the rayon pool.
+pub fn host_batch_leaves() -> u64 {
+    (rayon::current_num_threads() as u64)
+        .max(1)
+        .saturating_mul(HOST_LEAVES_PER_WORKER)
 }
 
 /// Leaf hashes computed on the host: each chunk is copied back with [`DeviceReader::read`] and

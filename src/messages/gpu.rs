@@ -190,8 +190,12 @@ pub struct LeafCheck {
     pub observed: Vec<Hash>,
     /// Whether the stored leaf list still hashes to the signed root.
     pub leaves_match_root: bool,
-    /// The root recomputed from the observed leaves (full verify only).
+    /// The root recomputed from the observed leaves (a full verify that read every leaf).
     pub observed_root: Option<Hash>,
+    /// The caller gave up and the hashing stopped between pieces: `indices` and `observed` hold
+    /// only the leaves hashed until then (the first pieces of the plan), and `observed_root` is
+    /// `None`. They are still judged: a bad leaf among them fails the shard closed.
+    pub cancelled: bool,
 }
 
 /// What the handle fills in before asking a device actor to sign an attestation; the actor adds

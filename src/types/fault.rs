@@ -32,7 +32,10 @@ pub enum Fault {
     FailNextAlloc,
     /// Lose the device: every later operation on it fails with `DeviceLost`.
     LoseDevice,
-    /// Add a delay to every device read, to exercise slow verification.
+    /// Add a delay to every device read, to exercise slow verification. A verification reads
+    /// a piece of leaves per read (a staging buffer's worth, or more: see
+    /// `DeviceReader::preferred_batch_leaves`), so a pass over a shard of `p` pieces is delayed
+    /// `p` times, and a small shard once.
     SlowDevice {
         /// Milliseconds added to each read.
         millis_per_read: u64,

@@ -1,7 +1,9 @@
 //! Cancellation that stops work: a `seal` or `verify` whose future is dropped (here by
-//! `tokio::time::timeout`) stops at its next staging piece, frees what it allocated, is audited
-//! (`SealRejected` / `VerificationError` with `cancelled by caller`), and counts as in flight in
-//! `device_load` until it has really stopped; the device keeps answering meanwhile.
+//! `tokio::time::timeout`) stops at its next piece, frees what it allocated, is audited
+//! (`SealRejected` / `VerificationError` with `cancelled by caller`, the latter coalesced), and
+//! counts as in flight in `device_load` until it has really stopped; the device keeps answering
+//! meanwhile. A cancelled verification is still judged on what it read: a bad chunk among it
+//! quarantines the shard.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -13,7 +15,7 @@ use std::io::Read;
 use std::time::{Duration, Instant};
 
 use crate::common;
-use vram_residency::{Fault, SealRequest, VerifyMode, VramResidency};
+use vram_residency::{Fault, SealRequest, VerifyMode, VramError, VramResidency};
 
 const MIB: u64 = 1 << 20;
 const GIB: u64 = 1 << 30;
@@ -258,5 +260,174 @@ async fn a_dropped_verify_stops_hashing_and_leaves_the_shard_intact() {
     let report = system.verify(&shard, VerifyMode::Full).await.unwrap();
     assert_eq!(report.chunks_checked, report.total_chunks);
     assert_eq!(system.capacity(0).await.unwrap().used_bytes, 64 << 20);
+    system.shutdown().await.unwrap();
+}
+
+/// A verification dropped by its caller is still judged on the pieces it read: a bad chunk among
+/// them quarantines the shard and stops the device, as a finished verification would. Clients
+/// that always time out before a full pass can no longer keep a corrupt shard in service.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_verify_that_read_a_bad_chunk_still_quarantines_the_shard() {
+    let system = common::start(1, 256 * MIB).await;
+    let shard = system
+        .seal(SealRequest::new(
+            "corrupt",
+            "hf:org/m@r",
+            0,
+            vec![9u8; 64 << 20],
+        ))
+        .await
+        .unwrap();
+    // A flipped bit in chunk 1 (of 16384 4 KiB chunks, 2048 to a piece: in the first piece).
+    system
+        .inject_fault(
+            0,
+            Fault::FlipBits {
+                shard_id: "corrupt".into(),
+                offset: 5_000,
+                mask: 0x01,
+            },
+        )
+        .await
+        .unwrap();
+    // Each read of device memory (one piece) takes 100 ms: a full pass takes most of a second.
+    system
+        .inject_fault(
+            0,
+            Fault::SlowDevice {
+                millis_per_read: 100,
+            },
+        )
+        .await
+        .unwrap();
+    let abandoned = tokio::time::timeout(
+        Duration::from_millis(250),
+        system.verify(&shard, VerifyMode::Full),
+    )
+    .await;
+    assert!(abandoned.is_err(), "a slow full pass finished in 250 ms");
+    let stopped = within(Duration::from_secs(2), || async {
+        system.device_load(0).unwrap().in_flight == 0
+    })
+    .await;
+    assert!(stopped, "the abandoned verification never stopped");
+
+    // No verification finished, yet the shard is quarantined, its bad chunk named.
+    let err = system
+        .lease(&shard, VerifyMode::SignatureOnly)
+        .await
+        .map(|_| ())
+        .unwrap_err();
+    match &err {
+        VramError::SealVerificationFailed {
+            shard_id,
+            first_bad_chunk,
+            bad_chunk_count,
+            bad_chunks,
+            ..
+        } => {
+            assert_eq!(shard_id, "corrupt");
+            assert_eq!(*first_bad_chunk, Some(1), "{err:?}");
+            assert_eq!(*bad_chunk_count, 1, "{err:?}");
+            assert_eq!((bad_chunks[0].offset, bad_chunks[0].len), (4096, 4096));
+        }
+        other => panic!("expected SealVerificationFailed, got {other:?}"),
+    }
+    // Fail-closed: the device takes no new seal until it is reset.
+    let refused = system
+        .seal(SealRequest::new("after", "hf:org/m@r", 0, vec![1u8; 4096]))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(refused, VramError::DeviceStopped { .. }),
+        "{refused:?}"
+    );
+    // On record critically, once, with the chunk; not as a cancellation or a pass.
+    let events = events_of(&system, "corrupt").await;
+    let failed: Vec<_> = events
+        .iter()
+        .filter(|e| e["type"] == "SealVerificationFailed")
+        .collect();
+    assert_eq!(failed.len(), 1, "{events:?}");
+    assert_eq!(failed[0]["first_bad_chunk"], 1);
+    assert_eq!(failed[0]["severity"], "critical");
+    assert!(
+        !events
+            .iter()
+            .any(|e| e["type"] == "VerificationError" || e["type"] == "SealVerified"),
+        "{events:?}"
+    );
+    let lines = system.audit_lines().await.unwrap();
+    assert!(
+        lines.iter().any(|l| l.contains("\"DeviceStopped\"")),
+        "{lines:?}"
+    );
+    system.shutdown().await.unwrap();
+}
+
+/// A client that keeps dropping its verifications cannot grow the audit log: the first
+/// cancellation is written in full, the rest are counted (`vram_refusals_total{reason=
+/// "cancelled_verification"}`) and summed up in one `RefusalsSuppressed` per minute.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_dropped_verifies_cannot_flood_the_audit_log() {
+    const N: usize = 20;
+    let system = common::start(1, 256 * MIB).await;
+    // Four pieces of 8 MiB, 50 ms each: every verification below is dropped in its first.
+    let shard = system
+        .seal(SealRequest::new(
+            "dropped",
+            "hf:org/m@r",
+            0,
+            vec![4u8; 32 << 20],
+        ))
+        .await
+        .unwrap();
+    system
+        .inject_fault(
+            0,
+            Fault::SlowDevice {
+                millis_per_read: 50,
+            },
+        )
+        .await
+        .unwrap();
+    let before = system.audit_lines().await.unwrap().len();
+    for _ in 0..N {
+        let abandoned = tokio::time::timeout(
+            Duration::from_millis(20),
+            system.verify(&shard, VerifyMode::Full),
+        )
+        .await;
+        assert!(abandoned.is_err());
+        let stopped = within(Duration::from_secs(2), || async {
+            system.device_load(0).unwrap().in_flight == 0
+        })
+        .await;
+        assert!(stopped, "an abandoned verification never stopped");
+    }
+    let lines = system.audit_lines().await.unwrap();
+    let added: Vec<serde_json::Value> = lines[before..]
+        .iter()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["event"].clone())
+        .collect();
+    // The first in full; the rest only counted (their summary comes at the end of the minute).
+    assert!(added.len() <= 2, "{N} dropped verifies wrote {added:?}");
+    let errors: Vec<_> = added
+        .iter()
+        .filter(|e| e["type"] == "VerificationError")
+        .collect();
+    assert_eq!(errors.len(), 1, "{added:?}");
+    assert_eq!(errors[0]["error"], "cancelled by caller");
+    assert!(
+        !added.iter().any(|e| e["type"] == "SealVerified"),
+        "{added:?}"
+    );
+
+    // The shard is untouched and verifies once the device is fast again.
+    system
+        .inject_fault(0, Fault::SlowDevice { millis_per_read: 0 })
+        .await
+        .unwrap();
+    system.verify(&shard, VerifyMode::Full).await.unwrap();
     system.shutdown().await.unwrap();
 }

@@ -962,13 +962,7 @@ proptest! {
 #[path = "../../examples/support/bearer.rs"]
 mod bearer;
 
-const REASONS: [RefusalReason; 5] = [
-    RefusalReason::ForgedShardRecord,
-    RefusalReason::ResidencyMismatch,
-    RefusalReason::ForgedGroupRecord,
-    RefusalReason::QuarantinedShard,
-    RefusalReason::QuarantinedGroup,
-];
+const REASONS: [RefusalReason; 6] = RefusalReason::ALL;
 
 proptest! {
     #![proptest_config(config())]
@@ -1008,13 +1002,13 @@ proptest! {
     /// survive the audit log format with their counts.
     #[test]
     fn refusals_are_counted_once_and_bounded(
-        steps in prop::collection::vec((0usize..5, any::<bool>(), 0u64..40_000), 1..300),
+        steps in prop::collection::vec((0usize..REASONS.len(), any::<bool>(), 0u64..40_000), 1..300),
     ) {
         let window = Duration::from_secs(60);
         let mut coalescer = RefusalCoalescer::new(window);
         let started = Instant::now();
         let mut now = started;
-        let (mut recorded, mut counted) = ([0u64; 5], [0u64; 5]);
+        let (mut recorded, mut counted) = ([0u64; REASONS.len()], [0u64; REASONS.len()]);
         let mut summaries = Vec::new();
         for (reason, has_record, millis) in steps {
             now += Duration::from_millis(millis);
@@ -1032,8 +1026,8 @@ proptest! {
         let windows = now.duration_since(started).as_secs() / window.as_secs();
         let key = AuditKey::derive(&token());
         let mut chain = ChainState::genesis();
-        let mut summed = [0u64; 5];
-        let mut per_reason = [0u64; 5];
+        let mut summed = [0u64; REASONS.len()];
+        let mut per_reason = [0u64; REASONS.len()];
         for summary in &summaries {
             let AuditEvent::RefusalsSuppressed { reason, count, .. } = summary else {
                 panic!("not a summary: {summary:?}");
@@ -1050,7 +1044,7 @@ proptest! {
             prop_assert_eq!(RefusalReason::parse(event["reason"].as_str().unwrap()), Some(REASONS[r]));
         }
         prop_assert_eq!(summed, counted);
-        for r in 0..5 {
+        for r in 0..REASONS.len() {
             prop_assert!(recorded[r] <= 1 + windows, "{} records in {} windows", recorded[r], windows);
             prop_assert!(per_reason[r] <= 2 + windows, "{} summaries in {} windows", per_reason[r], windows);
         }

@@ -10,7 +10,9 @@
 //!   time; the actor compares the result when it comes back as `GpuMsg::VerifyFinished`.
 //!
 //! Both look at the request's [`Cancel`] flag before every piece, so work whose caller gave up
-//! stops at the next piece boundary.
+//! stops at the next piece boundary. A verification cut short still hands back the leaves it
+//! hashed, to be judged: what it already read is evidence, and a bad leaf among it fails the
+//! shard closed.
 
 use std::io::Read;
 use std::sync::Arc;
@@ -38,9 +40,13 @@ pub(crate) fn sample_indices(n: u64, k: u64) -> Vec<u64> {
 
 /// Hashes the chunks of one verification (runs on the blocking pool), `piece_leaves` leaves at a
 /// time: between pieces it looks at `cancel`, so a verification whose caller gave up stops at
-/// the next piece boundary (`BackendError::Cancelled`). A backend that
-/// hashes every leaf on the device in one launch (CUDA with the leaf kernel) is asked for all of
-/// them at once: a launch cannot be stopped half way.
+/// the next piece boundary. What it hashed until then is not thrown away: the check comes back
+/// marked [`LeafCheck::cancelled`] with the leaves hashed so far, and [`verdict`] judges them
+/// (a bad one fails the shard closed like a finished check would). A backend that hashes every
+/// leaf on the device in one launch (CUDA with the leaf kernel) is asked for all of them at
+/// once: a launch cannot be stopped half way.
+///
+/// [`verdict`]: super::verify::verdict
 pub(crate) fn hash_leaves(
     reader: &dyn DeviceReader,
     chunk: u64,
@@ -56,50 +62,79 @@ pub(crate) fn hash_leaves(
     let leaves_match_root = indices.is_some() || tree.leaves_match_root(root);
     match indices {
         None => {
-            let observed = if reader.hashes_on_device(chunk) {
-                reader.all_leaf_hashes(chunk)?
+            let (observed, asked, cancelled) = if reader.hashes_on_device(chunk) {
+                let all = reader.all_leaf_hashes(chunk)?;
+                let n = all.len();
+                (all, n, false)
             } else {
                 let n = crate::seal::merkle::leaf_count(reader.len(), chunk);
                 let all: Vec<u64> = (0..n).collect();
-                leaf_hashes_in_pieces(reader, chunk, &all, piece_leaves, cancel)?
+                let h = leaf_hashes_in_pieces(reader, chunk, &all, piece_leaves, cancel)?;
+                (h.observed, h.asked, h.cancelled)
             };
-            let observed_root = crate::seal::merkle::root_from_leaves(&observed);
+            // A check cut short has no root to recompute: only its leaves are judged.
+            let observed_root =
+                (!cancelled).then(|| crate::seal::merkle::root_from_leaves(&observed));
+            let asked = if cancelled { asked } else { observed.len() };
             Ok(LeafCheck {
-                indices: (0..observed.len() as u64).collect(),
+                indices: (0..asked as u64).collect(),
                 observed,
                 leaves_match_root,
-                observed_root: Some(observed_root),
+                observed_root,
+                cancelled,
             })
         }
-        Some(indices) => {
-            let observed = leaf_hashes_in_pieces(reader, chunk, &indices, piece_leaves, cancel)?;
+        Some(mut indices) => {
+            let h = leaf_hashes_in_pieces(reader, chunk, &indices, piece_leaves, cancel)?;
+            indices.truncate(h.asked);
             Ok(LeafCheck {
                 indices,
-                observed,
+                observed: h.observed,
                 leaves_match_root,
                 observed_root: None,
+                cancelled: h.cancelled,
             })
         }
     }
 }
 
+/// What [`leaf_hashes_in_pieces`] read.
+struct Hashed {
+    /// The hashes the backend returned, piece after piece.
+    observed: Vec<Hash>,
+    /// How many of the indices were asked for (the whole pieces read), from the first.
+    asked: usize,
+    /// It stopped before the last piece because `cancel` was set.
+    cancelled: bool,
+}
+
 /// [`DeviceReader::leaf_hashes`] of `indices`, `piece_leaves` at a time, stopping between
-/// pieces once `cancel` is set.
+/// pieces once `cancel` is set (and keeping what the pieces before returned).
 fn leaf_hashes_in_pieces(
     reader: &dyn DeviceReader,
     chunk: u64,
     indices: &[u64],
     piece_leaves: usize,
     cancel: &Cancel,
-) -> Result<Vec<Hash>, BackendError> {
+) -> Result<Hashed, BackendError> {
     let mut observed = Vec::with_capacity(indices.len());
+    let mut asked = 0usize;
     for piece in indices.chunks(piece_leaves.max(1)) {
         if cancel.is_cancelled() {
-            return Err(BackendError::Cancelled);
+            return Ok(Hashed {
+                observed,
+                asked,
+                cancelled: true,
+            });
         }
         observed.extend(reader.leaf_hashes(chunk, piece)?);
+        asked = asked.saturating_add(piece.len());
     }
-    Ok(observed)
+    Ok(Hashed {
+        observed,
+        asked,
+        cancelled: false,
+    })
 }
 
 /// Hashes one staging piece: the plain SHA-256 stream on one worker while the piece's Merkle

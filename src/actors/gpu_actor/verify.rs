@@ -6,6 +6,12 @@
 //! `GpuMsg::VerifyFinished`, and [`verdict`] — a pure function of the sealed record, the sealed
 //! leaf list and what the device returned — decides. Only then does the actor act on it: a
 //! report, or fail-closed (quarantine the shard, stop the device, audit it critically).
+//!
+//! A check whose caller gave up stops between pieces (of [`piece_leaves`] leaves) and is still
+//! judged on the leaves it read: a bad one fails closed exactly as a finished check would, so
+//! callers that always time out cannot keep a corrupt shard from being quarantined; if all were
+//! good it ends as `Cancelled`, audited through the refusal coalescer (reason
+//! `cancelled_verification`), so dropped requests cannot flood the log.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -17,6 +23,7 @@ use super::{GpuState, VerifyReply};
 use crate::actors::gpu_actor::hashing::{hash_leaves, sample_indices};
 use crate::actors::gpu_actor::shard_table::Quarantine;
 use crate::audit::events::{AuditEvent, Severity};
+use crate::audit::refusals::RefusalReason;
 use crate::error::{MAX_REPORTED_BAD_CHUNKS, VramError};
 use crate::gpu::BackendError;
 use crate::messages::gpu::{Cancel, GpuMsg, LeafCheck, ShardRef};
@@ -45,7 +52,15 @@ pub(crate) enum Verdict {
         /// Hashes asked for.
         expected: u64,
     },
-    /// The shard does not match its seal.
+    /// The caller gave up and the hashing stopped between pieces, and every leaf hashed until
+    /// then matched (as did the sealed leaf list, for a full verify): no finding, and no pass
+    /// either. The shard is left as it was.
+    Cancelled {
+        /// Leaves read back and hashed before it stopped.
+        chunks_checked: u64,
+    },
+    /// The shard does not match its seal. A check cut short by its caller ends here too when
+    /// what it read already shows it: its bad leaves are as real as a finished check's.
     Corrupt {
         /// Leaves whose bytes differ, in index order (empty when the leaf list or the root is
         /// what failed).
@@ -57,8 +72,10 @@ pub(crate) enum Verdict {
     },
 }
 
-/// Judges one finished check. Pure: the same inputs always give the same verdict, and nothing
-/// here touches the device or the actor.
+/// Judges one check, finished or cut short by its caller ([`LeafCheck::cancelled`]: only the
+/// leaves it hashed are judged; any bad one is `Corrupt`, otherwise it is `Cancelled`, never
+/// `Intact`). Pure: the same inputs always give the same verdict, and nothing here touches the
+/// device or the actor.
 pub(crate) fn verdict(
     info: &ShardInfo,
     tree: &MerkleTree,
@@ -67,16 +84,17 @@ pub(crate) fn verdict(
 ) -> Verdict {
     let (len, chunk) = (info.vram_bytes, info.chunk_size);
     let total = leaf_count(len, chunk);
-    let expected = if mode.reads_every_chunk() {
+    let expected = if mode.reads_every_chunk() && !check.cancelled {
         total
     } else {
         check.indices.len() as u64
     };
-    // A backend that returns fewer hashes than asked for must not pass by omission.
+    // A backend that returns fewer hashes than asked for must not pass by omission. (A check
+    // cut short may have hashed nothing at all: that is no pass either, see below.)
     let returned = check.observed.len() as u64;
     if returned != expected
         || check.indices.len() as u64 != expected
-        || (expected == 0 && mode.reads_device_memory())
+        || (expected == 0 && mode.reads_device_memory() && !check.cancelled)
     {
         return Verdict::Incomplete { returned, expected };
     }
@@ -98,7 +116,11 @@ pub(crate) fn verdict(
         Vec::new()
     };
     bad.sort_unstable();
-    if bad.is_empty() && check.leaves_match_root && root_ok {
+    if bad.is_empty() && check.leaves_match_root && root_ok && check.cancelled {
+        Verdict::Cancelled {
+            chunks_checked: check.indices.len() as u64,
+        }
+    } else if bad.is_empty() && check.leaves_match_root && root_ok {
         Verdict::Intact {
             chunks_checked: check.indices.len() as u64,
             total_chunks: total,
@@ -163,11 +185,7 @@ impl GpuState {
         if let Some(bad) = &entry.quarantine {
             // Its failure is on record; this refusal (and every later one) is only counted.
             let refused = quarantined(&shard.shard_id, bad);
-            crate::actors::refuse_audit(
-                &self.args.audit,
-                crate::audit::refusals::RefusalReason::QuarantinedShard,
-                None,
-            );
+            crate::actors::refuse_audit(&self.args.audit, RefusalReason::QuarantinedShard, None);
             return Err((refused, reply));
         }
         let n = leaf_count(entry.info.vram_bytes, entry.info.chunk_size);
@@ -192,7 +210,7 @@ impl GpuState {
         }
         let started = Instant::now();
         let myself = myself.clone();
-        let piece_leaves = self.piece_leaves();
+        let piece_leaves = self.piece_leaves(&*reader);
         crate::actors::spans::spawn(async move {
             let job = crate::actors::spans::spawn_blocking(move || {
                 hash_leaves(
@@ -238,15 +256,18 @@ impl GpuState {
         Ok(())
     }
 
-    /// Leaves per hashing piece: one staging piece's worth (at least one leaf).
-    fn piece_leaves(&self) -> usize {
-        let chunk = usize::try_from(self.args.settings.chunk_size).unwrap_or(usize::MAX);
-        self.args
-            .settings
-            .staging_bytes
-            .checked_div(chunk)
-            .unwrap_or(1)
-            .max(1)
+    /// Leaves per hashing piece, the granularity at which a verification notices that its
+    /// caller gave up: a staging piece's worth, or the backend's preferred batch
+    /// ([`DeviceReader::preferred_batch_leaves`]: enough leaves to keep every host worker busy,
+    /// and on CUDA at least the leaf kernel's threshold) if that is more; at least one leaf.
+    ///
+    /// [`DeviceReader::preferred_batch_leaves`]: crate::gpu::DeviceReader::preferred_batch_leaves
+    fn piece_leaves(&self, reader: &dyn crate::gpu::DeviceReader) -> usize {
+        piece_leaves(
+            self.args.settings.staging_bytes,
+            self.args.settings.chunk_size,
+            reader.preferred_batch_leaves(self.args.settings.chunk_size),
+        )
     }
 
     /// Concludes a verification: judges it, acts on the verdict, audits it, and lets a release
@@ -283,6 +304,8 @@ impl GpuState {
                 },
                 elapsed: started.elapsed(),
             }),
+            // Every leaf it read matched: nothing found, nothing passed, the shard untouched.
+            Ok(Verdict::Cancelled { .. }) => Err(VramError::Cancelled),
             Ok(Verdict::Incomplete { returned, expected }) => {
                 Err(VramError::VerificationIncomplete {
                     shard_id: shard.shard_id.clone(),
@@ -309,6 +332,19 @@ impl GpuState {
             // Integrity failures were recorded by `fail_closed`; anything else (a read error, a
             // lost device, an incomplete answer) means the shard could not be checked: say so.
             Err(VramError::SealVerificationFailed { .. }) => {}
+            // A caller can drop as many requests as it likes: the first cancellation per
+            // window is written in full, later ones only counted (`audit::refusals`).
+            Err(e @ VramError::Cancelled) => crate::actors::refuse_audit(
+                &self.args.audit,
+                RefusalReason::CancelledVerification,
+                Some(AuditEvent::VerificationError {
+                    shard_id: shard.shard_id.clone(),
+                    gpu_device: device,
+                    mode: mode.to_string(),
+                    error: e.to_string(),
+                    trigger: trigger.into(),
+                }),
+            ),
             Err(e) => self.audit(AuditEvent::VerificationError {
                 shard_id: shard.shard_id.clone(),
                 gpu_device: device,
@@ -406,6 +442,18 @@ impl GpuState {
     }
 }
 
+/// Leaves per verification piece: `staging` bytes' worth of `chunk`-byte leaves, or the
+/// backend's `preferred` batch if that is more; at least one.
+fn piece_leaves(staging: usize, chunk: u64, preferred: u64) -> usize {
+    let chunk = usize::try_from(chunk).unwrap_or(usize::MAX);
+    let preferred = usize::try_from(preferred).unwrap_or(usize::MAX);
+    staging
+        .checked_div(chunk)
+        .unwrap_or(1)
+        .max(preferred)
+        .max(1)
+}
+
 /// The error every refused call on a quarantined shard gets.
 pub(super) fn quarantined(shard_id: &str, bad: &Quarantine) -> VramError {
     if let Some(group) = &bad.group {
@@ -475,6 +523,7 @@ mod tests {
             observed_root: Some(root_from_leaves(&observed)),
             observed,
             leaves_match_root: true,
+            cancelled: false,
         }
     }
 
@@ -495,6 +544,7 @@ mod tests {
             observed: vec![leaves_of(&data)[2]],
             leaves_match_root: true,
             observed_root: None,
+            cancelled: false,
         };
         let v = verdict(&info, &tree, VerifyMode::Sampled { chunks: 1 }, &sampled);
         assert_eq!(
@@ -539,6 +589,7 @@ mod tests {
             observed: Vec::new(),
             leaves_match_root: true,
             observed_root: None,
+            cancelled: false,
         };
         assert!(matches!(
             verdict(&info, &tree, VerifyMode::Sampled { chunks: 4 }, &empty),
@@ -574,5 +625,77 @@ mod tests {
             verdict(&info, &tree, VerifyMode::Full, &full_check(&data)),
             Verdict::Corrupt { .. }
         ));
+    }
+
+    /// The first `n` leaves of a full check, as a check cut short after them.
+    fn cut_short(data: &[u8], n: usize) -> LeafCheck {
+        let mut check = full_check(data);
+        check.indices.truncate(n);
+        check.observed.truncate(n);
+        check.observed_root = None;
+        check.cancelled = true;
+        check
+    }
+
+    #[test]
+    fn a_check_cut_short_is_judged_on_what_it_read() {
+        let (mut data, info, tree) = sealed();
+        // Good so far: cancelled, never a pass, whatever the mode.
+        for mode in [VerifyMode::Full, VerifyMode::Sampled { chunks: 3 }] {
+            for n in 0..3 {
+                assert_eq!(
+                    verdict(&info, &tree, mode, &cut_short(&data, n)),
+                    Verdict::Cancelled {
+                        chunks_checked: n as u64
+                    }
+                );
+            }
+        }
+        // A bad leaf among those read fails the shard, named, as a finished check would.
+        data[100] ^= 0x01;
+        assert_eq!(
+            verdict(&info, &tree, VerifyMode::Full, &cut_short(&data, 2)),
+            Verdict::Corrupt {
+                bad: vec![0],
+                leaves_match_root: true,
+                observed_root: None
+            }
+        );
+        // One not read yet is no finding.
+        let (mut data, ..) = sealed();
+        data[8_500] ^= 0x01;
+        assert_eq!(
+            verdict(&info, &tree, VerifyMode::Full, &cut_short(&data, 2)),
+            Verdict::Cancelled { chunks_checked: 2 }
+        );
+        // A sealed leaf list off the signed root is known before the first piece.
+        let mut off_root = cut_short(&data, 1);
+        off_root.leaves_match_root = false;
+        assert!(matches!(
+            verdict(&info, &tree, VerifyMode::Full, &off_root),
+            Verdict::Corrupt {
+                leaves_match_root: false,
+                ..
+            }
+        ));
+        // Fewer hashes than the pieces asked for is still incomplete, not cancelled.
+        let mut short = cut_short(&data, 2);
+        short.observed.pop();
+        assert_eq!(
+            verdict(&info, &tree, VerifyMode::Full, &short),
+            Verdict::Incomplete {
+                returned: 1,
+                expected: 2
+            }
+        );
+    }
+
+    #[test]
+    fn pieces_are_a_staging_buffer_or_the_backends_batch_whichever_is_more() {
+        // Defaults: 8 MiB staging, 1 MiB chunks; a host of 16 workers, CUDA's kernel threshold.
+        assert_eq!(piece_leaves(8 << 20, 1 << 20, 256), 256);
+        assert_eq!(piece_leaves(8 << 20, 4096, 256), 2048);
+        assert_eq!(piece_leaves(8 << 20, 64 << 20, 0), 1);
+        assert_eq!(piece_leaves(0, 1 << 20, 0), 1);
     }
 }

@@ -508,4 +508,15 @@ impl DeviceReader for CudaReader {
             && usize::try_from(leaf_count(self.len(), chunk_size))
                 .is_ok_and(|n| n >= KERNEL_MIN_LEAVES)
     }
+
+    /// With the leaf kernel on, at least [`KERNEL_MIN_LEAVES`]: a smaller request is hashed on
+    /// the host, so a verification read in smaller pieces would never launch it.
+    fn preferred_batch_leaves(&self, chunk_size: u64) -> u64 {
+        let _ = chunk_size;
+        let host = crate::gpu::host_batch_leaves();
+        match &self.kernels {
+            Some(k) if k.is_on() => host.max(KERNEL_MIN_LEAVES as u64),
+            _ => host,
+        }
+    }
 }
