@@ -352,26 +352,7 @@ async fn safetensors_shards_are_aligned_and_served_by_tensor_on_cuda() {
     // A flip at shard offset 3 * 4096 + 5 (inside layers.0.attn.q.weight) is in chunk 3; taken
     // from the allocation's start it would land in chunk 2.
     let offset = 3 * 4096 + 5;
-    system
-        .inject_fault(
-            0,
-            Fault::FlipBits {
-                shard_id: "st".into(),
-                offset,
-                mask: 0x40,
-            },
-        )
-        .await
-        .unwrap();
-    let err = system.verify(&shard, VerifyMode::Full).await.unwrap_err();
-    let VramError::SealVerificationFailed {
-        bad_chunks,
-        bad_tensors,
-        ..
-    } = &err
-    else {
-        panic!("{err:?}")
-    };
+    let (bad_chunks, bad_tensors) = common::flip_and_verify(&system, &shard, offset, 0x40).await;
     assert_eq!(bad_chunks.len(), 1, "{bad_chunks:?}");
     assert_eq!((bad_chunks[0].offset, bad_chunks[0].len), (3 * 4096, 4096));
     assert_eq!(bad_tensors, &["layers.0.attn.q.weight", "tokens.mask"]);

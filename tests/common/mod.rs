@@ -1,6 +1,7 @@
 //! Helpers shared by the integration tests.
 #![allow(
     dead_code,
+    clippy::panic,
     clippy::unwrap_used,
     clippy::expect_used,
     clippy::indexing_slicing,
@@ -81,5 +82,77 @@ pub fn rust_files(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
         } else if path.extension().is_some_and(|e| e == "rs") {
             out.push(path);
         }
+    }
+}
+
+/// A seal source that takes a while: `len` bytes of 0x5a, at most `per_read` bytes per `read`
+/// call, `delay` before each call. Large seals need no large buffer in the test.
+pub struct SlowSource {
+    pub left: u64,
+    pub per_read: usize,
+    pub delay: Duration,
+}
+
+impl std::io::Read for SlowSource {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = buf.len().min(self.per_read).min(self.left as usize);
+        if n == 0 {
+            return Ok(0);
+        }
+        if !self.delay.is_zero() {
+            std::thread::sleep(self.delay);
+        }
+        buf[..n].fill(0x5a);
+        self.left -= n as u64;
+        Ok(n)
+    }
+}
+
+/// A seal of `len` bytes from a [`SlowSource`] on device 0.
+pub fn slow_seal(
+    shard_id: &str,
+    len: u64,
+    per_read: usize,
+    delay: Duration,
+) -> vram_residency::SealRequest {
+    vram_residency::SealRequest::from_reader(
+        shard_id,
+        "hf:org/m@r",
+        0,
+        SlowSource {
+            left: len,
+            per_read,
+            delay,
+        },
+        len,
+    )
+}
+
+/// Flips `mask` into byte `offset` of `shard`, verifies it in full and returns what the
+/// failure names: its bad chunks and bad tensors. Panics unless the verification failed so.
+pub async fn flip_and_verify(
+    system: &VramResidency,
+    shard: &vram_residency::SealedShard,
+    offset: u64,
+    mask: u8,
+) -> (Vec<vram_residency::ChunkSpan>, Vec<String>) {
+    system
+        .inject_fault(
+            shard.device(),
+            vram_residency::Fault::FlipBits {
+                shard_id: shard.shard_id().to_string(),
+                offset,
+                mask,
+            },
+        )
+        .await
+        .unwrap();
+    match system.verify(shard, vram_residency::VerifyMode::Full).await {
+        Err(vram_residency::VramError::SealVerificationFailed {
+            bad_chunks,
+            bad_tensors,
+            ..
+        }) => (bad_chunks, bad_tensors),
+        other => panic!("expected a failed verification, got {other:?}"),
     }
 }

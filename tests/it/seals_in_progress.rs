@@ -8,7 +8,6 @@
     clippy::arithmetic_side_effects
 )] // test code fails loudly
 
-use std::io::Read;
 use std::time::Duration;
 
 use crate::common;
@@ -16,27 +15,9 @@ use vram_residency::{Fault, SealRequest, VerifyMode, VramError};
 
 const MIB: u64 = 1 << 20;
 
-/// `len` bytes, 64 KiB per `read`, `delay` before each read: a seal that takes a while.
-struct Slow {
-    left: u64,
-    delay: Duration,
-}
-
-impl Read for Slow {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = buf.len().min(64 << 10).min(self.left as usize);
-        if n == 0 {
-            return Ok(0);
-        }
-        std::thread::sleep(self.delay);
-        buf[..n].fill(0x33);
-        self.left -= n as u64;
-        Ok(n)
-    }
-}
-
+/// A seal of `len` bytes, 64 KiB per read, `delay` before each read: one that takes a while.
 fn slow(shard_id: &str, len: u64, delay: Duration) -> SealRequest {
-    SealRequest::from_reader(shard_id, "hf:org/m@r", 0, Slow { left: len, delay }, len)
+    common::slow_seal(shard_id, len, 64 << 10, delay)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -14,7 +14,7 @@
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
-use vram_residency::{Fault, SealRequest, TensorInfo, VerifyMode, VramError};
+use vram_residency::{SealRequest, TensorInfo, VerifyMode, VramError};
 
 use crate::common::{self, pattern};
 
@@ -211,26 +211,7 @@ async fn a_flip_at_a_tensors_shard_offset_is_found_there_and_names_it() {
     let offset = 3 * 4096 + 5;
     assert!(q.start <= offset && offset < q.end);
     assert_eq!((offset - LEAD) / 4096, 2);
-    system
-        .inject_fault(
-            0,
-            Fault::FlipBits {
-                shard_id: "st".into(),
-                offset,
-                mask: 0x40,
-            },
-        )
-        .await
-        .unwrap();
-    let err = system.verify(&shard, VerifyMode::Full).await.unwrap_err();
-    let VramError::SealVerificationFailed {
-        bad_chunks,
-        bad_tensors,
-        ..
-    } = &err
-    else {
-        panic!("{err:?}")
-    };
+    let (bad_chunks, bad_tensors) = common::flip_and_verify(&system, &shard, offset, 0x40).await;
     assert_eq!(bad_chunks.len(), 1, "{bad_chunks:?}");
     assert_eq!((bad_chunks[0].offset, bad_chunks[0].len), (3 * 4096, 4096));
     // Chunk 3 (12288..16384) holds the rest of q.weight and the start of tokens.mask.
