@@ -157,6 +157,8 @@ where
     let (mut to_caller, from_waiter) = tokio::sync::oneshot::channel::<Delivery<T, U>>();
     crate::actors::spans::spawn(async move {
         let ended = tokio::select! {
+            // An answer that is ready wins over a timeout or a leaving caller that are too.
+            biased;
             answered = &mut answer => Ended::Answered(answered),
             () = to_caller.closed() => Ended::CallerLeft,
             () = tokio::time::sleep(timeout) => Ended::TimedOut,

@@ -168,7 +168,10 @@ impl VramResidency {
             {
                 self.check_signature(info).await?;
                 let shard_ref = shard.inner.shard_ref();
-                // A caller that gives up stops the hashing at its next piece.
+                // A caller that gives up stops the hashing at its next piece. What the device
+                // found before it stopped is counted here, since `verify` is no longer there to
+                // count it (a timed-out caller already counted its `Timeout`).
+                let asked = std::time::Instant::now();
                 self.ask_gpu_cancellable(
                     device,
                     |reply, cancel| GpuMsg::Verify {
@@ -178,7 +181,20 @@ impl VramResidency {
                         cancel,
                         reply,
                     },
-                    |_, _| {},
+                    move |late: Result<VerifyReport, VramError>, abandoned| {
+                        // A verification that stopped unjudged is counted in the refusals.
+                        if abandoned == super::admission::Abandoned::CallerLeft
+                            && !matches!(late, Err(VramError::Cancelled))
+                            && let Some(outcome) = Outcome::counted(&late)
+                        {
+                            telemetry::record_verification(
+                                mode,
+                                Trigger::Request,
+                                outcome,
+                                asked.elapsed(),
+                            );
+                        }
+                    },
                 )
                 .await?
             }

@@ -169,7 +169,9 @@ impl GpuActor {
             }
         }
         // A seal that ended lets the next queued one start; a queued seal whose caller left
-        // is answered now (its slot frees) rather than when its turn comes.
+        // is answered at this message (its slot frees) rather than when its turn comes. A
+        // seal in progress sends a message per piece, so that is soon (at most
+        // `seal_stall_timeout` when its source stalls).
         state.start_queued_seals(&myself);
         if publish {
             state.publish_capacity();

@@ -65,6 +65,7 @@ struct Copied {
     len: u64,
     offset: u64,
     upload: Box<dyn DeviceUpload>,
+    cancel: Cancel,
 }
 
 impl Sealing {
@@ -195,10 +196,16 @@ impl GpuState {
             }
         }
         // One that is refused at once (no room, a duplicate id) lets the next one start.
+        let mut started = false;
         while self.sealing.is_empty()
             && let Some((job, reply)) = self.seal_queue.pop_front()
         {
             self.start_seal(myself, job, reply);
+            started = true;
+        }
+        // Its allocation changes the capacity gauges, whatever message let it start.
+        if started {
+            self.publish_capacity();
         }
     }
 
@@ -308,8 +315,8 @@ impl GpuState {
             len,
             upload,
             offset,
+            cancel,
             reply,
-            ..
         } = entry;
         let sealed = match (hashed, upload) {
             (Err(e), Some(upload)) => {
@@ -326,6 +333,7 @@ impl GpuState {
                     len,
                     offset,
                     upload,
+                    cancel,
                 };
                 self.land(&meta, copied, hashed).await
             }
@@ -385,6 +393,7 @@ impl GpuState {
             len,
             offset,
             upload,
+            cancel,
         } = copied;
         if offset != len {
             return Err(VramError::io(
@@ -398,7 +407,7 @@ impl GpuState {
         self.check_landed(allocation, &leaves).await?;
         self.check_header(meta, allocation).await?;
         let tree = MerkleTree::from_leaves(leaves);
-        self.sign_and_record(meta, allocation, len, digest, tree)
+        self.sign_and_record(meta, allocation, len, digest, tree, &cancel)
             .await
     }
 
@@ -472,6 +481,7 @@ impl GpuState {
         len: u64,
         digest: Hash,
         tree: MerkleTree,
+        cancel: &Cancel,
     ) -> Result<ShardInfo, VramError> {
         let device = self.device();
         let digest_hex = hex::encode(digest);
@@ -537,6 +547,11 @@ impl GpuState {
             || VramError::ShuttingDown,
         )
         .await??;
+        // The checks and the signature were awaited: a caller who left (or timed out) meanwhile
+        // still cancels the seal, which is recorded from here on without another await.
+        if cancel.is_cancelled() {
+            return Err(VramError::Cancelled);
+        }
         self.table.insert(ShardEntry {
             info: info.clone(),
             handle_id: meta.handle_id,
