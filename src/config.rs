@@ -305,10 +305,6 @@ impl Config {
             self.errors
                 .push(VramError::invalid("call timeout must be positive"));
         }
-        if timeout.is_zero() {
-            self.errors
-                .push(VramError::invalid("call timeout must be positive"));
-        }
         self.call_timeout = timeout;
         self
     }
