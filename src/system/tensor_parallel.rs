@@ -292,6 +292,22 @@ impl VramResidency {
             return Err(VramError::UnknownShard(group.group_id().to_string()));
         }
         let mode = mode.validate()?;
+        // The members' verifications and the group's verdict run as one task of their own: a
+        // caller that drops this future (or times out) does not cut the group's fail-all rule
+        // short. A group verification therefore runs to its end, unlike a single shard's.
+        let (system, owned) = (self.clone(), group.clone());
+        crate::actors::spans::spawn(async move { system.verify_group_to_end(&owned, mode).await })
+            .await
+            .unwrap_or_else(|_| Err(VramError::Internal("a group verification failed".into())))
+    }
+
+    /// [`VramResidency::verify_group`] after its checks of the request: every member verified,
+    /// the group signature checked, and the verdict applied (fail-all).
+    async fn verify_group_to_end(
+        &self,
+        group: &SealedGroup,
+        mode: VerifyMode,
+    ) -> Result<Vec<VerifyReport>, VramError> {
         let handles: Vec<_> = group
             .shards()
             .iter()

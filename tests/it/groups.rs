@@ -601,3 +601,51 @@ async fn a_member_released_on_its_own_fails_the_check_without_quarantining_the_r
     assert_eq!(count(&types, "GroupMemberQuarantined"), 0, "{types:?}");
     system.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_group_verification_still_fails_the_whole_group() {
+    let system = common::start(4, 1 << 20).await;
+    let group = seal_tp4(&system, "tp4-dropped").await;
+    // Member 2 is corrupt, and its device slow enough that the caller gives up first.
+    system
+        .inject_fault(
+            2,
+            Fault::FlipBits {
+                shard_id: "tp4-dropped-2".into(),
+                offset: 7,
+                mask: 1,
+            },
+        )
+        .await
+        .unwrap();
+    system
+        .inject_fault(
+            2,
+            Fault::SlowDevice {
+                millis_per_read: 300,
+            },
+        )
+        .await
+        .unwrap();
+    let abandoned = tokio::time::timeout(
+        Duration::from_millis(50),
+        system.verify_group(&group, VerifyMode::Full),
+    )
+    .await;
+    assert!(abandoned.is_err(), "the verification finished within 50 ms");
+    // The group's verdict still runs: fail-all quarantines the intact members too.
+    let member0 = group.shards()[0].clone();
+    let quarantined = common::eventually(|| async {
+        matches!(
+            system.verify(&member0, VerifyMode::SignatureOnly).await,
+            Err(VramError::GroupQuarantined { .. })
+        )
+    })
+    .await;
+    assert!(
+        quarantined,
+        "{:?}",
+        system.verify(&member0, VerifyMode::SignatureOnly).await
+    );
+    system.shutdown().await.unwrap();
+}
