@@ -50,7 +50,7 @@ impl VramResidency {
         &self,
         device: u32,
         build: impl FnOnce(ractor::RpcReplyPort<T>, Cancel) -> GpuMsg,
-        undo: impl FnOnce(T, Abandoned) + Send + 'static,
+        undo: impl FnOnce(Result<T, VramError>, Abandoned) + Send + 'static,
     ) -> Result<T, VramError> {
         validation::validate_device(device, self.inner.device_count)?;
         let admission = usize::try_from(device)
@@ -147,7 +147,7 @@ async fn answer_holding_slot<T, U>(
 ) -> Result<T, VramError>
 where
     T: Send + 'static,
-    U: FnOnce(T, Abandoned) + Send + 'static,
+    U: FnOnce(Result<T, VramError>, Abandoned) + Send + 'static,
 {
     enum Ended<T> {
         Answered(Result<T, tokio::sync::oneshot::error::RecvError>),
@@ -185,10 +185,11 @@ where
                 let _ = to_caller.send(Delivery::failed(VramError::Timeout(
                     "the device actor".to_string(),
                 )));
-                // Resolves when the device answers or drops the port: its work is over.
-                if let Ok(late) = answer.await {
-                    undo(late, abandoned);
-                }
+                // Resolves when the device answers or drops the port: its work is over
+                // either way, and the undo hears which (a seal is counted even when its
+                // device died under it).
+                let late = answer.await.map_err(|_| gone());
+                undo(late, abandoned);
                 drop(slot);
             }
         }
@@ -202,12 +203,12 @@ where
 /// A device's answer on its way from the waiter to the caller. Dropped untaken (the caller
 /// left as it was sent, or after it was sent but before it was polled), it hands the answer to
 /// its `undo` as [`Abandoned::CallerLeft`].
-struct Delivery<T, U: FnOnce(T, Abandoned)> {
+struct Delivery<T, U: FnOnce(Result<T, VramError>, Abandoned)> {
     outcome: Option<Result<T, VramError>>,
     undo: Option<U>,
 }
 
-impl<T, U: FnOnce(T, Abandoned)> Delivery<T, U> {
+impl<T, U: FnOnce(Result<T, VramError>, Abandoned)> Delivery<T, U> {
     fn answer(value: T, undo: U) -> Self {
         Self {
             outcome: Some(Ok(value)),
@@ -232,10 +233,10 @@ impl<T, U: FnOnce(T, Abandoned)> Delivery<T, U> {
     }
 }
 
-impl<T, U: FnOnce(T, Abandoned)> Drop for Delivery<T, U> {
+impl<T, U: FnOnce(Result<T, VramError>, Abandoned)> Drop for Delivery<T, U> {
     fn drop(&mut self) {
         if let (Some(Ok(value)), Some(undo)) = (self.outcome.take(), self.undo.take()) {
-            undo(value, Abandoned::CallerLeft);
+            undo(Ok(value), Abandoned::CallerLeft);
         }
     }
 }

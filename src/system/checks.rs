@@ -181,7 +181,8 @@ impl VramResidency {
                         cancel,
                         reply,
                     },
-                    move |late: Result<VerifyReport, VramError>, abandoned| {
+                    move |late: Result<Result<VerifyReport, VramError>, VramError>, abandoned| {
+                        let late = late.and_then(|answer| answer);
                         // A verification that stopped unjudged is counted in the refusals.
                         if abandoned == super::admission::Abandoned::CallerLeft
                             && !matches!(late, Err(VramError::Cancelled))

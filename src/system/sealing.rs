@@ -122,7 +122,9 @@ impl VramResidency {
         // A seal whose caller left is counted when its work ends (usually `cancelled`); one
         // that finished anyway is released: no handle will ever be.
         let system = self.clone();
-        let undo = move |late: Result<ShardInfo, VramError>, abandoned: Abandoned| {
+        let undo = move |late: Result<Result<ShardInfo, VramError>, VramError>,
+                         abandoned: Abandoned| {
+            let late = late.and_then(|answer| answer);
             if abandoned == Abandoned::CallerLeft {
                 telemetry::record_seal(&late);
             }
