@@ -81,26 +81,26 @@ pub struct GpuArgs {
 /// supervisor hands the same slot to a replacement. A message to the supervisor would not do:
 /// ractor delivers a crashed child's supervision event ahead of ordinary messages, so a
 /// replacement could start before the stop was known and serve from a device that failed
-/// closed.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct StopSlot(std::sync::Arc<std::sync::Mutex<Option<String>>>);
+/// closed. It is a `watch` slot, like the device directory (`.specs/design.md` §2: no lock is
+/// shared between actors): the value is replaced whole, never held across anything.
+#[derive(Debug, Clone)]
+pub(crate) struct StopSlot(std::sync::Arc<tokio::sync::watch::Sender<Option<String>>>);
+
+impl Default for StopSlot {
+    fn default() -> Self {
+        Self(std::sync::Arc::new(tokio::sync::watch::Sender::new(None)))
+    }
+}
 
 impl StopSlot {
     /// The stop now.
     pub(crate) fn get(&self) -> Option<String> {
-        match self.0.lock() {
-            Ok(g) => g.clone(),
-            // A panic while holding this lock cannot leave a half-written Option: use it.
-            Err(poisoned) => poisoned.into_inner().clone(),
-        }
+        self.0.borrow().clone()
     }
 
     /// Stops (`Some`) or lifts the stop (`None`).
     pub(crate) fn set(&self, stopped: Option<String>) {
-        match self.0.lock() {
-            Ok(mut g) => *g = stopped,
-            Err(poisoned) => *poisoned.into_inner() = stopped,
-        }
+        self.0.send_replace(stopped);
     }
 }
 
