@@ -241,17 +241,12 @@ struct Worker {
     missed_by_sample: AtomicU64,
 }
 
-/// How a request went.
-enum Outcome {
-    Served { replica: &'static str },
-}
-
 impl Worker {
     /// Answers one request: the first replica still serving takes a lease (sampled
     /// verification), runs the forward pass over its tensor views, and the answer is checked
     /// against the reference. A refused lease takes its replica out of rotation and the request
-    /// moves on to the next replica.
-    async fn handle(&self, id: u64) -> Result<Outcome, BoxError> {
+    /// moves on to the next replica. Returns the label of the replica that answered.
+    async fn handle(&self, id: u64) -> Result<&'static str, BoxError> {
         let input = input_for(id);
         for replica in &self.replicas {
             if !replica.serving.load(Ordering::Acquire) {
@@ -273,9 +268,7 @@ impl Worker {
                             // What a sampled check costs: until a check that reads the bad
                             // chunk runs, a request may be served from it.
                             self.missed_by_sample.fetch_add(1, Ordering::Relaxed);
-                            return Ok(Outcome::Served {
-                                replica: replica.label,
-                            });
+                            return Ok(replica.label);
                         }
                         return Err(format!(
                             "request {id}: replica {} answered differently from the reference",
@@ -284,9 +277,7 @@ impl Worker {
                         .into());
                     }
                     self.served.fetch_add(1, Ordering::Relaxed);
-                    return Ok(Outcome::Served {
-                        replica: replica.label,
-                    });
+                    return Ok(replica.label);
                 }
                 Err(e) => {
                     self.refused.fetch_add(1, Ordering::Relaxed);
@@ -335,7 +326,7 @@ async fn serve(
         let Some(done) = tasks.join_next().await else {
             break;
         };
-        let Outcome::Served { replica } = done??;
+        let replica = done??;
         let n: &mut u64 = by_replica.entry(replica).or_insert(0);
         *n = n.saturating_add(1);
     }
