@@ -76,12 +76,15 @@ async fn a_fail_closed_stop_ends_a_seal_in_progress_unrecorded() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_seal_past_its_call_timeout_is_cancelled_not_finished() {
     let system = vram_residency::VramResidency::start(
-        common::config(1, 64 * MIB).call_timeout(Duration::from_millis(300)),
+        common::config(1, 64 * MIB)
+            .call_timeout(Duration::from_secs(1))
+            .staging_bytes(256 << 10),
     )
     .await
     .unwrap();
+    // About 3.2 s of upload in 256 KiB pieces (4 reads of 50 ms each).
     let timed_out = system
-        .seal(slow("slow", 2 * MIB, Duration::from_millis(50)))
+        .seal(slow("slow", 4 * MIB, Duration::from_millis(50)))
         .await;
     assert!(
         matches!(timed_out, Err(VramError::Timeout(_))),
