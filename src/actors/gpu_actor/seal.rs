@@ -195,6 +195,10 @@ impl GpuState {
                 self.seal_queue.push_back((job, reply));
             }
         }
+        // A draining actor starts nothing new: `on_stop` answers what is queued.
+        if myself.get_status() >= ractor::ActorStatus::Draining {
+            return;
+        }
         // One that is refused at once (no room, a duplicate id) lets the next one start.
         let mut started = false;
         while self.sealing.is_empty()
@@ -396,6 +400,8 @@ impl GpuState {
             cancel,
         } = copied;
         if offset != len {
+            // The lent memory goes back (CUDA keeps its pinned staging ring for the next seal).
+            self.backend.abandon_upload(upload);
             return Err(VramError::io(
                 std::io::ErrorKind::UnexpectedEof,
                 format!("source changed size while sealing: expected {len} bytes, read {offset}"),
