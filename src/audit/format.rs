@@ -347,13 +347,25 @@ pub fn event_type_of(event_json: &str) -> Result<String, MalformedRecord> {
 }
 
 /// A short, escaped rendering of untrusted text for error messages.
+/// Quoted as `{:?}` would, except that every character that does not show (controls, format
+/// characters, default-ignorable fillers such as U+3164, which `{:?}` prints raw) is written as
+/// its `\u{…}` escape: an error never carries an invisible character to a terminal or a log.
 fn snippet(s: &str) -> String {
-    let head: String = s.chars().take(40).collect();
-    if head.len() < s.len() {
-        format!("{head:?}…")
-    } else {
-        format!("{head:?}")
+    let mut out = String::from("\"");
+    let mut shown = 0usize;
+    for c in s.chars().take(40) {
+        if crate::text::is_invisible(c) {
+            out.extend(c.escape_unicode());
+        } else {
+            out.extend(c.escape_debug());
+        }
+        shown = shown.saturating_add(c.len_utf8());
     }
+    out.push('"');
+    if shown < s.len() {
+        out.push('…');
+    }
+    out
 }
 
 struct RecordFields<'a> {

@@ -20,6 +20,7 @@ pub fn pattern(len: usize) -> Vec<u8> {
 }
 
 pub fn config(devices: u32, capacity: u64) -> Config {
+    scoped_tracing_works();
     Config::simulated(devices, capacity)
         .worker_id("worker-test")
         .worker_token(TOKEN)
@@ -155,4 +156,40 @@ pub async fn flip_and_verify(
         }) => (bad_chunks, bad_tensors),
         other => panic!("expected a failed verification, got {other:?}"),
     }
+}
+
+/// A process-wide subscriber that records nothing but keeps every callsite's interest at
+/// "sometimes", so that a test's own scoped subscriber (`set_default`, `with_default`) always
+/// sees the spans and events of its thread. Without it, a callsite first hit by a test with no
+/// subscriber, at the moment another test registers its own, can be cached as "never" for the
+/// whole process (tracing's interest cache is global), and the second test misses it.
+struct AskEveryTime;
+
+impl tracing::Subscriber for AskEveryTime {
+    fn register_callsite(
+        &self,
+        _: &'static tracing::Metadata<'static>,
+    ) -> tracing::subscriber::Interest {
+        tracing::subscriber::Interest::sometimes()
+    }
+    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+        false
+    }
+    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        tracing::span::Id::from_u64(1)
+    }
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+    fn event(&self, _: &tracing::Event<'_>) {}
+    fn enter(&self, _: &tracing::span::Id) {}
+    fn exit(&self, _: &tracing::span::Id) {}
+}
+
+/// Installs [`AskEveryTime`] as the global subscriber, once per process (before any scoped
+/// subscriber, and from `config`, so that it is in place early in every test binary).
+pub fn scoped_tracing_works() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let _ = tracing::subscriber::set_global_default(AskEveryTime);
+    });
 }

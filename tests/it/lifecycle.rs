@@ -37,6 +37,7 @@ impl Captured {
 
 /// Runs `f` (which drops a handle) on this thread with a subscriber that captures warnings.
 fn warnings_while(f: impl FnOnce()) -> String {
+    crate::common::scoped_tracing_works();
     let captured = Captured::default();
     let writer = captured.clone();
     let subscriber = tracing_subscriber::fmt()

@@ -133,6 +133,7 @@ impl<S: Subscriber + for<'a> LookupSpan<'a>> Layer<S> for Recorder {
 impl Recorder {
     /// Installs a fresh recorder for this thread until the guard drops.
     fn install() -> (Self, tracing::subscriber::DefaultGuard) {
+        common::scoped_tracing_works();
         let recorder = Self::default();
         let subscriber = Registry::default().with(recorder.clone());
         let guard = tracing::subscriber::set_default(subscriber);
