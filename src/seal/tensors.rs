@@ -643,6 +643,19 @@ mod tests {
         )
     }
 
+    /// A header of 100 000 zero-size tensors, then one 64 KiB tensor "big".
+    fn many_empty_then_big() -> String {
+        let mut header = String::from("{");
+        for i in 0..100_000 {
+            header.push_str(&format!(
+                r#""z{i}":{{"dtype":"U8","shape":[0],"data_offsets":[0,0]}},"#
+            ));
+        }
+        header.push_str(&entry("big", 1 << 16, 0));
+        header.push('}');
+        header
+    }
+
     fn parse_raw(header: &str, data_len: usize) -> Option<TensorMap> {
         let bytes = raw(header, data_len);
         TensorMap::parse(&bytes, bytes.len() as u64)
@@ -706,14 +719,7 @@ mod tests {
 
     #[test]
     fn many_zero_size_tensors_leave_only_what_holds_bytes() {
-        let mut header = String::from("{");
-        for i in 0..100_000 {
-            header.push_str(&format!(
-                r#""z{i}":{{"dtype":"U8","shape":[0],"data_offsets":[0,0]}},"#
-            ));
-        }
-        header.push_str(&entry("big", 1 << 16, 0));
-        header.push('}');
+        let header = many_empty_then_big();
         let map = parse_raw(&header, 1 << 16).unwrap();
         assert_eq!(map.spans().len(), 2);
         let d = map.spans()[0].end;
@@ -1074,14 +1080,7 @@ mod tests {
 
     #[test]
     fn many_zero_size_tensors_are_all_listed() {
-        let mut header = String::from("{");
-        for i in 0..100_000 {
-            header.push_str(&format!(
-                r#""z{i}":{{"dtype":"U8","shape":[0],"data_offsets":[0,0]}},"#
-            ));
-        }
-        header.push_str(&entry("big", 1 << 16, 0));
-        header.push('}');
+        let header = many_empty_then_big();
         let bytes = raw(&header, 1 << 16);
         let layout = TensorLayout::parse(&bytes, bytes.len() as u64).unwrap();
         assert_eq!(layout.map.spans().len(), 2);

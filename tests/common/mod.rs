@@ -8,6 +8,8 @@
     clippy::arithmetic_side_effects
 )]
 
+pub mod model_signing;
+
 use std::time::Duration;
 
 use vram_residency::{Config, VramResidency};

@@ -11,30 +11,9 @@
     clippy::arithmetic_side_effects
 )] // test code fails loudly
 
-use std::path::{Path, PathBuf};
-
 use vram_residency::{ModelSignature, VramError};
 
-fn fixture(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/model-signing")
-        .join(rel)
-}
-
-fn read(rel: &str) -> Vec<u8> {
-    std::fs::read(fixture(rel)).unwrap()
-}
-
-fn sha256sums() -> Vec<(String, String)> {
-    String::from_utf8(read("SHA256SUMS"))
-        .unwrap()
-        .lines()
-        .map(|l| {
-            let (digest, name) = l.split_once("  ").unwrap();
-            (name.to_string(), digest.to_string())
-        })
-        .collect()
-}
+use crate::common::model_signing::{fixture, read, sha256sums};
 
 fn refused(r: Result<ModelSignature, VramError>) -> String {
     match r {

@@ -187,6 +187,10 @@ impl GpuState {
     /// Starts the next queued seal when none is in progress, after answering every queued seal
     /// whose caller has left (nothing was allocated for them).
     pub(super) fn start_queued_seals(&mut self, myself: &ActorRef<GpuMsg>) {
+        // Called after every message: nothing to do in the common case.
+        if self.seal_queue.is_empty() {
+            return;
+        }
         let queued = std::mem::take(&mut self.seal_queue);
         for (job, reply) in queued {
             if reply.is_closed() || job.cancel.is_cancelled() {
