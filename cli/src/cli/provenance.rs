@@ -7,7 +7,6 @@
 //! not the resource it is sealed as is refused by the seal (`ProvenanceMismatch`, exit 3),
 //! naming the resource.
 
-use std::io::Read;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -33,23 +32,6 @@ impl Signed {
     }
 }
 
-/// Reads at most `limit + 1` bytes of a file the user named.
-pub fn read_bounded(path: &Path, what: &str, limit: usize) -> Result<Vec<u8>, CliError> {
-    let shown = validation::shown_path(path);
-    let file = std::fs::File::open(path)
-        .map_err(|e| CliError::io(format!("cannot read {what} {shown}"), &e))?;
-    if file.metadata().is_ok_and(|m| m.is_dir()) {
-        return Err(CliError::usage(format!(
-            "{what} {shown} is a directory, not a file"
-        )));
-    }
-    let mut buf = Vec::new();
-    file.take(u64::try_from(limit).unwrap_or(u64::MAX).saturating_add(1))
-        .read_to_end(&mut buf)
-        .map_err(|e| CliError::io(format!("cannot read {what} {shown}"), &e))?;
-    Ok(buf)
-}
-
 /// The resource a file is sealed as: `--resource`, else the file's name.
 pub fn resource_name(explicit: Option<&str>, path: &Path) -> String {
     explicit.map(str::to_owned).unwrap_or_else(|| {
@@ -66,8 +48,8 @@ pub fn load(
     key: &Path,
     resources: &[String],
 ) -> Result<Arc<ModelSignature>, CliError> {
-    let key_pem = read_bounded(key, "publisher key", MAX_PUBLIC_KEY_PEM_BYTES)?;
-    let bytes = read_bounded(bundle, "model signature", MAX_BUNDLE_BYTES)?;
+    let key_pem = super::untrusted::read_bounded(key, "publisher key", MAX_PUBLIC_KEY_PEM_BYTES)?;
+    let bytes = super::untrusted::read_bounded(bundle, "model signature", MAX_BUNDLE_BYTES)?;
     let shown = validation::shown_path(bundle);
     ModelSignature::from_bundle(&bytes, &key_pem)
         .map(Arc::new)

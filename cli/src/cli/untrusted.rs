@@ -74,17 +74,11 @@ pub fn json(value: serde_json::Value) -> serde_json::Value {
 /// that are not UTF-8. `what` names the file in messages ("ShardInfo file").
 pub fn read_json_file(path: &Path, what: &str) -> Result<String, CliError> {
     let shown = shown_path(path);
-    let file = std::fs::File::open(path)
-        .map_err(|e| CliError::io(format!("cannot read {what} {shown}"), &e))?;
-    if file.metadata().is_ok_and(|m| m.is_dir()) {
-        return Err(CliError::usage(format!(
-            "{what} {shown} is a directory, not a file"
-        )));
-    }
-    let mut buf = Vec::new();
-    file.take(MAX_JSON_INPUT.saturating_add(1))
-        .read_to_end(&mut buf)
-        .map_err(|e| CliError::io(format!("cannot read {what} {shown}"), &e))?;
+    let buf = read_bounded(
+        path,
+        what,
+        usize::try_from(MAX_JSON_INPUT).unwrap_or(usize::MAX),
+    )?;
     if u64::try_from(buf.len()).unwrap_or(u64::MAX) > MAX_JSON_INPUT {
         return Err(CliError::usage(format!(
             "{what} {shown} is larger than {MAX_JSON_INPUT} bytes (1 MiB); refusing to read it"
@@ -97,6 +91,24 @@ pub fn read_json_file(path: &Path, what: &str) -> Result<String, CliError> {
             e.utf8_error().valid_up_to()
         ))
     })
+}
+
+/// Reads at most `limit + 1` bytes of a file the user named (so a caller can tell a file over
+/// `limit` without reading it all), refusing a directory.
+pub fn read_bounded(path: &Path, what: &str, limit: usize) -> Result<Vec<u8>, CliError> {
+    let shown = shown_path(path);
+    let file = std::fs::File::open(path)
+        .map_err(|e| CliError::io(format!("cannot read {what} {shown}"), &e))?;
+    if file.metadata().is_ok_and(|m| m.is_dir()) {
+        return Err(CliError::usage(format!(
+            "{what} {shown} is a directory, not a file"
+        )));
+    }
+    let mut buf = Vec::new();
+    file.take(u64::try_from(limit).unwrap_or(u64::MAX).saturating_add(1))
+        .read_to_end(&mut buf)
+        .map_err(|e| CliError::io(format!("cannot read {what} {shown}"), &e))?;
+    Ok(buf)
 }
 
 #[cfg(test)]

@@ -193,8 +193,7 @@ pub fn run(global: &Global, args: VerifyAttestationArgs) -> Result<(), CliError>
             )
             .hint("the worker prints it with `vram-residency identity`"));
         };
-        let pem =
-            super::provenance::read_bounded(key_path, "public key", MAX_PUBLIC_KEY_PEM_BYTES)?;
+        let pem = super::untrusted::read_bounded(key_path, "public key", MAX_PUBLIC_KEY_PEM_BYTES)?;
         let att: SignedAttestation = serde_json::from_value(value).map_err(|e| malformed(&e))?;
         if is_group(&att) {
             describe_group(&verify_signed_group_attestation(
